@@ -1,0 +1,312 @@
+//! Memory capture: which regions a process has, which of their pages must
+//! be saved, and the parallel read → zero-skip → compress → write pipeline.
+//!
+//! Saved: present (or swapped) pages of private anonymous memory, the
+//! written pages of private file mappings (pagemap says they are no longer
+//! the file's), and every page of memory that has no file to come back
+//! from (shared anonymous, memfd, deleted files). Not saved: clean file
+//! pages (re-mapped from the file), untouched pages, all-zero pages.
+
+use crate::image::manifest::{ChunkRef, FileRef, Region, RegionKind};
+use crate::image::ImageWriter;
+use crate::sys::mem::{is_zero_page, RemoteMemory, PM_FILE, PM_PRESENT, PM_SWAP};
+use crate::sys::procfs::{file_stamp, MapEntry};
+use crate::sys::PAGE_SIZE;
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+/// Largest run of pages compressed as one chunk (1 MiB): small enough to
+/// spread over all cores, large enough for lz4 to find its matches.
+pub const CHUNK_PAGES: u32 = 256;
+
+/// Turns /proc/PID/maps entries into image regions (without chunks yet).
+pub fn classify(maps: &[MapEntry]) -> Result<Vec<Region>> {
+    let mut out = Vec::with_capacity(maps.len());
+    for m in maps {
+        let kind = match m.path.as_str() {
+            "[vsyscall]" | "[uprobes]" => continue,
+            "[vvar]" => RegionKind::Vvar,
+            "[vvar_vclock]" => RegionKind::VvarVclock,
+            "[vdso]" => RegionKind::Vdso,
+            "[stack]" => RegionKind::Stack,
+            p if m.shared && (p.is_empty() || p.starts_with("[anon")) => RegionKind::Detached,
+            p if p.is_empty() || p.starts_with('[') => RegionKind::Anon,
+            p if p.ends_with(" (deleted)")
+                || p.starts_with("/memfd:")
+                || p.starts_with("/SYSV")
+                || p == "/dev/zero" =>
+            {
+                RegionKind::Detached
+            }
+            p if p.starts_with("/dev/") => bail!(
+                "a device is mapped into memory ({p} at {:#x}); ckrun cannot save device memory",
+                m.start
+            ),
+            p => match file_ref(m, p) {
+                Some(file) => RegionKind::File {
+                    file,
+                    offset: m.offset,
+                },
+                // Replaced since it was mapped: keep the pages themselves.
+                None => RegionKind::Detached,
+            },
+        };
+        out.push(Region {
+            start: m.start,
+            end: m.end,
+            prot: m.prot(),
+            shared: m.shared,
+            kind,
+            name: m.path.clone(),
+            chunks: Vec::new(),
+        });
+    }
+    Ok(out)
+}
+
+/// The file behind a mapping, if the path still names the mapped inode.
+fn file_ref(m: &MapEntry, path: &str) -> Option<FileRef> {
+    let (_, ino, size, mtime_ns) = file_stamp(std::path::Path::new(path)).ok()?;
+    (ino == m.inode).then(|| FileRef {
+        path: PathBuf::from(path),
+        size,
+        mtime_ns,
+        inode: ino,
+    })
+}
+
+/// A run of pages to read and save.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageRun {
+    pub region: usize,
+    pub addr: u64,
+    pub npages: u32,
+    pub readable: bool,
+}
+
+/// Which pages of each region must be saved, as runs of at most
+/// [`CHUNK_PAGES`].
+pub fn select_pages(mem: &RemoteMemory, regions: &[Region]) -> Result<Vec<PageRun>> {
+    let mut runs = Vec::new();
+    for (i, r) in regions.iter().enumerate() {
+        let npages = (r.len() / PAGE_SIZE) as usize;
+        let wanted: Box<dyn Fn(u64) -> bool> = match &r.kind {
+            RegionKind::Vvar | RegionKind::VvarVclock | RegionKind::Vdso => continue,
+            RegionKind::File { .. } if r.shared => continue,
+            RegionKind::Detached => Box::new(|_| true),
+            RegionKind::File { .. } => {
+                Box::new(|e| e & PM_SWAP != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0))
+            }
+            RegionKind::Anon | RegionKind::Stack => Box::new(|e| e & (PM_PRESENT | PM_SWAP) != 0),
+        };
+        let pm = if matches!(r.kind, RegionKind::Detached) {
+            Vec::new()
+        } else {
+            mem.pagemap(r.start, npages)?
+        };
+        let readable = r.prot & libc::PROT_READ != 0;
+        let mut p = 0;
+        while p < npages {
+            let take = |p: usize| pm.is_empty() || wanted(pm[p]);
+            if !take(p) {
+                p += 1;
+                continue;
+            }
+            let begin = p;
+            while p < npages && take(p) && (p - begin) < CHUNK_PAGES as usize {
+                p += 1;
+            }
+            runs.push(PageRun {
+                region: i,
+                addr: r.start + begin as u64 * PAGE_SIZE,
+                npages: (p - begin) as u32,
+                readable,
+            });
+        }
+    }
+    Ok(runs)
+}
+
+/// A compressed piece of a run, ready to append.
+struct Compressed {
+    region: usize,
+    addr: u64,
+    npages: u32,
+    data: Vec<u8>,
+}
+
+/// Reads the runs from `mem` on all cores, drops zero pages, compresses,
+/// and appends the chunks to `out`, recording them in `regions`. Returns
+/// the bytes of page data saved (before compression).
+pub fn save_pages(
+    mem: &RemoteMemory,
+    runs: &[PageRun],
+    regions: &mut [Region],
+    out: &mut ImageWriter,
+) -> Result<u64> {
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(16);
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = mpsc::sync_channel::<Result<Compressed>>(workers * 2);
+    let mut saved = 0u64;
+    std::thread::scope(|s| -> Result<()> {
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let next = &next;
+            s.spawn(move || {
+                let mut buf = vec![0u8; CHUNK_PAGES as usize * PAGE_SIZE as usize];
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(run) = runs.get(i) else { break };
+                    let r = compress_run(mem, run, &mut buf, |c| tx.send(Ok(c)).is_ok());
+                    if let Err(e) = r {
+                        let _ = tx.send(Err(e));
+                        // Stop the others quickly.
+                        next.store(runs.len(), Ordering::Relaxed);
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut first_err = None;
+        for c in rx {
+            match c {
+                Ok(c) if first_err.is_none() => {
+                    let (offset, checksum) = out.append_chunk(&c.data)?;
+                    saved += c.npages as u64 * PAGE_SIZE;
+                    regions[c.region].chunks.push(ChunkRef {
+                        addr: c.addr,
+                        npages: c.npages,
+                        clen: c.data.len() as u32,
+                        offset,
+                        checksum,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    next.store(runs.len(), Ordering::Relaxed);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    })?;
+    for r in regions.iter_mut() {
+        r.chunks.sort_by_key(|c| c.addr);
+    }
+    Ok(saved)
+}
+
+/// Reads one run, splits it around zero pages, compresses the pieces and
+/// hands each to `emit` (false: stop).
+fn compress_run(
+    mem: &RemoteMemory,
+    run: &PageRun,
+    buf: &mut [u8],
+    mut emit: impl FnMut(Compressed) -> bool,
+) -> Result<()> {
+    let ps = PAGE_SIZE as usize;
+    let data = &mut buf[..run.npages as usize * ps];
+    mem.read(run.addr, data, run.readable)
+        .with_context(|| format!("saving memory at {:#x}", run.addr))?;
+    let mut p = 0usize;
+    let n = run.npages as usize;
+    while p < n {
+        if is_zero_page(&data[p * ps..(p + 1) * ps]) {
+            p += 1;
+            continue;
+        }
+        let begin = p;
+        while p < n && !is_zero_page(&data[p * ps..(p + 1) * ps]) {
+            p += 1;
+        }
+        let c = Compressed {
+            region: run.region,
+            addr: run.addr + (begin * ps) as u64,
+            npages: (p - begin) as u32,
+            data: lz4_flex::block::compress(&data[begin * ps..p * ps]),
+        };
+        if !emit(c) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::procfs::parse_maps;
+
+    #[test]
+    fn classification() {
+        let maps = parse_maps(
+            "1000-2000 r-xp 00000000 00:00 0 [vdso]\n\
+             2000-3000 rw-p 00000000 00:00 0 [heap]\n\
+             3000-4000 rw-s 00000000 00:01 5 /dev/zero (deleted)\n\
+             4000-5000 rw-p 00000000 00:00 0 [stack]\n\
+             5000-6000 rw-p 00000000 00:00 0\n\
+             ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]\n",
+        )
+        .unwrap();
+        let r = classify(&maps).unwrap();
+        let kinds: Vec<_> = r.iter().map(|r| r.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                RegionKind::Vdso,
+                RegionKind::Anon,
+                RegionKind::Detached,
+                RegionKind::Stack,
+                RegionKind::Anon
+            ]
+        );
+        assert!(
+            classify(&parse_maps("1000-2000 rw-s 00000000 00:05 9 /dev/nvidia0\n").unwrap())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn pages_of_this_process() {
+        // A region with pages 0 and 2 written, 1 untouched: two runs.
+        let len = 3 * PAGE_SIZE as usize;
+        // SAFETY: a fresh private anonymous mapping, used only here.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as *mut u8;
+        assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+        // SAFETY: within the mapping.
+        unsafe {
+            *p = 1;
+            *p.add(2 * PAGE_SIZE as usize) = 2;
+        }
+        let start = p as u64;
+        let regions = vec![Region {
+            start,
+            end: start + len as u64,
+            prot: libc::PROT_READ | libc::PROT_WRITE,
+            shared: false,
+            kind: RegionKind::Anon,
+            name: String::new(),
+            chunks: vec![],
+        }];
+        let mem = RemoteMemory::open(std::process::id() as i32).unwrap();
+        let runs = select_pages(&mem, &regions).unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[1].addr, start + 2 * PAGE_SIZE);
+        // SAFETY: unmapping our own mapping.
+        unsafe { libc::munmap(p.cast(), len) };
+    }
+}

@@ -1,0 +1,281 @@
+//! Taking a checkpoint of the tree, driven by the coordinator:
+//!
+//! 1. ask each agent to suspend its process (the suspend signal with the
+//!    "lead" magic); each replies with its threads and, by default, the pid
+//!    of a copy-on-write snapshot child;
+//! 2. while the program is stopped, read what changes as soon as it runs
+//!    again: fds and their offsets, cwd, umask, limits ([`fds`], [`process`]);
+//! 3. resume the program (with `--no-fork`: only after step 4);
+//! 4. read the memory of the snapshot ([`memory`]), compress it on all
+//!    cores, write the image under a temporary name, sync, rename.
+
+pub mod fds;
+pub mod memory;
+pub mod process;
+
+use crate::coordinator::agent::{kind_of, Agent};
+use crate::image::manifest::{ImageInfo, Manifest, ProcessImage, Settings, ThreadImage};
+use crate::image::ImageWriter;
+use crate::sys::mem::RemoteMemory;
+use crate::sys::{machine, proc::sigqueue};
+use anyhow::{anyhow, bail, Context, Result};
+use ckrun_proto::{
+    decode, kind, read_pod, Failure, Resume, Suspended, ThreadRecord, SUSPEND_LEAD, SUSPEND_MAGIC,
+    SUSPEND_SIGNAL,
+};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How long an agent may take to stop all its threads.
+const SUSPEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Outcome {
+    pub path: PathBuf,
+    pub memory_bytes: u64,
+    pub image_bytes: u64,
+    pub paused: Duration,
+    pub total: Duration,
+    pub warnings: Vec<String>,
+    /// Checkpoint requests that arrived meanwhile (merged into this one).
+    pub merged_requests: u32,
+}
+
+/// A suspended process: what its agent reported.
+struct Stopped<'a> {
+    agent: &'a Agent,
+    head: Suspended,
+    threads: Vec<ThreadRecord>,
+}
+
+impl Stopped<'_> {
+    fn source(&self) -> i32 {
+        if self.head.snapshot_pid > 0 {
+            self.head.snapshot_pid
+        } else {
+            self.agent.pid
+        }
+    }
+}
+
+/// Lets every stopped process go and reaps the snapshot children, whatever
+/// happens to the checkpoint.
+struct ResumeGuard<'a, 'b> {
+    stopped: &'b mut Vec<Stopped<'a>>,
+    resumed: bool,
+}
+
+impl ResumeGuard<'_, '_> {
+    fn resume(&mut self, aborted: bool) {
+        if !self.resumed {
+            for s in self.stopped.iter() {
+                let _ = s.agent.send(
+                    kind::RESUME,
+                    &[Resume {
+                        aborted: aborted as u32,
+                        _pad: 0,
+                    }],
+                );
+            }
+            self.resumed = true;
+        }
+    }
+}
+
+impl Drop for ResumeGuard<'_, '_> {
+    fn drop(&mut self) {
+        self.resume(true);
+        for s in self.stopped.iter() {
+            if s.head.snapshot_pid > 0 {
+                // SAFETY: plain signal and wait on our own child.
+                unsafe {
+                    libc::kill(s.head.snapshot_pid, libc::SIGKILL);
+                    libc::waitpid(s.head.snapshot_pid, std::ptr::null_mut(), 0);
+                }
+            }
+        }
+    }
+}
+
+/// Checkpoints the processes behind `agents` into image number `sequence`.
+pub fn take(
+    agents: &[Agent],
+    settings: &Settings,
+    command: &[String],
+    sequence: u32,
+) -> Result<Outcome> {
+    let t0 = Instant::now();
+    let root = agents
+        .first()
+        .ok_or_else(|| anyhow!("the program has not started its agent yet"))?;
+    if agents.len() > 1 {
+        bail!(
+            "the program runs {} processes; checkpointing process trees is not supported yet",
+            agents.len()
+        );
+    }
+    let path = settings.dir.join(format!(
+        "{}.{}.{}.ckimg",
+        settings.image_name, root.pid, sequence
+    ));
+    let mut merged_requests = 0;
+
+    // 1. Suspend.
+    let value = SUSPEND_MAGIC | SUSPEND_LEAD | (settings.frozen as u64) << 8;
+    let mut stopped = Vec::new();
+    let mut guard = ResumeGuard {
+        stopped: &mut stopped,
+        resumed: false,
+    };
+    for a in agents {
+        sigqueue(a.pid, SUSPEND_SIGNAL, value)
+            .with_context(|| format!("signalling process {}", a.pid))?;
+        let s = wait_suspended(a, &mut merged_requests)?;
+        guard.stopped.push(s);
+    }
+
+    // 2. What changes once the program runs again.
+    let mut images = Vec::new();
+    let mut warnings = Vec::new();
+    for s in guard.stopped.iter() {
+        let pid = s.agent.pid;
+        let st = process::capture_state(pid)?;
+        let fds = fds::capture(pid, s.agent.agent_fd)?;
+        warnings.extend(fds.unsupported.iter().map(|u| {
+            format!("process {pid}: {u} cannot be restored; it will be closed after a restart")
+        }));
+        images.push(ProcessImage {
+            pid,
+            ppid: st.stat.ppid,
+            pgid: st.stat.pgrp,
+            sid: st.stat.session,
+            exe: crate::image::manifest::FileRef {
+                path: PathBuf::new(),
+                size: 0,
+                mtime_ns: 0,
+                inode: 0,
+            },
+            cwd: st.cwd,
+            umask: st.umask,
+            personality: st.personality,
+            rlimits: st.rlimits,
+            mm: Default::default(),
+            auxv: Vec::new(),
+            regions: Vec::new(),
+            fds: fds.fds,
+            files: fds.files,
+            threads: s.threads.iter().map(ThreadImage::from).collect(),
+            agent_fd: s.agent.agent_fd,
+        });
+    }
+
+    // 3./4. Memory, from the snapshot (after resuming) or the frozen process.
+    let mut out = ImageWriter::create(&path)?;
+    let mut memory_bytes = 0;
+    let mut paused = Duration::ZERO;
+    let frozen = guard.stopped.iter().any(|s| s.head.snapshot_pid <= 0);
+    if !frozen {
+        guard.resume(false);
+        paused = t0.elapsed();
+    }
+    for (s, img) in guard.stopped.iter().zip(images.iter_mut()) {
+        let source = s.source();
+        let layout = process::capture_layout(source, s.head.brk)?;
+        img.exe = layout.exe;
+        img.mm = layout.mm;
+        img.auxv = layout.auxv;
+        img.regions =
+            memory::classify(&layout.maps).with_context(|| format!("process {}", s.agent.pid))?;
+        let mem = RemoteMemory::open(source)?;
+        let runs = memory::select_pages(&mem, &img.regions)?;
+        memory_bytes += memory::save_pages(&mem, &runs, &mut img.regions, &mut out)?;
+    }
+    if frozen {
+        guard.resume(false);
+        paused = t0.elapsed();
+    }
+    drop(guard); // reaps the snapshot children
+
+    let (hostname, kernel_release, kernel_version) = machine::uname();
+    let manifest = Manifest {
+        info: ImageInfo {
+            ckrun_version: env!("CARGO_PKG_VERSION").into(),
+            created_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            hostname,
+            kernel_release,
+            kernel_version,
+            xsave_features: machine::xsave_features(),
+            command: command.to_vec(),
+            sequence,
+            paused_us: paused.as_micros() as u64,
+            memory_bytes,
+        },
+        settings: settings.clone(),
+        processes: images,
+    };
+    let image_bytes = out.finish(&manifest)?;
+    Ok(Outcome {
+        path,
+        memory_bytes,
+        image_bytes,
+        paused,
+        total: t0.elapsed(),
+        warnings,
+        merged_requests,
+    })
+}
+
+/// Collects an agent's SUSPENDED report and its thread records.
+fn wait_suspended<'a>(a: &'a Agent, merged: &mut u32) -> Result<Stopped<'a>> {
+    let deadline = Instant::now() + SUSPEND_TIMEOUT;
+    let mut head: Option<Suspended> = None;
+    let mut threads = Vec::new();
+    loop {
+        if let Some(h) = &head {
+            if threads.len() >= h.nthreads as usize {
+                return Ok(Stopped {
+                    agent: a,
+                    head: *h,
+                    threads,
+                });
+            }
+        }
+        let msg = match a.recv(Some(deadline)) {
+            Ok(Some(m)) => m,
+            Ok(None) => bail!(
+                "process {} did not stop within {}s",
+                a.pid,
+                SUSPEND_TIMEOUT.as_secs()
+            ),
+            Err(_) => bail!("process {} exited during the checkpoint", a.pid),
+        };
+        match kind_of(&msg) {
+            kind::SUSPENDED => {
+                head = Some(
+                    decode::<Suspended>(&msg)
+                        .and_then(|(_, v)| v.first().copied())
+                        .ok_or_else(|| anyhow!("bad SUSPENDED message"))?,
+                )
+            }
+            kind::THREADS => threads.extend(
+                decode::<ThreadRecord>(&msg)
+                    .ok_or_else(|| anyhow!("bad THREADS message"))?
+                    .1,
+            ),
+            kind::SUSPEND_FAILED => {
+                let f: Failure =
+                    read_pod(&msg[8..]).ok_or_else(|| anyhow!("bad SUSPEND_FAILED message"))?;
+                bail!(
+                    "process {} could not stop its threads: {} (thread {}, {})",
+                    a.pid,
+                    f.text(),
+                    f.tid,
+                    std::io::Error::from_raw_os_error(f.errno)
+                );
+            }
+            kind::CHECKPOINT_REQUEST => *merged += 1,
+            _ => {}
+        }
+    }
+}

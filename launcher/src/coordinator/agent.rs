@@ -1,0 +1,92 @@
+//! The coordinator's end of one agent connection.
+
+use ckrun_proto::{encode, Pod};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+pub struct Agent {
+    pub pid: i32,
+    /// The fd number the agent keeps its connection on, in its process.
+    pub agent_fd: i32,
+    pub conn: OwnedFd,
+    /// False for a restored process until its agent reports back.
+    pub running: bool,
+}
+
+impl Agent {
+    pub fn send<T: Pod>(&self, kind: u32, body: &[T]) -> io::Result<()> {
+        let mut buf = vec![0u8; 8 + std::mem::size_of_val(body)];
+        let n = encode(&mut buf, kind, body).expect("buffer sized for the message");
+        // SAFETY: buf[..n] is initialised; MSG_NOSIGNAL: a dead agent is an error, not SIGPIPE.
+        let r = unsafe {
+            libc::send(
+                self.conn.as_raw_fd(),
+                buf.as_ptr().cast(),
+                n,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if r == n as isize {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Next message, waiting at most until `deadline`. `Ok(None)`: timed
+    /// out; `Err(UnexpectedEof)`: the agent is gone.
+    pub fn recv(&self, deadline: Option<Instant>) -> io::Result<Option<Vec<u8>>> {
+        let fd = self.conn.as_raw_fd();
+        loop {
+            let timeout_ms = match deadline {
+                None => -1,
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .min(i32::MAX as u128) as i32,
+            };
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if r == 0 {
+                return Ok(None);
+            }
+            let mut buf = vec![0u8; 65536];
+            // SAFETY: buf is writable for its length.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.truncate(n as usize);
+            return Ok(Some(buf));
+        }
+    }
+
+    pub fn recv_within(&self, d: Duration) -> io::Result<Option<Vec<u8>>> {
+        self.recv(Some(Instant::now() + d))
+    }
+}
+
+/// The kind of a received message.
+pub fn kind_of(msg: &[u8]) -> u32 {
+    ckrun_proto::read_pod::<ckrun_proto::MsgHeader>(msg).map_or(0, |h| h.kind)
+}

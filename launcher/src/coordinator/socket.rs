@@ -1,0 +1,91 @@
+//! The coordinator's listening socket: abstract unix, SOCK_SEQPACKET, so
+//! messages keep their boundaries and nothing appears in the file system.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+fn abstract_addr(name: &str) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as u16;
+    if name.len() + 1 > addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket name too long",
+        ));
+    }
+    for (i, b) in name.bytes().enumerate() {
+        addr.sun_path[i + 1] = b as libc::c_char;
+    }
+    Ok((
+        addr,
+        (std::mem::size_of::<libc::sa_family_t>() + 1 + name.len()) as libc::socklen_t,
+    ))
+}
+
+/// Listens on the abstract name `name`; `AddrInUse` if another process has it.
+pub fn listen(name: &str) -> io::Result<OwnedFd> {
+    let (addr, len) = abstract_addr(name)?;
+    // SAFETY: plain socket calls; the fd is owned right away.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        if libc::bind(
+            fd.as_raw_fd(),
+            &addr as *const _ as *const libc::sockaddr,
+            len,
+        ) != 0
+            || libc::listen(fd.as_raw_fd(), 64) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
+
+pub fn accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: accept4 with null address arguments; the fd is owned right away.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        // SAFETY: fd is a fresh descriptor we own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+/// A connected pair; the second end is inheritable (no CLOEXEC), for a child.
+pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptors we own.
+    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: setting FD_CLOEXEC on our own end only.
+    unsafe { libc::fcntl(a.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok((a, b))
+}
+
+/// A name no other coordinator uses: ckrun.PID.RANDOM.
+pub fn fresh_name() -> String {
+    let mut r = [0u8; 8];
+    // SAFETY: getrandom writes at most r.len() bytes.
+    unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
+    format!(
+        "ckrun.{}.{:016x}",
+        std::process::id(),
+        u64::from_ne_bytes(r)
+    )
+}

@@ -1,0 +1,264 @@
+//! `ckrun --inspect`: what an image holds, for people (a table) and for
+//! programs (`--json`).
+
+use super::manifest::{Manifest, OpenFile, ProcessImage, Region, RegionKind};
+use super::ImageReader;
+use crate::sys::PAGE_SIZE;
+use std::fmt::Write;
+
+pub fn human(img: &ImageReader) -> String {
+    let m = &img.manifest;
+    let mut o = String::new();
+    let i = &m.info;
+    let mem: u64 = m.processes.iter().map(ProcessImage::saved_bytes).sum();
+    let _ = writeln!(o, "image       {}", img.path().display());
+    let _ = writeln!(
+        o,
+        "made        {} on {} (kernel {}), ckrun {}",
+        utc(i.created_unix_ms),
+        i.hostname,
+        i.kernel_release,
+        i.ckrun_version
+    );
+    let _ = writeln!(o, "command     {}", i.command.join(" "));
+    let _ = writeln!(
+        o,
+        "checkpoint  #{}, program paused {:.1} ms",
+        i.sequence,
+        i.paused_us as f64 / 1000.0
+    );
+    let _ = writeln!(
+        o,
+        "size        image {}, memory saved {} (ratio {:.2})",
+        bytes(img.len),
+        bytes(mem),
+        if mem == 0 {
+            0.0
+        } else {
+            img.len as f64 / mem as f64
+        }
+    );
+    let s = &m.settings;
+    let _ = writeln!(
+        o,
+        "settings    dir {}, trigger signal {}, {}",
+        s.dir.display(),
+        s.trigger,
+        if s.frozen {
+            "program frozen while copied"
+        } else {
+            "copy-on-write snapshot"
+        }
+    );
+    for p in &m.processes {
+        process(&mut o, p);
+    }
+    o
+}
+
+fn process(o: &mut String, p: &ProcessImage) {
+    let _ = writeln!(
+        o,
+        "\nprocess {} ({}), parent {}, {} thread(s)",
+        p.pid,
+        p.program_name(),
+        p.ppid,
+        p.threads.len()
+    );
+    let _ = writeln!(o, "  exe   {}", p.exe.path.display());
+    let _ = writeln!(o, "  cwd   {}   umask {:03o}", p.cwd.display(), p.umask);
+    let _ = writeln!(
+        o,
+        "  regions ({}; {} mapped, {} saved):",
+        p.regions.len(),
+        bytes(p.regions.iter().map(Region::len).sum()),
+        bytes(p.saved_bytes())
+    );
+    let _ = writeln!(
+        o,
+        "    {:<33} {:>9} {:<5} {:<9} {:>9}  name",
+        "address", "size", "prot", "kind", "saved"
+    );
+    for r in &p.regions {
+        let _ = writeln!(
+            o,
+            "    {:016x}-{:016x} {:>9} {:<5} {:<9} {:>9}  {}",
+            r.start,
+            r.end,
+            bytes(r.len()),
+            prot(r),
+            kind(&r.kind),
+            bytes(r.saved_pages() * PAGE_SIZE),
+            r.name
+        );
+    }
+    let _ = writeln!(o, "  file descriptors:");
+    for f in &p.fds {
+        let what = match p.files.get(f.desc as usize) {
+            Some(OpenFile::Path {
+                path, flags, pos, ..
+            }) => {
+                format!("{} ({}, offset {pos})", path.display(), access(*flags))
+            }
+            Some(OpenFile::Inherited { fd, what }) => {
+                format!("{what}: gets ckrun's fd {fd} at restart")
+            }
+            Some(OpenFile::Unsupported { what }) => {
+                format!("{what}: not restorable, restored closed")
+            }
+            None => "?".into(),
+        };
+        let _ = writeln!(
+            o,
+            "    {:>4}{} {}",
+            f.fd,
+            if f.cloexec { "*" } else { " " },
+            what
+        );
+    }
+    let _ = writeln!(o, "  threads:");
+    for t in &p.threads {
+        let lead = if t.flags & ckrun_proto::THREAD_LEADER != 0 {
+            "  (led the checkpoint)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            "    tid {:<8} {:<16} fs {:#x}{}",
+            t.tid,
+            t.name(),
+            t.fs_base,
+            lead
+        );
+    }
+    let mut deps: Vec<String> = p
+        .regions
+        .iter()
+        .filter_map(|r| match &r.kind {
+            RegionKind::File { file, .. } => {
+                Some(format!("{} ({} bytes)", file.path.display(), file.size))
+            }
+            _ => None,
+        })
+        .collect();
+    deps.sort();
+    deps.dedup();
+    let _ = writeln!(o, "  depends on (must be unchanged at restart):");
+    for d in deps {
+        let _ = writeln!(o, "    {d}");
+    }
+}
+
+pub fn json(img: &ImageReader) -> String {
+    let m: &Manifest = &img.manifest;
+    let mut v = serde_json::to_value(m).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        let mem: u64 = m.processes.iter().map(ProcessImage::saved_bytes).sum();
+        obj.insert(
+            "summary".into(),
+            serde_json::json!({
+                "path": img.path(),
+                "image_bytes": img.len,
+                "memory_saved_bytes": mem,
+                "ratio": if mem == 0 { 0.0 } else { img.len as f64 / mem as f64 },
+                "pids": m.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+fn prot(r: &Region) -> String {
+    let mut s = String::new();
+    s.push(if r.prot & libc::PROT_READ != 0 {
+        'r'
+    } else {
+        '-'
+    });
+    s.push(if r.prot & libc::PROT_WRITE != 0 {
+        'w'
+    } else {
+        '-'
+    });
+    s.push(if r.prot & libc::PROT_EXEC != 0 {
+        'x'
+    } else {
+        '-'
+    });
+    s.push(if r.shared { 's' } else { 'p' });
+    s
+}
+
+fn kind(k: &RegionKind) -> &'static str {
+    match k {
+        RegionKind::Anon => "anon",
+        RegionKind::Stack => "stack",
+        RegionKind::File { .. } => "file",
+        RegionKind::Detached => "detached",
+        RegionKind::Vvar | RegionKind::VvarVclock | RegionKind::Vdso => "vdso",
+    }
+}
+
+fn access(flags: i32) -> &'static str {
+    let app = flags & libc::O_APPEND != 0;
+    match (flags & libc::O_ACCMODE, app) {
+        (libc::O_RDONLY, _) => "read",
+        (libc::O_WRONLY, false) => "write",
+        (libc::O_WRONLY, true) => "append",
+        (_, false) => "read-write",
+        (_, true) => "read-append",
+    }
+}
+
+/// Human size: 512 B, 12.0 KiB, 3.4 MiB, 1.2 GiB.
+pub fn bytes(n: u64) -> String {
+    const U: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` from Unix milliseconds.
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_dates() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 << 20), "3.0 MiB");
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_795_673_497_000), "2026-11-26 03:31:37 UTC");
+    }
+}

@@ -1,0 +1,244 @@
+//! What an image holds besides page data: the process tree, each
+//! process's memory regions (with references to their page chunks), file
+//! descriptors, threads and kernel state. Serialised with bincode; the
+//! types are the format, so a change here bumps `FORMAT_VERSION`.
+
+use ckrun_proto::ThreadRecord;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub info: ImageInfo,
+    pub settings: Settings,
+    pub processes: Vec<ProcessImage>,
+}
+
+/// Where and when the image was made.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub ckrun_version: String,
+    pub created_unix_ms: u64,
+    pub hostname: String,
+    /// `uname -r` and `uname -v`: the vDSO and the signal frame layout
+    /// belong to one kernel build.
+    pub kernel_release: String,
+    pub kernel_version: String,
+    /// XCR0: the xsave features (hence the signal frame's FPU area).
+    pub xsave_features: u64,
+    /// The command line ckrun was started with.
+    pub command: Vec<String>,
+    /// This image's number in the run (the N in NAME.PID.N.ckimg).
+    pub sequence: u32,
+    /// How long the program was stopped, and the whole checkpoint.
+    pub paused_us: u64,
+    /// Bytes of page data before compression.
+    pub memory_bytes: u64,
+}
+
+/// Settings of the run, kept across restarts unless overridden.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Settings {
+    pub dir: PathBuf,
+    pub trigger: i32,
+    pub frozen: bool,
+    /// Abstract socket name the agents connect to; reused at restart so
+    /// that programs exec'd later still find the coordinator.
+    pub socket_name: String,
+    /// Base name of images: PROGRAM in PROGRAM.PID.N.ckimg.
+    pub image_name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProcessImage {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub exe: FileRef,
+    pub cwd: PathBuf,
+    pub umask: u32,
+    pub personality: u32,
+    pub rlimits: Vec<Rlimit>,
+    pub mm: MmFields,
+    /// /proc/PID/auxv words, AT_NULL pair included.
+    pub auxv: Vec<u64>,
+    pub regions: Vec<Region>,
+    pub fds: Vec<FdImage>,
+    /// Open file descriptions; `FdImage::desc` indexes this.
+    pub files: Vec<OpenFile>,
+    pub threads: Vec<ThreadImage>,
+    /// fd number of the agent's coordinator connection.
+    pub agent_fd: i32,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub cur: u64,
+    pub max: u64,
+}
+
+/// The mm fields PR_SET_MM_MAP takes.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+/// A file the image depends on, with what identifies its content.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileRef {
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Region {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_* bits.
+    pub prot: i32,
+    pub shared: bool,
+    pub kind: RegionKind,
+    /// As /proc/PID/maps named it, for people.
+    pub name: String,
+    /// Saved pages, in ascending address order, not overlapping.
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl Region {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+    pub fn saved_pages(&self) -> u64 {
+        self.chunks.iter().map(|c| c.npages as u64).sum()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum RegionKind {
+    /// Private anonymous memory (including the heap).
+    Anon,
+    /// The main thread's stack: grows down.
+    Stack,
+    /// A file mapping: clean pages come back from the file, written
+    /// (private) pages from the image. `offset` is the file offset of `start`.
+    File {
+        file: FileRef,
+        offset: u64,
+    },
+    /// Memory with no file to come back from (shared anonymous, memfd,
+    /// deleted files): every page is in the image.
+    Detached,
+    /// The kernel's vDSO group, moved back to this address at restart.
+    Vvar,
+    VvarVclock,
+    Vdso,
+}
+
+/// A run of consecutive pages, compressed as one block.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkRef {
+    /// First page's address.
+    pub addr: u64,
+    pub npages: u32,
+    /// Compressed length and position in the image file.
+    pub clen: u32,
+    pub offset: u64,
+    /// xxh3-64 of the compressed bytes.
+    pub checksum: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FdImage {
+    pub fd: i32,
+    pub cloexec: bool,
+    pub desc: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum OpenFile {
+    /// Reopened by path at the same offset, with the same flags.
+    Path {
+        path: PathBuf,
+        flags: i32,
+        pos: u64,
+        kind: PathKind,
+    },
+    /// The terminal or a pipe/socket from outside the tree, on fd 0..2 of
+    /// the program: at restart the program gets ckrun's own fd `fd`.
+    Inherited { fd: i32, what: String },
+    /// Not restorable (yet): restored as a closed descriptor.
+    Unsupported { what: String },
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum PathKind {
+    Regular,
+    Directory,
+    CharDevice,
+}
+
+/// A thread: the agent's record, kept whole.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ThreadImage {
+    pub tid: i32,
+    pub flags: u32,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    /// rbx rbp r12 r13 r14 r15 rsp rip of the parked thread.
+    pub ctx: [u64; 8],
+    pub comm: [u8; 16],
+}
+
+impl From<&ThreadRecord> for ThreadImage {
+    fn from(r: &ThreadRecord) -> Self {
+        let c = &r.ctx;
+        ThreadImage {
+            tid: r.tid,
+            flags: r.flags,
+            fs_base: r.fs_base,
+            gs_base: r.gs_base,
+            ctx: [c.rbx, c.rbp, c.r12, c.r13, c.r14, c.r15, c.rsp, c.rip],
+            comm: r.comm,
+        }
+    }
+}
+
+impl ThreadImage {
+    pub fn name(&self) -> String {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.comm[..end]).into_owned()
+    }
+}
+
+impl ProcessImage {
+    pub fn program_name(&self) -> String {
+        self.exe
+            .path
+            .file_name()
+            .map_or_else(|| "program".into(), |n| n.to_string_lossy().into_owned())
+    }
+    /// Bytes of page data the image holds for this process.
+    pub fn saved_bytes(&self) -> u64 {
+        self.regions
+            .iter()
+            .map(|r| r.saved_pages() * crate::sys::PAGE_SIZE)
+            .sum()
+    }
+}

@@ -1,0 +1,89 @@
+//! The image file: one per checkpoint of the whole tree.
+//!
+//! ```text
+//! +--------------------+ 0
+//! | header (64 bytes)  |  magic "CKRUNIMG", format version
+//! +--------------------+ 64
+//! | page chunks        |  each an lz4 block of consecutive pages,
+//! |   ...              |  checksummed (xxh3-64) in the manifest
+//! +--------------------+ manifest_offset
+//! | manifest (bincode) |  processes, regions -> chunks, fds, threads
+//! +--------------------+
+//! | trailer (64 bytes) |  magic "CKRUNEND", manifest offset/length/checksum,
+//! +--------------------+  file length, trailer checksum
+//! ```
+//!
+//! Chunks are written as the compressing threads finish them (any order);
+//! the manifest, written last, says where each is. A file cut short has no
+//! valid trailer; a flipped bit fails a checksum. Either is reported before
+//! anything is restored. A chunk could later refer to a parent image
+//! (incremental checkpoints): the reference is per chunk.
+
+pub mod inspect;
+pub mod manifest;
+mod reader;
+mod writer;
+
+pub use reader::ImageReader;
+pub use writer::ImageWriter;
+
+pub const MAGIC: &[u8; 8] = b"CKRUNIMG";
+pub const TRAILER_MAGIC: &[u8; 8] = b"CKRUNEND";
+pub const FORMAT_VERSION: u32 = 1;
+pub const HEADER_LEN: u64 = 64;
+pub const TRAILER_LEN: u64 = 64;
+
+pub fn checksum(b: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(b)
+}
+
+fn header_bytes() -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h
+}
+
+struct Trailer {
+    manifest_offset: u64,
+    manifest_len: u64,
+    manifest_checksum: u64,
+    file_len: u64,
+}
+
+impl Trailer {
+    fn to_bytes(&self) -> [u8; TRAILER_LEN as usize] {
+        let mut t = [0u8; TRAILER_LEN as usize];
+        t[..8].copy_from_slice(TRAILER_MAGIC);
+        for (i, v) in [
+            self.manifest_offset,
+            self.manifest_len,
+            self.manifest_checksum,
+            self.file_len,
+        ]
+        .iter()
+        .enumerate()
+        {
+            t[8 + 8 * i..16 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        let c = checksum(&t[..40]);
+        t[40..48].copy_from_slice(&c.to_le_bytes());
+        t
+    }
+
+    fn parse(t: &[u8]) -> Option<Trailer> {
+        if t.len() != TRAILER_LEN as usize || &t[..8] != TRAILER_MAGIC {
+            return None;
+        }
+        let word = |i: usize| u64::from_le_bytes(t[8 + 8 * i..16 + 8 * i].try_into().unwrap());
+        if word(4) != checksum(&t[..40]) {
+            return None;
+        }
+        Some(Trailer {
+            manifest_offset: word(0),
+            manifest_len: word(1),
+            manifest_checksum: word(2),
+            file_len: word(3),
+        })
+    }
+}

@@ -1,0 +1,130 @@
+//! `ckrun PROGRAM ARGS`: checks the program, starts it as a child with the
+//! agent preloaded, and hands over to the coordinator.
+
+use crate::cli::Overrides;
+use crate::coordinator::{self, socket, Coordinator, Ending};
+use crate::elf::{linkage, Linkage};
+use crate::error::CkError;
+use crate::image::manifest::Settings;
+use anyhow::{Context, Result};
+use ckrun_proto::{DEFAULT_TRIGGER, ENV_PRELOAD, ENV_SOCKET, ENV_TRIGGER};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn run(program: OsString, args: Vec<OsString>, opts: Overrides) -> Result<i32> {
+    let path = find_program(&program)?;
+    check_dynamic(&path)?;
+    let agent = agent_library()?;
+    let dir = image_dir(opts.dir.as_deref())?;
+    let settings = Settings {
+        dir,
+        trigger: opts.trigger.unwrap_or(DEFAULT_TRIGGER),
+        frozen: opts.frozen.unwrap_or(false),
+        socket_name: socket::fresh_name(),
+        image_name: Path::new(&program)
+            .file_name()
+            .map_or("program".into(), |n| n.to_string_lossy().into_owned()),
+    };
+    let listener =
+        socket::listen(&settings.socket_name).context("creating the coordinator socket")?;
+    let sigfd = coordinator::signal_fd(settings.trigger)?;
+    become_subreaper();
+
+    let mut preload = agent.into_os_string();
+    if let Some(user) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        preload.push(":");
+        preload.push(user);
+    }
+    let child = Command::new(&program)
+        .args(&args)
+        .env("LD_PRELOAD", preload)
+        .env(ENV_SOCKET, &settings.socket_name)
+        .env(ENV_TRIGGER, settings.trigger.to_string())
+        .spawn()
+        .map_err(|e| CkError::Environment(format!("cannot start {}: {e}", path.display())))?;
+    let command: Vec<String> = std::env::args().collect();
+    let mut c = Coordinator::new(settings, command, listener, sigfd, child.id() as i32, 0);
+    let end: Ending = c.run()?;
+    Ok(end.exit_code())
+}
+
+/// The program as the shell would find it.
+fn find_program(program: &std::ffi::OsStr) -> Result<PathBuf, CkError> {
+    let p = Path::new(program);
+    if p.components().count() > 1 || program.to_string_lossy().contains('/') {
+        return if p.is_file() {
+            Ok(p.to_owned())
+        } else {
+            Err(CkError::Environment(format!(
+                "{}: no such program",
+                p.display()
+            )))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(p))
+        .find(|c| c.is_file())
+        .ok_or_else(|| CkError::Environment(format!("{}: command not found", p.display())))
+}
+
+fn check_dynamic(path: &Path) -> Result<(), CkError> {
+    let mut p = path.to_owned();
+    for _ in 0..4 {
+        match linkage(&p).map_err(|e| CkError::Environment(format!("{}: {e}", p.display())))? {
+            Linkage::Dynamic => return Ok(()),
+            Linkage::Script(interp) => p = interp,
+            Linkage::Static => {
+                return Err(CkError::Environment(format!(
+                    "{} is statically linked; ckrun needs a dynamically linked program \
+                     (its agent is injected with LD_PRELOAD, which a static binary ignores)",
+                    p.display()
+                )))
+            }
+            Linkage::NotElf => {
+                return Err(CkError::Environment(format!(
+                    "{}: not an executable ckrun can run",
+                    p.display()
+                )))
+            }
+        }
+    }
+    Err(CkError::Environment(format!(
+        "{}: too many levels of #! interpreters",
+        path.display()
+    )))
+}
+
+/// `libckpt.so`: `$CKRUN_PRELOAD`, else next to the ckrun binary.
+pub fn agent_library() -> Result<PathBuf, CkError> {
+    let p = match std::env::var_os(ENV_PRELOAD) {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()
+            .map_err(|e| CkError::Environment(format!("cannot locate ckrun itself: {e}")))?
+            .with_file_name("libckpt.so"),
+    };
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(CkError::Environment(format!(
+            "agent library {} not found (set {ENV_PRELOAD})",
+            p.display()
+        )))
+    }
+}
+
+pub fn image_dir(dir: Option<&Path>) -> Result<PathBuf, CkError> {
+    let d = dir.unwrap_or(Path::new("."));
+    std::fs::create_dir_all(d)
+        .map_err(|e| CkError::Environment(format!("image directory {}: {e}", d.display())))?;
+    d.canonicalize()
+        .map_err(|e| CkError::Environment(format!("image directory {}: {e}", d.display())))
+}
+
+/// Orphaned descendants (daemons) are re-parented to ckrun, not to init,
+/// so they stay in the checkpointed tree.
+pub fn become_subreaper() {
+    // SAFETY: integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}

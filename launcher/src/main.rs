@@ -1,0 +1,66 @@
+//! `ckrun`: launcher, coordinator, image writer and reader, restorer.
+//!
+//! Where each kind of state is handled:
+//!
+//! | state | captured in | restored in |
+//! |---|---|---|
+//! | threads, registers, TLS, rseq, robust lists | agent `suspend` | restorer + agent `suspend::kstate` |
+//! | signal dispositions, itimers | agent `suspend::kstate` | agent `suspend::kstate` |
+//! | memory regions and pages | [`checkpoint::memory`] | [`restore::memory`] + restorer |
+//! | brk, arg/env, auxv, exe | [`checkpoint::process`] | restorer (PR_SET_MM_MAP) |
+//! | file descriptors | [`checkpoint::fds`] | [`restore::fds`] |
+//! | cwd, umask, rlimits, personality | [`checkpoint::process`] | [`restore::settings`] |
+
+mod checkpoint;
+mod cli;
+mod coordinator;
+mod elf;
+mod error;
+mod image;
+mod launch;
+mod restore;
+mod sys;
+
+use error::exit_code_of;
+use std::io::Write;
+
+fn main() {
+    let code = match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ckrun: {e:#}");
+            exit_code_of(&e)
+        }
+    };
+    let _ = std::io::stdout().flush();
+    std::process::exit(code);
+}
+
+fn run() -> anyhow::Result<i32> {
+    match cli::parse(std::env::args_os().collect())? {
+        cli::Command::Help => {
+            println!("{}", cli::HELP);
+            Ok(0)
+        }
+        cli::Command::Version => {
+            println!("ckrun {}", env!("CARGO_PKG_VERSION"));
+            Ok(0)
+        }
+        cli::Command::Run {
+            program,
+            args,
+            opts,
+        } => launch::run(program, args, opts),
+        cli::Command::Restart {
+            image,
+            opts,
+            dry_run,
+        } => restore::restart(&image, opts, dry_run),
+        cli::Command::Inspect { image, json } => restore::inspect(&image, json),
+        cli::Command::RestoreChild {
+            image_fd,
+            index,
+            ctl_fd,
+        } => restore::child::main(image_fd, index, ctl_fd),
+    }
+}

@@ -1,0 +1,210 @@
+//! Staging memory in the restore child: each region mapped at its staging
+//! address (from its file, or anonymous), its saved pages decompressed into
+//! place on all cores, then given its final protection. The restorer later
+//! moves each staged region to its final address without copying.
+
+use super::kernel::Kernel;
+use super::plan::RestorePlan;
+use crate::error::CkError;
+use crate::image::manifest::{ChunkRef, ProcessImage, RegionKind};
+use crate::image::ImageReader;
+use crate::sys::PAGE_SIZE;
+use anyhow::{Context, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Maps every staged region; writable for now where pages must be filled.
+pub fn map(k: &mut impl Kernel, plan: &RestorePlan, p: &ProcessImage) -> Result<()> {
+    for s in &plan.staged {
+        let r = &p.regions[s.region];
+        let prot = if r.chunks.is_empty() {
+            r.prot
+        } else {
+            r.prot | libc::PROT_READ | libc::PROT_WRITE
+        };
+        let share = if r.shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+        let flags = libc::MAP_FIXED_NOREPLACE | share;
+        let what = || {
+            format!(
+                "staging {} ({:#x}-{:#x})",
+                if r.name.is_empty() {
+                    "anonymous memory"
+                } else {
+                    &r.name
+                },
+                r.start,
+                r.end
+            )
+        };
+        match &r.kind {
+            RegionKind::File { file, offset } => {
+                let mode = if r.shared && r.prot & libc::PROT_WRITE != 0 {
+                    libc::O_RDWR
+                } else {
+                    libc::O_RDONLY
+                };
+                let fd = k.open(&file.path, mode | libc::O_CLOEXEC).map_err(|e| {
+                    CkError::Environment(format!("cannot open {}: {e}", file.path.display()))
+                })?;
+                let r2 = k.mmap(s.at, s.len, prot, flags, fd, *offset);
+                k.close(fd);
+                r2.with_context(what)?;
+            }
+            RegionKind::Stack => k
+                .mmap(
+                    s.at,
+                    s.len,
+                    prot,
+                    flags | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN,
+                    -1,
+                    0,
+                )
+                .with_context(what)?,
+            _ => k
+                .mmap(s.at, s.len, prot, flags | libc::MAP_ANONYMOUS, -1, 0)
+                .with_context(what)?,
+        }
+    }
+    Ok(())
+}
+
+/// Gives the filled regions their final protection.
+pub fn protect(k: &mut impl Kernel, plan: &RestorePlan, p: &ProcessImage) -> Result<()> {
+    for s in &plan.staged {
+        let r = &p.regions[s.region];
+        if !r.chunks.is_empty() && r.prot != r.prot | libc::PROT_READ | libc::PROT_WRITE {
+            k.mprotect(s.at, s.len, r.prot)
+                .with_context(|| format!("protecting {:#x}", r.start))?;
+        }
+    }
+    Ok(())
+}
+
+/// Decompresses every saved page into its staged region, on all cores.
+/// Each chunk covers consecutive pages, so it goes straight into place.
+pub fn fill(img: &ImageReader, plan: &RestorePlan, p: &ProcessImage) -> Result<u64, CkError> {
+    let mut work: Vec<(&ChunkRef, u64)> = Vec::new();
+    for s in &plan.staged {
+        let r = &p.regions[s.region];
+        work.extend(r.chunks.iter().map(|c| (c, s.at + (c.addr - r.start))));
+    }
+    // Largest first: better balance across threads.
+    work.sort_unstable_by_key(|(c, _)| std::cmp::Reverse(c.npages));
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(16);
+    let first_err = std::sync::Mutex::new(None);
+    std::thread::scope(|sc| {
+        for _ in 0..threads {
+            sc.spawn(|| {
+                let mut scratch = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(c, dest)) = work.get(i) else { break };
+                    let len = c.npages as usize * PAGE_SIZE as usize;
+                    // SAFETY: dest..dest+len lies inside a staged region this
+                    // process mapped writable (see `map`); chunks of one
+                    // region never overlap (checked when the image was
+                    // opened), so no two threads write the same bytes, and
+                    // nothing else uses staged memory until the restorer.
+                    let out = unsafe { std::slice::from_raw_parts_mut(dest as *mut u8, len) };
+                    if let Err(e) = img.read_chunk(c, out, &mut scratch) {
+                        first_err.lock().unwrap().get_or_insert(e);
+                        next.store(work.len(), Ordering::Relaxed);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    match first_err.into_inner().unwrap() {
+        Some(e) => Err(e),
+        None => Ok(work.iter().map(|(c, _)| c.npages as u64 * PAGE_SIZE).sum()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::manifest::{ChunkRef, FileRef, RegionKind};
+    use crate::restore::kernel::recording::{Call, Recording};
+    use crate::restore::plan::tests::{process, region};
+    use crate::sys::procfs::parse_maps;
+
+    #[test]
+    fn regions_are_mapped_by_kind_at_their_staging_address() {
+        let mut file = region(
+            0x5555_0000_0000,
+            0x5555_0000_2000,
+            RegionKind::File {
+                file: FileRef {
+                    path: "/lib/x.so".into(),
+                    size: 9000,
+                    mtime_ns: 1,
+                    inode: 2,
+                },
+                offset: 0x3000,
+            },
+        );
+        file.prot = libc::PROT_READ;
+        file.chunks.push(ChunkRef {
+            addr: 0x5555_0000_1000,
+            npages: 1,
+            clen: 10,
+            offset: 64,
+            checksum: 0,
+        });
+        let stack = region(0x7ffe_0000_0000, 0x7ffe_0002_0000, RegionKind::Stack);
+        let p = process(vec![file, stack], &[100]);
+        let plan = RestorePlan::build(
+            &p,
+            &parse_maps("1000-2000 r-xp 00000000 00:00 0 /ckrun\n").unwrap(),
+        )
+        .unwrap();
+        let mut k = Recording::default();
+        map(&mut k, &plan, &p).unwrap();
+        protect(&mut k, &plan, &p).unwrap();
+        let (s0, s1) = (&plan.staged[0], &plan.staged[1]);
+        assert_eq!(
+            k.calls,
+            vec![
+                Call::Open {
+                    path: "/lib/x.so".into(),
+                    flags: libc::O_RDONLY | libc::O_CLOEXEC,
+                    fd: 100
+                },
+                // Writable while its written page is put back...
+                Call::Mmap {
+                    at: s0.at,
+                    len: 0x2000,
+                    prot: libc::PROT_READ | libc::PROT_WRITE,
+                    flags: libc::MAP_FIXED_NOREPLACE | libc::MAP_PRIVATE,
+                    fd: 100,
+                    offset: 0x3000
+                },
+                Call::Close(100),
+                Call::Mmap {
+                    at: s1.at,
+                    len: 0x20000,
+                    prot: 3,
+                    flags: libc::MAP_FIXED_NOREPLACE
+                        | libc::MAP_PRIVATE
+                        | libc::MAP_ANONYMOUS
+                        | libc::MAP_GROWSDOWN,
+                    fd: -1,
+                    offset: 0
+                },
+                // ... then read-only again.
+                Call::Mprotect {
+                    at: s0.at,
+                    len: 0x2000,
+                    prot: libc::PROT_READ
+                },
+            ]
+        );
+    }
+}

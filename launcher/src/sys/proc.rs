@@ -1,0 +1,77 @@
+//! Process-level calls: clone3 with a chosen PID, kcmp, queued signals.
+
+use std::io;
+
+/// `struct clone_args` of clone3(2).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
+/// Forks a child whose PID is `pid` (EEXIST if taken, EPERM without the
+/// privilege) and runs `child` in it, which must not return. `child` runs
+/// in a copy of this process right after the clone, so it may only do
+/// async-signal-safe work (it should exec at once).
+pub fn fork_with_pid(
+    pid: i32,
+    child: impl FnOnce() -> std::convert::Infallible,
+) -> io::Result<i32> {
+    let want = pid;
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: &want as *const i32 as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: a fork-like clone3 (no CLONE_VM): the child gets a private
+    // copy of memory and continues on a copy of this stack, as after fork.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match r {
+        0 => match child() {},
+        r if r < 0 => Err(io::Error::last_os_error()),
+        r => Ok(r as i32),
+    }
+}
+
+const KCMP_FILE: i32 = 0;
+
+/// Whether fd `a` of `pid_a` and fd `b` of `pid_b` are one open file
+/// description (dup, dup2, inherited across fork).
+pub fn same_file_description(pid_a: i32, a: i32, pid_b: i32, b: i32) -> io::Result<bool> {
+    // SAFETY: kcmp takes integers only.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid_a, pid_b, KCMP_FILE, a, b) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r == 0)
+    }
+}
+
+/// Sends `sig` to process `pid` with `si_value = value` (SI_QUEUE).
+pub fn sigqueue(pid: i32, sig: i32, value: u64) -> io::Result<()> {
+    // SAFETY: sigqueue copies the value; the union's pointer member is
+    // 8 bytes wide on x86-64.
+    let r = unsafe { libc::sigqueue(pid, sig, std::mem::transmute::<u64, libc::sigval>(value)) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

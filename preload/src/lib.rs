@@ -1,0 +1,127 @@
+//! `libckpt.so`, ckrun's in-process agent.
+//!
+//! ckrun injects it with `LD_PRELOAD` into every process of the tree it
+//! checkpoints. At load time it connects to the coordinator named by
+//! `CKRUN_SOCKET` and installs two signal handlers: the checkpoint trigger
+//! ([`signals`]) and the suspend signal ([`suspend`]). Nothing else runs
+//! until a checkpoint: no thread, no timer, no syscall on the program's
+//! hot paths. Without `CKRUN_SOCKET` it stays inert and every wrapper
+//! passes straight through.
+//!
+//! Modules by role:
+//! - [`sys`]: raw syscalls (the only way code in handlers talks to the kernel);
+//! - [`signals`]: interposed signal functions and the trigger handler;
+//! - [`suspend`]: parking threads, the fork point, restart fix-ups;
+//! - [`channel`]: messages to and from the coordinator.
+
+pub mod channel;
+mod real;
+pub mod signals;
+pub mod state;
+pub mod suspend;
+pub mod sys;
+
+use ckrun_proto::{
+    kind, Hello, AGENT_FD_MIN, DEFAULT_TRIGGER, ENV_SOCKET, ENV_TRIGGER, PROTOCOL_VERSION,
+    SUSPEND_SIGNAL,
+};
+use core::sync::atomic::Ordering::Relaxed;
+use state::{CTL_FD, RSEQ_OFFSET, RSEQ_SIZE, TRIGGER};
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = agent_init;
+
+extern "C" fn agent_init() {
+    let Some(name) = getenv(ENV_SOCKET) else {
+        return;
+    };
+    let trigger = getenv(ENV_TRIGGER)
+        .and_then(|s| core::str::from_utf8(s).ok()?.parse::<i32>().ok())
+        .filter(|s| (1..=64).contains(s) && *s != SUSPEND_SIGNAL)
+        .unwrap_or(DEFAULT_TRIGGER);
+    let Some(fd) = connect(name) else {
+        warn(b"ckrun agent: cannot reach the coordinator; running without checkpoints\n");
+        return;
+    };
+    read_rseq_layout();
+    TRIGGER.store(trigger, Relaxed);
+    CTL_FD.store(fd, Relaxed);
+    let ok = signals::install(SUSPEND_SIGNAL, suspend::on_suspend)
+        && signals::install(trigger, signals::on_trigger);
+    if !ok {
+        warn(b"ckrun agent: cannot install signal handlers; running without checkpoints\n");
+        CTL_FD.store(-1, Relaxed);
+        sys::close(fd);
+        return;
+    }
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        pid: sys::getpid(),
+        agent_fd: fd,
+        trigger,
+    };
+    channel::send_msg(kind::HELLO, &[hello]);
+}
+
+fn getenv(name: &str) -> Option<&'static [u8]> {
+    let mut buf = [0u8; 64];
+    buf[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: buf is NUL-terminated; the returned string lives in the
+    // environment, which nobody frees while constructors run.
+    let p = unsafe { libc::getenv(buf.as_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: getenv returns a NUL-terminated string.
+    Some(unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes())
+}
+
+/// Connects to the coordinator's abstract socket and moves the connection
+/// to a high fd, close-on-exec (a program exec'd from here reconnects).
+fn connect(name: &[u8]) -> Option<i32> {
+    // SAFETY: plain socket calls on locals.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let mut addr: libc::sockaddr_un = core::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as u16;
+        if name.len() + 1 > addr.sun_path.len() {
+            libc::close(fd);
+            return None;
+        }
+        for (i, &b) in name.iter().enumerate() {
+            addr.sun_path[i + 1] = b as libc::c_char; // abstract: leading NUL
+        }
+        let len = (core::mem::size_of::<libc::sa_family_t>() + 1 + name.len()) as libc::socklen_t;
+        if libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
+            libc::close(fd);
+            return None;
+        }
+        let mut lim: libc::rlimit = core::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        let floor = (AGENT_FD_MIN as u64).min(lim.rlim_cur.saturating_sub(16)) as i32;
+        let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor.max(3));
+        libc::close(fd);
+        (high >= 0).then_some(high)
+    }
+}
+
+fn read_rseq_layout() {
+    // SAFETY: dlsym with NUL-terminated names; the symbols, when glibc has
+    // them (2.35+), are a ptrdiff_t and an unsigned int.
+    unsafe {
+        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr());
+        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
+        if !off.is_null() && !size.is_null() {
+            RSEQ_OFFSET.store(*(off as *const isize) as i64, Relaxed);
+            RSEQ_SIZE.store(*(size as *const u32), Relaxed);
+        }
+    }
+}
+
+fn warn(msg: &[u8]) {
+    sys::write(2, msg);
+}

@@ -1,0 +1,430 @@
+//! Signal virtualisation: the agent owns two signals (the checkpoint
+//! trigger, SIGUSR2 by default, and [`SUSPEND_SIGNAL`]). The program's
+//! `sigaction`/`signal` on them are recorded here and never reach the
+//! kernel; masks and wait sets it passes never contain them. A trigger
+//! signal the program sends itself (raise, kill(getpid()), pthread_kill) is
+//! still delivered to the program's own handler, so a program that uses
+//! SIGUSR2 internally keeps working; one from outside means "checkpoint".
+
+use crate::real::real;
+use crate::state::{active, is_reserved, reserved_mask, RacyCell, TRIGGER};
+use crate::sys;
+use ckrun_proto::SUSPEND_SIGNAL;
+use core::ffi::c_int;
+use core::sync::atomic::{AtomicBool, Ordering::*};
+
+/// The program's view of the reserved signals' dispositions, indexed by
+/// signal number. Written under [`VLOCK`] by the wrappers.
+static VIRTUAL: RacyCell<[libc::sigaction; 65]> = RacyCell::new(
+    // SAFETY: an all-zero sigaction is SIG_DFL with an empty mask.
+    unsafe { core::mem::zeroed() },
+);
+static VLOCK: AtomicBool = AtomicBool::new(false);
+
+fn with_virtual<R>(f: impl FnOnce(&mut [libc::sigaction; 65]) -> R) -> R {
+    while VLOCK
+        .compare_exchange_weak(false, true, Acquire, Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
+    // SAFETY: VLOCK gives exclusive access to VIRTUAL.
+    let r = f(unsafe { &mut *VIRTUAL.get() });
+    VLOCK.store(false, Release);
+    r
+}
+
+/// Reads the program's disposition of `sig` without the lock (signal
+/// handlers must not spin on a lock the interrupted thread may hold).
+fn virtual_of(sig: i32) -> libc::sigaction {
+    // SAFETY: a racy copy of plain data; at worst it mixes an old and a new
+    // disposition set by a concurrent sigaction(), which the program could
+    // not have ordered against the signal anyway.
+    unsafe { core::ptr::read_volatile(&(*VIRTUAL.get())[sig as usize]) }
+}
+
+/// Clears the reserved signals from a glibc `sigset_t` (signals 1..64 are
+/// its first word).
+///
+/// # Safety
+/// `set` must point to a valid, writable sigset_t.
+unsafe fn strip(set: *mut libc::sigset_t) {
+    // SAFETY: sigset_t is at least 8 bytes and the caller owns it.
+    unsafe { *(set as *mut u64) &= !reserved_mask() };
+}
+
+/// Copies `set` (if not null) with the reserved signals removed.
+///
+/// # Safety
+/// `set` must be null or point to a valid sigset_t.
+unsafe fn stripped(set: *const libc::sigset_t) -> Option<libc::sigset_t> {
+    if set.is_null() {
+        return None;
+    }
+    // SAFETY: set is valid per the caller; the copy is ours to modify.
+    let mut s = unsafe { *set };
+    // SAFETY: s is a local sigset_t.
+    unsafe { strip(&mut s) };
+    Some(s)
+}
+
+fn ptr_or_null(s: &Option<libc::sigset_t>, orig: *const libc::sigset_t) -> *const libc::sigset_t {
+    s.as_ref().map_or(orig, |s| s as *const _)
+}
+
+/// # Safety
+/// Same contract as glibc's `sigaction`.
+#[no_mangle]
+pub unsafe extern "C" fn sigaction(
+    sig: c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> c_int {
+    let next = real!(sigaction: fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int);
+    if !is_reserved(sig) {
+        if act.is_null() || !active() {
+            // SAFETY: forwarded unchanged.
+            return unsafe { next(sig, act, old) };
+        }
+        // SAFETY: act is valid per the contract.
+        let mut a = unsafe { *act };
+        // SAFETY: a is a local.
+        unsafe { strip(&mut a.sa_mask) };
+        // SAFETY: forwarded with a valid local copy.
+        return unsafe { next(sig, &a, old) };
+    }
+    with_virtual(|v| {
+        if !old.is_null() {
+            // SAFETY: old is writable per the contract.
+            unsafe { *old = v[sig as usize] };
+        }
+        if !act.is_null() {
+            // SAFETY: act is readable per the contract.
+            v[sig as usize] = unsafe { *act };
+        }
+    });
+    0
+}
+
+/// `signal()` with the given extra flags (BSD semantics: SA_RESTART).
+///
+/// # Safety
+/// As glibc's `signal`.
+unsafe fn signal_with(
+    sig: c_int,
+    handler: libc::sighandler_t,
+    flags: c_int,
+    name: SignalFn,
+) -> libc::sighandler_t {
+    if !is_reserved(sig) {
+        // SAFETY: forwarded unchanged to the matching glibc function.
+        return unsafe {
+            match name {
+                SignalFn::Signal => {
+                    real!(signal: fn(c_int, libc::sighandler_t) -> libc::sighandler_t)(sig, handler)
+                }
+                SignalFn::Bsd => {
+                    real!(bsd_signal: fn(c_int, libc::sighandler_t) -> libc::sighandler_t)(
+                        sig, handler,
+                    )
+                }
+                SignalFn::Sysv => {
+                    real!(sysv_signal: fn(c_int, libc::sighandler_t) -> libc::sighandler_t)(
+                        sig, handler,
+                    )
+                }
+            }
+        };
+    }
+    // SAFETY: zeroed sigaction is valid plain data.
+    let mut new: libc::sigaction = unsafe { core::mem::zeroed() };
+    new.sa_sigaction = handler;
+    new.sa_flags = flags;
+    // SAFETY: zeroed sigaction is valid plain data.
+    let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
+    // SAFETY: both point to locals.
+    unsafe { sigaction(sig, &new, &mut old) };
+    old.sa_sigaction
+}
+
+enum SignalFn {
+    Signal,
+    Bsd,
+    Sysv,
+}
+
+/// # Safety
+/// As glibc's `signal`.
+#[no_mangle]
+pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    // SAFETY: forwarded contract.
+    unsafe { signal_with(sig, handler, libc::SA_RESTART, SignalFn::Signal) }
+}
+
+/// # Safety
+/// As glibc's `bsd_signal`.
+#[no_mangle]
+pub unsafe extern "C" fn bsd_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    // SAFETY: forwarded contract.
+    unsafe { signal_with(sig, handler, libc::SA_RESTART, SignalFn::Bsd) }
+}
+
+/// # Safety
+/// As glibc's `sysv_signal`.
+#[no_mangle]
+pub unsafe extern "C" fn sysv_signal(
+    sig: c_int,
+    handler: libc::sighandler_t,
+) -> libc::sighandler_t {
+    // SAFETY: forwarded contract.
+    unsafe {
+        signal_with(
+            sig,
+            handler,
+            libc::SA_RESETHAND | libc::SA_NODEFER,
+            SignalFn::Sysv,
+        )
+    }
+}
+
+/// # Safety
+/// As glibc's `sigprocmask`.
+#[no_mangle]
+pub unsafe extern "C" fn sigprocmask(
+    how: c_int,
+    set: *const libc::sigset_t,
+    old: *mut libc::sigset_t,
+) -> c_int {
+    let next = real!(sigprocmask: fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int);
+    // SAFETY: set is null or valid per the contract.
+    let s = if how == libc::SIG_UNBLOCK {
+        None
+    } else {
+        unsafe { stripped(set) }
+    };
+    // SAFETY: forwarded with a valid (possibly local) set.
+    unsafe { next(how, ptr_or_null(&s, set), old) }
+}
+
+/// # Safety
+/// As glibc's `pthread_sigmask`.
+#[no_mangle]
+pub unsafe extern "C" fn pthread_sigmask(
+    how: c_int,
+    set: *const libc::sigset_t,
+    old: *mut libc::sigset_t,
+) -> c_int {
+    let next =
+        real!(pthread_sigmask: fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int);
+    // SAFETY: set is null or valid per the contract.
+    let s = if how == libc::SIG_UNBLOCK {
+        None
+    } else {
+        unsafe { stripped(set) }
+    };
+    // SAFETY: forwarded with a valid (possibly local) set.
+    unsafe { next(how, ptr_or_null(&s, set), old) }
+}
+
+/// # Safety
+/// As glibc's `sigsuspend`.
+#[no_mangle]
+pub unsafe extern "C" fn sigsuspend(set: *const libc::sigset_t) -> c_int {
+    let next = real!(sigsuspend: fn(*const libc::sigset_t) -> c_int);
+    // SAFETY: set is valid per the contract.
+    let s = unsafe { stripped(set) };
+    // SAFETY: forwarded with a valid set.
+    unsafe { next(ptr_or_null(&s, set)) }
+}
+
+/// # Safety
+/// As glibc's `sigwait`.
+#[no_mangle]
+pub unsafe extern "C" fn sigwait(set: *const libc::sigset_t, sig: *mut c_int) -> c_int {
+    let next = real!(sigwait: fn(*const libc::sigset_t, *mut c_int) -> c_int);
+    // SAFETY: set is valid per the contract.
+    let s = unsafe { stripped(set) };
+    // SAFETY: forwarded with a valid set.
+    unsafe { next(ptr_or_null(&s, set), sig) }
+}
+
+/// # Safety
+/// As glibc's `sigwaitinfo`.
+#[no_mangle]
+pub unsafe extern "C" fn sigwaitinfo(
+    set: *const libc::sigset_t,
+    info: *mut libc::siginfo_t,
+) -> c_int {
+    let next = real!(sigwaitinfo: fn(*const libc::sigset_t, *mut libc::siginfo_t) -> c_int);
+    // SAFETY: set is valid per the contract.
+    let s = unsafe { stripped(set) };
+    // SAFETY: forwarded with a valid set.
+    unsafe { next(ptr_or_null(&s, set), info) }
+}
+
+/// # Safety
+/// As glibc's `sigtimedwait`.
+#[no_mangle]
+pub unsafe extern "C" fn sigtimedwait(
+    set: *const libc::sigset_t,
+    info: *mut libc::siginfo_t,
+    timeout: *const libc::timespec,
+) -> c_int {
+    let next = real!(sigtimedwait: fn(*const libc::sigset_t, *mut libc::siginfo_t, *const libc::timespec) -> c_int);
+    // SAFETY: set is valid per the contract.
+    let s = unsafe { stripped(set) };
+    // SAFETY: forwarded with a valid set.
+    unsafe { next(ptr_or_null(&s, set), info, timeout) }
+}
+
+/// # Safety
+/// As glibc's `signalfd`.
+#[no_mangle]
+pub unsafe extern "C" fn signalfd(fd: c_int, set: *const libc::sigset_t, flags: c_int) -> c_int {
+    let next = real!(signalfd: fn(c_int, *const libc::sigset_t, c_int) -> c_int);
+    // SAFETY: set is valid per the contract.
+    let s = unsafe { stripped(set) };
+    // SAFETY: forwarded with a valid set.
+    unsafe { next(fd, ptr_or_null(&s, set), flags) }
+}
+
+/// Signals the agent's own handlers never block: faults must stay fatal.
+const SYNCHRONOUS: [c_int; 6] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+    libc::SIGTRAP,
+    libc::SIGSYS,
+];
+
+type Handler = extern "C" fn(c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
+/// Installs one of the agent's handlers through glibc, which supplies the
+/// `sa_restorer` trampoline the kernel needs on x86-64. The program's
+/// previous disposition of `sig` becomes its virtual one.
+pub fn install(sig: c_int, handler: Handler) -> bool {
+    // SAFETY: zeroed sigaction is valid plain data.
+    let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
+    sa.sa_sigaction = handler as usize;
+    sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SAFETY: sa.sa_mask is a local sigset.
+    unsafe {
+        libc::sigfillset(&mut sa.sa_mask);
+        for s in SYNCHRONOUS {
+            libc::sigdelset(&mut sa.sa_mask, s);
+        }
+    }
+    // SAFETY: zeroed sigaction is valid plain data.
+    let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
+    let next = real!(sigaction: fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int);
+    // SAFETY: both pointers reference locals.
+    let ok = unsafe { next(sig, &sa, &mut old) } == 0;
+    if ok {
+        with_virtual(|v| v[sig as usize] = old);
+    }
+    ok
+}
+
+/// Moves the trigger to `new` (after a restart with another `--signal`):
+/// the old signal gets back the program's disposition, the new one becomes
+/// the agent's. Runs in a handler: raw syscalls only. `ours` is the kernel
+/// form of the agent's trigger handler (with glibc's restorer).
+pub fn move_trigger(new: i32, ours: &sys::KSigaction) {
+    let old = TRIGGER.load(Relaxed);
+    if old == new || !(1..=64).contains(&new) || new == SUSPEND_SIGNAL {
+        return;
+    }
+    // The program's disposition of `old` is in VIRTUAL; it only differs from
+    // the kernel form in the mask width and field order.
+    let v = virtual_of(old);
+    let back = sys::KSigaction {
+        handler: v.sa_sigaction as u64,
+        flags: v.sa_flags as u64 | sys::SA_RESTORER as u64,
+        restorer: ours.restorer,
+        // SAFETY: sa_mask's first word holds signals 1..64.
+        mask: unsafe { *(&v.sa_mask as *const libc::sigset_t as *const u64) },
+    };
+    let mut prev = sys::KSigaction::default();
+    sys::rt_sigaction(new, Some(ours), Some(&mut prev));
+    sys::rt_sigaction(old, Some(&back), None);
+    // SAFETY: we run in the leader's handler while every other thread is
+    // parked, so nothing else touches VIRTUAL[new].
+    unsafe {
+        let slot = &mut (*VIRTUAL.get())[new as usize];
+        slot.sa_sigaction = prev.handler as usize;
+        slot.sa_flags = (prev.flags as c_int) & !sys::SA_RESTORER;
+        *(&mut slot.sa_mask as *mut libc::sigset_t as *mut u64) = prev.mask;
+    }
+    TRIGGER.store(new, Relaxed);
+}
+
+/// Handler of the trigger signal.
+pub extern "C" fn on_trigger(sig: c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo; si_code at byte 8, si_pid at 16.
+    let (code, sender): (i32, i32) =
+        unsafe { (sys::siginfo_word(info, 8), sys::siginfo_word(info, 16)) };
+    let from_user = code <= 0; // SI_USER, SI_QUEUE, SI_TKILL...
+    if !from_user || sender == sys::getpid() || !active() {
+        deliver_to_program(sig, info, uc);
+        return;
+    }
+    crate::channel::send_msg::<u8>(ckrun_proto::kind::CHECKPOINT_REQUEST, &[]);
+}
+
+/// Runs the program's own disposition of a reserved signal, as the kernel
+/// would have.
+fn deliver_to_program(sig: c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    let act = virtual_of(sig);
+    let h = act.sa_sigaction;
+    if h == libc::SIG_IGN {
+        return;
+    }
+    // SAFETY: uc is the kernel's ucontext for this delivery.
+    let interrupted = unsafe {
+        *(&(*(uc as *mut libc::ucontext_t)).uc_sigmask as *const libc::sigset_t as *const u64)
+    };
+    if h == libc::SIG_DFL {
+        // Take the default action for real: the kernel decides (terminate,
+        // stop, ignore), then the agent's handler goes back.
+        let mut ours = sys::KSigaction::default();
+        let dfl = sys::KSigaction::default();
+        sys::rt_sigaction(sig, Some(&dfl), Some(&mut ours));
+        let unblock = 1u64 << (sig - 1);
+        let mut saved = 0u64;
+        sys::sigprocmask(libc::SIG_UNBLOCK, Some(&unblock), Some(&mut saved));
+        sys::tgkill(sys::getpid(), sys::gettid(), sig);
+        sys::sigprocmask(libc::SIG_SETMASK, Some(&saved), None);
+        sys::rt_sigaction(sig, Some(&ours), None);
+        return;
+    }
+    // SAFETY: sa_mask's first word holds signals 1..64.
+    let mut mask = interrupted | unsafe { *(&act.sa_mask as *const libc::sigset_t as *const u64) };
+    if act.sa_flags & libc::SA_NODEFER == 0 {
+        mask |= 1u64 << (sig - 1);
+    }
+    mask &= !reserved_mask();
+    let mut saved = 0u64;
+    sys::sigprocmask(libc::SIG_SETMASK, Some(&mask), Some(&mut saved));
+    if act.sa_flags & libc::SA_RESETHAND != 0 {
+        // SAFETY: a single aligned word store; a handler must not take VLOCK,
+        // which the interrupted thread may hold.
+        unsafe {
+            core::ptr::write_volatile(
+                &mut (*VIRTUAL.get())[sig as usize].sa_sigaction,
+                libc::SIG_DFL,
+            )
+        };
+    }
+    if act.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: the program registered h as a three-argument handler.
+        let f: Handler = unsafe { core::mem::transmute::<usize, Handler>(h) };
+        f(sig, info, uc);
+    } else {
+        // SAFETY: the program registered h as a one-argument handler.
+        let f: extern "C" fn(c_int) =
+            unsafe { core::mem::transmute::<usize, extern "C" fn(c_int)>(h) };
+        f(sig);
+    }
+    sys::sigprocmask(libc::SIG_SETMASK, Some(&saved), None);
+}

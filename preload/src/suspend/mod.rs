@@ -1,0 +1,379 @@
+//! Suspending every thread of the process for a checkpoint, and resuming
+//! them, either right after the checkpoint or after a restart.
+//!
+//! The coordinator sends [`SUSPEND_SIGNAL`] to the process with
+//! `SUSPEND_MAGIC | SUSPEND_LEAD`; the thread that receives it becomes the
+//! *leader*. It sends the same signal with `SUSPEND_PARK` to each other
+//! thread (listed in /proc/self/task, re-listed until no new thread shows
+//! up), waits until each has parked or is gone, captures the process-wide
+//! kernel state, and reaches its fork point. There it either forks a
+//! copy-on-write snapshot child (the default) and lets the coordinator
+//! copy the child at leisure, or stays frozen until the coordinator has
+//! copied the process itself. It then releases the parked threads.
+//!
+//! Every thread's resume context is saved at its fork point, inside its
+//! signal handler; a restarted thread continues from there, re-establishes
+//! what the kernel forgot (see [`kstate`]), and returns from the handler,
+//! so that `rt_sigreturn` restores its interrupted registers exactly.
+//!
+//! All of this runs in signal handlers with every asynchronous signal
+//! blocked: raw syscalls, static storage, no allocation, no glibc locks.
+
+mod forkpoint;
+mod kstate;
+mod tasks;
+
+use crate::channel::{recv_msg, send_msg};
+use crate::state::{RacyCell, TRIGGER};
+use crate::sys;
+use ckrun_proto::{
+    kind, restorer_header as rh, Config, Failure, Restored, Suspended, ThreadRecord, MAX_THREADS,
+    SUSPEND_LEAD, SUSPEND_MAGIC, SUSPEND_PARK, SUSPEND_SIGNAL, THREAD_LEADER,
+};
+use core::ffi::c_int;
+use core::sync::atomic::{AtomicI32, AtomicU32, Ordering::*};
+
+/// Epoch of the checkpoint being taken (bumped by each leader).
+static EPOCH: AtomicU32 = AtomicU32::new(0);
+/// Parked threads wait until this reaches their epoch.
+static RELEASED: AtomicU32 = AtomicU32::new(0);
+/// Threads parked in the current epoch (futex word).
+static PARKED: AtomicU32 = AtomicU32::new(0);
+/// After a restart: threads back in their handlers (futex word).
+static ARRIVED: AtomicU32 = AtomicU32::new(0);
+/// Slots of [`RECORDS`] in use; slot 0 is the leader's.
+static NSLOTS: AtomicU32 = AtomicU32::new(0);
+/// Tid of the current leader, 0 when no checkpoint runs.
+static LEADER: AtomicI32 = AtomicI32::new(0);
+
+/// One record per thread. A slot is written only by the thread that took
+/// it (fetch_add on NSLOTS) before it bumps PARKED; the leader reads it
+/// after seeing PARKED.
+static RECORDS: RacyCell<[ThreadRecord; MAX_THREADS]> = RacyCell::new(
+    [ThreadRecord {
+        tid: 0,
+        flags: 0,
+        fs_base: 0,
+        gs_base: 0,
+        ctx: ckrun_proto::SavedContext {
+            rbx: 0,
+            rbp: 0,
+            r12: 0,
+            r13: 0,
+            r14: 0,
+            r15: 0,
+            rsp: 0,
+            rip: 0,
+        },
+        robust_head: 0,
+        robust_len: 0,
+        clear_child_tid: 0,
+        rseq_area: 0,
+        rseq_len: 0,
+        rseq_sig: 0,
+        comm: [0; 16],
+    }; MAX_THREADS],
+);
+/// Threads the leader has signalled in this epoch (leader only).
+static SIGNALLED: RacyCell<[i32; MAX_THREADS]> = RacyCell::new([0; MAX_THREADS]);
+
+fn slot(i: usize) -> &'static mut ThreadRecord {
+    // SAFETY: callers own slot i (see RECORDS); i < MAX_THREADS is checked
+    // by every caller before use.
+    unsafe { &mut (*RECORDS.get())[i] }
+}
+
+/// How long a thread may take to park before the checkpoint is abandoned.
+const PARK_TIMEOUT_TICKS: u32 = 100; // x 100 ms
+const TICK_NS: u64 = 100_000_000;
+
+/// Handler of [`SUSPEND_SIGNAL`].
+pub extern "C" fn on_suspend(_sig: c_int, info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo: si_code at 8, si_pid at 16,
+    // si_value at 24.
+    let (code, sender, value): (i32, i32, u64) = unsafe {
+        (
+            sys::siginfo_word(info, 8),
+            sys::siginfo_word(info, 16),
+            sys::siginfo_word(info, 24),
+        )
+    };
+    if code != libc::SI_QUEUE || value & !0xffff != SUSPEND_MAGIC {
+        return; // not ours: someone else's stray real-time signal
+    }
+    match value & 0xff {
+        SUSPEND_LEAD => lead(value & 0x100 != 0),
+        SUSPEND_PARK if sender == sys::getpid() => park(),
+        _ => {}
+    }
+}
+
+// ---- the leader -------------------------------------------------------
+
+fn lead(frozen: bool) {
+    let me = sys::gettid();
+    if LEADER.compare_exchange(0, me, Acquire, Relaxed).is_err() {
+        return;
+    }
+    let epoch = EPOCH.load(Relaxed).wrapping_add(1);
+    NSLOTS.store(1, Relaxed);
+    PARKED.store(0, Relaxed);
+    ARRIVED.store(0, Relaxed);
+    EPOCH.store(epoch, Release);
+
+    if let Err(f) = suspend_siblings(me) {
+        send_msg(kind::SUSPEND_FAILED, &[f]);
+        release(epoch);
+        LEADER.store(0, Release);
+        return;
+    }
+    let rec = slot(0);
+    kstate::capture_thread(rec);
+    rec.flags |= THREAD_LEADER;
+    let arg = epoch as u64 | (frozen as u64) << 32;
+    forkpoint::fork_point(&mut rec.ctx, leader_checkpoint, leader_restarted, arg);
+    release(epoch);
+    LEADER.store(0, Release);
+}
+
+/// Signals every other thread to park and waits until all have.
+fn suspend_siblings(me: i32) -> Result<(), Failure> {
+    let pid = sys::getpid();
+    // SAFETY: the leader owns SIGNALLED.
+    let signalled = unsafe { &mut *SIGNALLED.get() };
+    let mut n = 0usize;
+    loop {
+        let mut fresh = 0;
+        let mut err = None;
+        let listed = tasks::for_each_task(|tid| {
+            if tid == me || signalled[..n].contains(&tid) || err.is_some() {
+                return;
+            }
+            if n + 1 >= MAX_THREADS {
+                err = Some(Failure::new(libc::E2BIG, tid, "too many threads"));
+                return;
+            }
+            let v = SUSPEND_MAGIC | SUSPEND_PARK;
+            let r = sys::tgsigqueue(pid, tid, SUSPEND_SIGNAL, v);
+            if r == 0 {
+                signalled[n] = tid;
+                n += 1;
+                fresh += 1;
+            } else if r != -(libc::ESRCH as i64) {
+                err = Some(Failure::new(-r as i32, tid, "cannot signal thread"));
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if !listed {
+            return Err(Failure::new(libc::EIO, me, "cannot list /proc/self/task"));
+        }
+        if fresh == 0 {
+            return Ok(());
+        }
+        wait_parked(&signalled[..n])?;
+    }
+}
+
+/// Waits until each thread of `signalled` has parked or is gone.
+fn wait_parked(signalled: &[i32]) -> Result<(), Failure> {
+    let mut ticks = 0;
+    let mut gone = 0;
+    loop {
+        let parked = PARKED.load(Acquire);
+        if parked as usize + gone >= signalled.len() {
+            return Ok(());
+        }
+        if sys::futex_wait(&PARKED, parked, TICK_NS) == -(libc::ETIMEDOUT as i64) {
+            ticks += 1;
+            // Threads that exited (or are zombies) will never park.
+            let nslots = NSLOTS.load(Acquire) as usize;
+            let is_parked = |tid: i32| (1..nslots.min(MAX_THREADS)).any(|i| slot(i).tid == tid);
+            gone = signalled
+                .iter()
+                .filter(|&&t| !is_parked(t) && !tasks::thread_alive(t))
+                .count();
+            if ticks >= PARK_TIMEOUT_TICKS {
+                let stuck = signalled
+                    .iter()
+                    .copied()
+                    .find(|&t| !is_parked(t) && tasks::thread_alive(t));
+                return Err(Failure::new(
+                    libc::ETIMEDOUT,
+                    stuck.unwrap_or(0),
+                    "thread did not stop within 10 s (does it block signals with a raw syscall?)",
+                ));
+            }
+        }
+    }
+}
+
+/// First life of the leader's fork point: take the snapshot, report, and
+/// wait for the coordinator's go.
+extern "C" fn leader_checkpoint(arg: u64) {
+    let epoch = arg as u32;
+    let frozen = arg >> 32 & 1 != 0;
+    let brk = kstate::capture_process();
+    let snapshot_pid = if frozen { 0 } else { fork_snapshot().max(0) };
+    let nthreads = NSLOTS.load(Acquire).min(MAX_THREADS as u32);
+    let head = Suspended {
+        epoch: epoch as u64,
+        snapshot_pid,
+        nthreads,
+        brk,
+    };
+    if send_msg(kind::SUSPENDED, &[head]) {
+        // SAFETY: all slots below nthreads are written (their threads bumped
+        // PARKED before we got here); the leader only reads them.
+        let recs = unsafe { &(&*RECORDS.get())[..nthreads as usize] };
+        const BATCH: usize = (crate::channel::MAX_MSG - 8) / core::mem::size_of::<ThreadRecord>();
+        for chunk in recs.chunks(BATCH) {
+            send_msg(kind::THREADS, chunk);
+        }
+        let mut buf = [0u8; 256];
+        // Frozen or not, the coordinator says when the /proc state it reads
+        // while we are stopped (fds, offsets) is captured.
+        while let Some((h, _)) = recv_msg(&mut buf) {
+            if h.kind == kind::RESUME {
+                break;
+            }
+        }
+    }
+}
+
+/// Forks the copy-on-write snapshot. `CLONE_PARENT` makes it a child of
+/// ckrun, not of the program: the program's wait() and SIGCHLD never see
+/// it. Returns its pid, or a negative errno.
+fn fork_snapshot() -> i32 {
+    // SAFETY: getppid takes no arguments.
+    let coordinator = unsafe { sys::syscall1(libc::SYS_getppid, 0) };
+    // SAFETY: a fork-like clone (no CLONE_VM): the child continues here on a
+    // private copy of this stack.
+    let r = unsafe { sys::syscall6(sys::SYS_clone, libc::CLONE_PARENT as u64, 0, 0, 0, 0, 0) };
+    if r == 0 {
+        snapshot_child(coordinator);
+    }
+    r as i32
+}
+
+/// The snapshot child: holds still until the coordinator, done copying its
+/// memory, kills it. Dies with the coordinator too.
+fn snapshot_child(coordinator: i64) -> ! {
+    let all = !0u64;
+    sys::sigprocmask(libc::SIG_SETMASK, Some(&all), None);
+    // SAFETY: integer arguments only.
+    unsafe {
+        sys::syscall2(
+            sys::SYS_prctl,
+            libc::PR_SET_PDEATHSIG as u64,
+            libc::SIGKILL as u64,
+        )
+    };
+    // SAFETY: getppid takes no arguments.
+    if unsafe { sys::syscall1(libc::SYS_getppid, 0) } != coordinator {
+        sys::exit_group(0);
+    }
+    loop {
+        // SAFETY: pause takes no arguments.
+        unsafe { sys::syscall1(sys::SYS_pause, 0) };
+    }
+}
+
+/// Second life of the leader's fork point, in the restarted process.
+extern "C" fn leader_restarted(_arg: u64, restorer: u64) {
+    let others = NSLOTS.load(Acquire).saturating_sub(1);
+    // The restorer starts the threads one by one; once all are back in
+    // their handlers, none executes restorer code any more.
+    wait_count(&ARRIVED, others);
+    unmap_restorer(restorer);
+    kstate::restore_process();
+    kstate::restore_thread(slot(0));
+    let pid = sys::getpid();
+    send_msg(
+        kind::RESTORED,
+        &[Restored {
+            pid,
+            nthreads: others + 1,
+        }],
+    );
+    let mut buf = [0u8; 256];
+    if let Some((h, body)) = recv_msg(&mut buf) {
+        if h.kind == kind::CONFIG {
+            if let Some(c) = ckrun_proto::read_pod::<Config>(body) {
+                let ours = kstate::captured_action(TRIGGER.load(Relaxed));
+                crate::signals::move_trigger(c.trigger, &ours);
+            }
+        }
+    }
+}
+
+fn unmap_restorer(header: u64) {
+    if header == 0 {
+        return;
+    }
+    // SAFETY: the restorer passes its header page, mapped and readable;
+    // base and length describe the restorer's own reservation, which no
+    // thread executes any more.
+    unsafe {
+        let h = header as *const u64;
+        if *h.add(rh::OFF_MAGIC / 8) != rh::MAGIC {
+            return;
+        }
+        let base = *h.add(rh::OFF_BLOB_BASE / 8);
+        let len = *h.add(rh::OFF_BLOB_LEN / 8);
+        sys::syscall2(sys::SYS_munmap, base, len);
+    }
+}
+
+// ---- parked threads ---------------------------------------------------
+
+fn park() {
+    let epoch = EPOCH.load(Acquire);
+    let i = NSLOTS.fetch_add(1, AcqRel) as usize;
+    if i >= MAX_THREADS {
+        return; // the leader reports "too many threads"
+    }
+    let rec = slot(i);
+    kstate::capture_thread(rec);
+    let arg = epoch as u64 | (i as u64) << 32;
+    forkpoint::fork_point(&mut rec.ctx, park_checkpoint, park_restarted, arg);
+}
+
+extern "C" fn park_checkpoint(arg: u64) {
+    PARKED.fetch_add(1, Release);
+    sys::futex_wake(&PARKED);
+    wait_released(arg as u32);
+}
+
+extern "C" fn park_restarted(arg: u64, _restorer: u64) {
+    ARRIVED.fetch_add(1, Release);
+    sys::futex_wake(&ARRIVED);
+    wait_released(arg as u32);
+    kstate::restore_thread(slot((arg >> 32) as usize));
+}
+
+fn release(epoch: u32) {
+    RELEASED.store(epoch, Release);
+    sys::futex_wake(&RELEASED);
+}
+
+fn wait_released(epoch: u32) {
+    loop {
+        let r = RELEASED.load(Acquire);
+        if r.wrapping_sub(epoch) as i32 >= 0 {
+            return;
+        }
+        sys::futex_wait(&RELEASED, r, 0);
+    }
+}
+
+fn wait_count(word: &AtomicU32, target: u32) {
+    loop {
+        let v = word.load(Acquire);
+        if v >= target {
+            return;
+        }
+        sys::futex_wait(word, v, TICK_NS);
+    }
+}

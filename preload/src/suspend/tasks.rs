@@ -1,0 +1,139 @@
+//! The threads of this process, read from /proc/self/task with raw
+//! syscalls (the leader runs in a signal handler).
+
+use crate::state::RacyCell;
+use crate::sys;
+
+/// getdents64 buffer; only the leading thread uses it.
+static DENTS: RacyCell<[u8; 16384]> = RacyCell::new([0; 16384]);
+
+/// Calls `f` with every thread id of this process. Only the thread leading
+/// a checkpoint may call it (it owns [`DENTS`]).
+pub fn for_each_task(mut f: impl FnMut(i32)) -> bool {
+    let fd = sys::open(
+        b"/proc/self/task\0",
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+    );
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: the leader owns DENTS for the whole checkpoint.
+    let buf = unsafe { &mut *DENTS.get() };
+    loop {
+        // SAFETY: buf is writable for its length.
+        let n = unsafe {
+            sys::syscall3(
+                sys::SYS_getdents64,
+                fd as u64,
+                buf.as_mut_ptr() as u64,
+                buf.len() as u64,
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+        let mut off = 0usize;
+        while off + 19 < n as usize {
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            let name = &buf[off + 19..off + reclen];
+            if let Some(tid) = parse_decimal(name) {
+                f(tid);
+            }
+            if reclen == 0 {
+                break;
+            }
+            off += reclen;
+        }
+    }
+    sys::close(fd as i32);
+    true
+}
+
+/// Parses a NUL-terminated decimal name (".", ".." and others give None).
+pub fn parse_decimal(name: &[u8]) -> Option<i32> {
+    let mut v: i32 = 0;
+    let mut any = false;
+    for &c in name {
+        match c {
+            b'0'..=b'9' => {
+                v = v.checked_mul(10)?.checked_add((c - b'0') as i32)?;
+                any = true;
+            }
+            0 => break,
+            _ => return None,
+        }
+    }
+    any.then_some(v)
+}
+
+/// Whether thread `tid` of this process still runs (exists and is neither
+/// a zombie nor dead). A zombie main thread (after `pthread_exit` in main)
+/// can never park.
+pub fn thread_alive(tid: i32) -> bool {
+    let mut path = *b"/proc/self/task/0000000000/stat\0";
+    let digits = format_decimal(tid as u32, &mut path[16..26]);
+    // Shift "/stat\0" to follow the digits.
+    let tail = *b"/stat\0";
+    path[16 + digits..16 + digits + tail.len()].copy_from_slice(&tail);
+    let fd = sys::open(
+        &path[..16 + digits + tail.len()],
+        libc::O_RDONLY | libc::O_CLOEXEC,
+    );
+    if fd < 0 {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    let n = sys::read(fd as i32, &mut buf);
+    sys::close(fd as i32);
+    if n <= 0 {
+        return false;
+    }
+    let s = &buf[..n as usize];
+    match s.iter().rposition(|&c| c == b')') {
+        Some(p) if p + 2 < s.len() => !matches!(s[p + 2], b'Z' | b'X' | b'x'),
+        _ => false,
+    }
+}
+
+/// Writes `v` in decimal at the start of `out`; returns the digit count.
+fn format_decimal(mut v: u32, out: &mut [u8]) -> usize {
+    let mut tmp = [0u8; 10];
+    let mut n = 0;
+    loop {
+        tmp[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        out[i] = tmp[n - 1 - i];
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_names() {
+        assert_eq!(parse_decimal(b"1234\0"), Some(1234));
+        assert_eq!(parse_decimal(b".\0"), None);
+        assert_eq!(parse_decimal(b"\0"), None);
+        let mut out = [0u8; 10];
+        assert_eq!(format_decimal(40517, &mut out), 5);
+        assert_eq!(&out[..5], b"40517");
+    }
+
+    #[test]
+    fn own_threads_are_seen_and_alive() {
+        let me = sys::gettid();
+        let mut seen = false;
+        assert!(for_each_task(|t| seen |= t == me));
+        assert!(seen);
+        assert!(thread_alive(me));
+        assert!(!thread_alive(i32::MAX - 1));
+    }
+}
