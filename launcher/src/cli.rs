@@ -79,10 +79,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, CkError> {
             break;
         }
         it.next();
-        let mut value = |name: &str| {
-            it.next()
-                .ok_or_else(|| usage(format!("{name} needs a value")))
-        };
+        let mut value = |name: &str| it.next().ok_or_else(|| usage(format!("{name} needs a value")));
         match s.as_str() {
             "--" => break,
             "-h" | "--help" => return Ok(Command::Help),
@@ -90,12 +87,10 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, CkError> {
             "--dir" => opts.dir = Some(PathBuf::from(value("--dir")?)),
             "--signal" => {
                 let v = value("--signal")?;
-                opts.trigger = Some(parse_signal(&v.to_string_lossy()).ok_or_else(|| {
-                    usage(format!(
-                        "--signal: unknown or reserved signal {:?}",
-                        v.to_string_lossy()
-                    ))
-                })?)
+                opts.trigger =
+                    Some(parse_signal(&v.to_string_lossy()).ok_or_else(|| {
+                        usage(format!("--signal: unknown or reserved signal {:?}", v.to_string_lossy()))
+                    })?)
             }
             "--no-fork" => opts.frozen = Some(true),
             "--fork" => opts.frozen = Some(false),
@@ -105,19 +100,12 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, CkError> {
             "--dry-run" => dry_run = true,
             "--restore-child" => {
                 let mut num = |n: &str| -> Result<i64, CkError> {
-                    value(n)?
-                        .to_string_lossy()
-                        .parse()
-                        .map_err(|_| usage(format!("{n}: not a number")))
+                    value(n)?.to_string_lossy().parse().map_err(|_| usage(format!("{n}: not a number")))
                 };
                 let image_fd = num("image fd")? as i32;
                 let index = num("index")? as usize;
                 let ctl_fd = num("ctl fd")? as i32;
-                return Ok(Command::RestoreChild {
-                    image_fd,
-                    index,
-                    ctl_fd,
-                });
+                return Ok(Command::RestoreChild { image_fd, index, ctl_fd });
             }
             _ => return Err(usage(format!("unknown option {s}"))),
         }
@@ -129,11 +117,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, CkError> {
             if !rest.is_empty() {
                 return Err(usage("--restart takes no program".into()));
             }
-            Ok(Command::Restart {
-                image,
-                opts,
-                dry_run,
-            })
+            Ok(Command::Restart { image, opts, dry_run })
         }
         (None, Some(image)) => {
             if !rest.is_empty() {
@@ -143,19 +127,11 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, CkError> {
         }
         (None, None) => {
             if dry_run || json {
-                return Err(usage(
-                    "--dry-run and --json go with --restart and --inspect".into(),
-                ));
+                return Err(usage("--dry-run and --json go with --restart and --inspect".into()));
             }
             let mut rest = rest.into_iter();
-            let program = rest
-                .next()
-                .ok_or_else(|| usage("no program given".into()))?;
-            Ok(Command::Run {
-                program,
-                args: rest.collect(),
-                opts,
-            })
+            let program = rest.next().ok_or_else(|| usage("no program given".into()))?;
+            Ok(Command::Run { program, args: rest.collect(), opts })
         }
     }
 }
@@ -195,12 +171,7 @@ mod tests {
     use super::*;
 
     fn p(args: &[&str]) -> Result<Command, CkError> {
-        parse(
-            std::iter::once("ckrun")
-                .chain(args.iter().copied())
-                .map(OsString::from)
-                .collect(),
-        )
+        parse(std::iter::once("ckrun").chain(args.iter().copied()).map(OsString::from).collect())
     }
 
     #[test]
@@ -211,10 +182,7 @@ mod tests {
             Command::Run {
                 program: "prog".into(),
                 args: vec!["--dir".into(), "-y".into()],
-                opts: Overrides {
-                    dir: Some("/x".into()),
-                    ..Default::default()
-                }
+                opts: Overrides { dir: Some("/x".into()), ..Default::default() }
             }
         );
     }
@@ -223,29 +191,14 @@ mod tests {
     fn restart_and_inspect() {
         assert!(matches!(
             p(&["--restart", "a.ckimg", "--no-fork"]).unwrap(),
-            Command::Restart {
-                opts: Overrides {
-                    frozen: Some(true),
-                    ..
-                },
-                ..
-            }
+            Command::Restart { opts: Overrides { frozen: Some(true), .. }, .. }
         ));
-        assert!(matches!(
-            p(&["--inspect", "a", "--json"]).unwrap(),
-            Command::Inspect { json: true, .. }
-        ));
+        assert!(matches!(p(&["--inspect", "a", "--json"]).unwrap(), Command::Inspect { json: true, .. }));
     }
 
     #[test]
     fn mistakes_are_usage_errors() {
-        for bad in [
-            &["--bogus"][..],
-            &[],
-            &["--dir"],
-            &["--signal", "KILL", "x"],
-            &["--restart", "a", "prog"],
-        ] {
+        for bad in [&["--bogus"][..], &[], &["--dir"], &["--signal", "KILL", "x"], &["--restart", "a", "prog"]] {
             assert!(matches!(p(bad), Err(CkError::Usage(_))), "{bad:?}");
         }
     }

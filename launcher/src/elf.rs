@@ -15,9 +15,7 @@ pub enum Linkage {
 
 pub fn linkage(path: &Path) -> std::io::Result<Linkage> {
     let mut head = Vec::with_capacity(4096);
-    std::fs::File::open(path)?
-        .take(64 * 1024)
-        .read_to_end(&mut head)?;
+    std::fs::File::open(path)?.take(64 * 1024).read_to_end(&mut head)?;
     Ok(classify(&head))
 }
 
@@ -27,11 +25,7 @@ const PT_DYNAMIC: u32 = 2;
 pub fn classify(b: &[u8]) -> Linkage {
     if let Some(rest) = b.strip_prefix(b"#!") {
         let line = rest.split(|&c| c == b'\n').next().unwrap_or_default();
-        let interp = String::from_utf8_lossy(line)
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let interp = String::from_utf8_lossy(line).split_whitespace().next().unwrap_or_default().to_string();
         return Linkage::Script(PathBuf::from(interp));
     }
     if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 {
@@ -70,10 +64,7 @@ mod tests {
 
     #[test]
     fn scripts_and_junk() {
-        assert_eq!(
-            classify(b"#!/usr/bin/env python3\nprint()"),
-            Linkage::Script("/usr/bin/env".into())
-        );
+        assert_eq!(classify(b"#!/usr/bin/env python3\nprint()"), Linkage::Script("/usr/bin/env".into()));
         assert_eq!(classify(b"hello"), Linkage::NotElf);
     }
 }

@@ -29,10 +29,7 @@ pub enum CkError {
 
 impl CkError {
     pub fn bad_image(path: impl Into<PathBuf>, why: impl Into<String>) -> Self {
-        CkError::BadImage {
-            path: path.into(),
-            why: why.into(),
-        }
+        CkError::BadImage { path: path.into(), why: why.into() }
     }
 
     pub fn exit_code(&self) -> i32 {
@@ -47,7 +44,5 @@ impl CkError {
 
 /// The exit code for any error chain: the first [`CkError`] in it decides.
 pub fn exit_code_of(e: &anyhow::Error) -> i32 {
-    e.chain()
-        .find_map(|c| c.downcast_ref::<CkError>())
-        .map_or(EXIT_FAILURE, CkError::exit_code)
+    e.chain().find_map(|c| c.downcast_ref::<CkError>()).map_or(EXIT_FAILURE, CkError::exit_code)
 }

@@ -9,6 +9,7 @@ use crate::image::manifest::Settings;
 use anyhow::{Context, Result};
 use ckrun_proto::{DEFAULT_TRIGGER, ENV_PRELOAD, ENV_SOCKET, ENV_TRIGGER};
 use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,12 +23,9 @@ pub fn run(program: OsString, args: Vec<OsString>, opts: Overrides) -> Result<i3
         trigger: opts.trigger.unwrap_or(DEFAULT_TRIGGER),
         frozen: opts.frozen.unwrap_or(false),
         socket_name: socket::fresh_name(),
-        image_name: Path::new(&program)
-            .file_name()
-            .map_or("program".into(), |n| n.to_string_lossy().into_owned()),
+        image_name: Path::new(&program).file_name().map_or("program".into(), |n| n.to_string_lossy().into_owned()),
     };
-    let listener =
-        socket::listen(&settings.socket_name).context("creating the coordinator socket")?;
+    let listener = socket::listen(&settings.socket_name).context("creating the coordinator socket")?;
     let sigfd = coordinator::signal_fd(settings.trigger)?;
     become_subreaper();
 
@@ -36,7 +34,20 @@ pub fn run(program: OsString, args: Vec<OsString>, opts: Overrides) -> Result<i3
         preload.push(":");
         preload.push(user);
     }
-    let child = Command::new(&program)
+    let mut cmd = Command::new(&program);
+    // SAFETY: the hook runs in the forked child before exec and only calls
+    // the async-signal-safe pthread_sigmask on a local set.
+    unsafe {
+        cmd.pre_exec(|| {
+            // ckrun blocks the signals its signalfd reads; the program must
+            // start with the empty mask it would have had without ckrun.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let child = cmd
         .args(&args)
         .env("LD_PRELOAD", preload)
         .env(ENV_SOCKET, &settings.socket_name)
@@ -56,10 +67,7 @@ fn find_program(program: &std::ffi::OsStr) -> Result<PathBuf, CkError> {
         return if p.is_file() {
             Ok(p.to_owned())
         } else {
-            Err(CkError::Environment(format!(
-                "{}: no such program",
-                p.display()
-            )))
+            Err(CkError::Environment(format!("{}: no such program", p.display())))
         };
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
@@ -83,17 +91,11 @@ fn check_dynamic(path: &Path) -> Result<(), CkError> {
                 )))
             }
             Linkage::NotElf => {
-                return Err(CkError::Environment(format!(
-                    "{}: not an executable ckrun can run",
-                    p.display()
-                )))
+                return Err(CkError::Environment(format!("{}: not an executable ckrun can run", p.display())))
             }
         }
     }
-    Err(CkError::Environment(format!(
-        "{}: too many levels of #! interpreters",
-        path.display()
-    )))
+    Err(CkError::Environment(format!("{}: too many levels of #! interpreters", path.display())))
 }
 
 /// `libckpt.so`: `$CKRUN_PRELOAD`, else next to the ckrun binary.
@@ -107,19 +109,14 @@ pub fn agent_library() -> Result<PathBuf, CkError> {
     if p.is_file() {
         Ok(p)
     } else {
-        Err(CkError::Environment(format!(
-            "agent library {} not found (set {ENV_PRELOAD})",
-            p.display()
-        )))
+        Err(CkError::Environment(format!("agent library {} not found (set {ENV_PRELOAD})", p.display())))
     }
 }
 
 pub fn image_dir(dir: Option<&Path>) -> Result<PathBuf, CkError> {
     let d = dir.unwrap_or(Path::new("."));
-    std::fs::create_dir_all(d)
-        .map_err(|e| CkError::Environment(format!("image directory {}: {e}", d.display())))?;
-    d.canonicalize()
-        .map_err(|e| CkError::Environment(format!("image directory {}: {e}", d.display())))
+    std::fs::create_dir_all(d).map_err(|e| CkError::Environment(format!("image directory {}: {e}", d.display())))?;
+    d.canonicalize().map_err(|e| CkError::Environment(format!("image directory {}: {e}", d.display())))
 }
 
 /// Orphaned descendants (daemons) are re-parented to ckrun, not to init,

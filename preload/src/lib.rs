@@ -22,8 +22,7 @@ pub mod suspend;
 pub mod sys;
 
 use ckrun_proto::{
-    kind, Hello, AGENT_FD_MIN, DEFAULT_TRIGGER, ENV_SOCKET, ENV_TRIGGER, PROTOCOL_VERSION,
-    SUSPEND_SIGNAL,
+    kind, Hello, AGENT_FD_MIN, DEFAULT_TRIGGER, ENV_SOCKET, ENV_TRIGGER, PROTOCOL_VERSION, SUSPEND_SIGNAL,
 };
 use core::sync::atomic::Ordering::Relaxed;
 use state::{CTL_FD, RSEQ_OFFSET, RSEQ_SIZE, TRIGGER};
@@ -47,20 +46,17 @@ extern "C" fn agent_init() {
     read_rseq_layout();
     TRIGGER.store(trigger, Relaxed);
     CTL_FD.store(fd, Relaxed);
-    let ok = signals::install(SUSPEND_SIGNAL, suspend::on_suspend)
-        && signals::install(trigger, signals::on_trigger);
+    let ok = signals::install(SUSPEND_SIGNAL, suspend::on_suspend) && signals::install(trigger, signals::on_trigger);
     if !ok {
         warn(b"ckrun agent: cannot install signal handlers; running without checkpoints\n");
         CTL_FD.store(-1, Relaxed);
         sys::close(fd);
         return;
     }
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        pid: sys::getpid(),
-        agent_fd: fd,
-        trigger,
-    };
+    // Whatever mask the program inherited, the agent's signals get through.
+    let reserved = state::reserved_mask();
+    sys::sigprocmask(libc::SIG_UNBLOCK, Some(&reserved), None);
+    let hello = Hello { version: PROTOCOL_VERSION, pid: sys::getpid(), agent_fd: fd, trigger };
     channel::send_msg(kind::HELLO, &[hello]);
 }
 

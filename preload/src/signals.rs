@@ -22,10 +22,7 @@ static VIRTUAL: RacyCell<[libc::sigaction; 65]> = RacyCell::new(
 static VLOCK: AtomicBool = AtomicBool::new(false);
 
 fn with_virtual<R>(f: impl FnOnce(&mut [libc::sigaction; 65]) -> R) -> R {
-    while VLOCK
-        .compare_exchange_weak(false, true, Acquire, Relaxed)
-        .is_err()
-    {
+    while VLOCK.compare_exchange_weak(false, true, Acquire, Relaxed).is_err() {
         core::hint::spin_loop();
     }
     // SAFETY: VLOCK gives exclusive access to VIRTUAL.
@@ -75,11 +72,7 @@ fn ptr_or_null(s: &Option<libc::sigset_t>, orig: *const libc::sigset_t) -> *cons
 /// # Safety
 /// Same contract as glibc's `sigaction`.
 #[no_mangle]
-pub unsafe extern "C" fn sigaction(
-    sig: c_int,
-    act: *const libc::sigaction,
-    old: *mut libc::sigaction,
-) -> c_int {
+pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
     let next = real!(sigaction: fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int);
     if !is_reserved(sig) {
         if act.is_null() || !active() {
@@ -110,29 +103,14 @@ pub unsafe extern "C" fn sigaction(
 ///
 /// # Safety
 /// As glibc's `signal`.
-unsafe fn signal_with(
-    sig: c_int,
-    handler: libc::sighandler_t,
-    flags: c_int,
-    name: SignalFn,
-) -> libc::sighandler_t {
+unsafe fn signal_with(sig: c_int, handler: libc::sighandler_t, flags: c_int, name: SignalFn) -> libc::sighandler_t {
     if !is_reserved(sig) {
         // SAFETY: forwarded unchanged to the matching glibc function.
         return unsafe {
             match name {
-                SignalFn::Signal => {
-                    real!(signal: fn(c_int, libc::sighandler_t) -> libc::sighandler_t)(sig, handler)
-                }
-                SignalFn::Bsd => {
-                    real!(bsd_signal: fn(c_int, libc::sighandler_t) -> libc::sighandler_t)(
-                        sig, handler,
-                    )
-                }
-                SignalFn::Sysv => {
-                    real!(sysv_signal: fn(c_int, libc::sighandler_t) -> libc::sighandler_t)(
-                        sig, handler,
-                    )
-                }
+                SignalFn::Signal => real!(signal: fn(c_int, libc::sighandler_t) -> libc::sighandler_t)(sig, handler),
+                SignalFn::Bsd => real!(bsd_signal: fn(c_int, libc::sighandler_t) -> libc::sighandler_t)(sig, handler),
+                SignalFn::Sysv => real!(sysv_signal: fn(c_int, libc::sighandler_t) -> libc::sighandler_t)(sig, handler),
             }
         };
     }
@@ -172,36 +150,18 @@ pub unsafe extern "C" fn bsd_signal(sig: c_int, handler: libc::sighandler_t) -> 
 /// # Safety
 /// As glibc's `sysv_signal`.
 #[no_mangle]
-pub unsafe extern "C" fn sysv_signal(
-    sig: c_int,
-    handler: libc::sighandler_t,
-) -> libc::sighandler_t {
+pub unsafe extern "C" fn sysv_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
     // SAFETY: forwarded contract.
-    unsafe {
-        signal_with(
-            sig,
-            handler,
-            libc::SA_RESETHAND | libc::SA_NODEFER,
-            SignalFn::Sysv,
-        )
-    }
+    unsafe { signal_with(sig, handler, libc::SA_RESETHAND | libc::SA_NODEFER, SignalFn::Sysv) }
 }
 
 /// # Safety
 /// As glibc's `sigprocmask`.
 #[no_mangle]
-pub unsafe extern "C" fn sigprocmask(
-    how: c_int,
-    set: *const libc::sigset_t,
-    old: *mut libc::sigset_t,
-) -> c_int {
+pub unsafe extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
     let next = real!(sigprocmask: fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int);
     // SAFETY: set is null or valid per the contract.
-    let s = if how == libc::SIG_UNBLOCK {
-        None
-    } else {
-        unsafe { stripped(set) }
-    };
+    let s = if how == libc::SIG_UNBLOCK { None } else { unsafe { stripped(set) } };
     // SAFETY: forwarded with a valid (possibly local) set.
     unsafe { next(how, ptr_or_null(&s, set), old) }
 }
@@ -209,19 +169,10 @@ pub unsafe extern "C" fn sigprocmask(
 /// # Safety
 /// As glibc's `pthread_sigmask`.
 #[no_mangle]
-pub unsafe extern "C" fn pthread_sigmask(
-    how: c_int,
-    set: *const libc::sigset_t,
-    old: *mut libc::sigset_t,
-) -> c_int {
-    let next =
-        real!(pthread_sigmask: fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int);
+pub unsafe extern "C" fn pthread_sigmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+    let next = real!(pthread_sigmask: fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int);
     // SAFETY: set is null or valid per the contract.
-    let s = if how == libc::SIG_UNBLOCK {
-        None
-    } else {
-        unsafe { stripped(set) }
-    };
+    let s = if how == libc::SIG_UNBLOCK { None } else { unsafe { stripped(set) } };
     // SAFETY: forwarded with a valid (possibly local) set.
     unsafe { next(how, ptr_or_null(&s, set), old) }
 }
@@ -251,10 +202,7 @@ pub unsafe extern "C" fn sigwait(set: *const libc::sigset_t, sig: *mut c_int) ->
 /// # Safety
 /// As glibc's `sigwaitinfo`.
 #[no_mangle]
-pub unsafe extern "C" fn sigwaitinfo(
-    set: *const libc::sigset_t,
-    info: *mut libc::siginfo_t,
-) -> c_int {
+pub unsafe extern "C" fn sigwaitinfo(set: *const libc::sigset_t, info: *mut libc::siginfo_t) -> c_int {
     let next = real!(sigwaitinfo: fn(*const libc::sigset_t, *mut libc::siginfo_t) -> c_int);
     // SAFETY: set is valid per the contract.
     let s = unsafe { stripped(set) };
@@ -289,14 +237,7 @@ pub unsafe extern "C" fn signalfd(fd: c_int, set: *const libc::sigset_t, flags: 
 }
 
 /// Signals the agent's own handlers never block: faults must stay fatal.
-const SYNCHRONOUS: [c_int; 6] = [
-    libc::SIGSEGV,
-    libc::SIGBUS,
-    libc::SIGILL,
-    libc::SIGFPE,
-    libc::SIGTRAP,
-    libc::SIGSYS,
-];
+const SYNCHRONOUS: [c_int; 6] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS];
 
 type Handler = extern "C" fn(c_int, *mut libc::siginfo_t, *mut libc::c_void);
 
@@ -360,10 +301,9 @@ pub fn move_trigger(new: i32, ours: &sys::KSigaction) {
 }
 
 /// Handler of the trigger signal.
-pub extern "C" fn on_trigger(sig: c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+pub(crate) extern "C" fn on_trigger(sig: c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo; si_code at byte 8, si_pid at 16.
-    let (code, sender): (i32, i32) =
-        unsafe { (sys::siginfo_word(info, 8), sys::siginfo_word(info, 16)) };
+    let (code, sender): (i32, i32) = unsafe { (sys::siginfo_word(info, 8), sys::siginfo_word(info, 16)) };
     let from_user = code <= 0; // SI_USER, SI_QUEUE, SI_TKILL...
     if !from_user || sender == sys::getpid() || !active() {
         deliver_to_program(sig, info, uc);
@@ -381,9 +321,7 @@ fn deliver_to_program(sig: c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_v
         return;
     }
     // SAFETY: uc is the kernel's ucontext for this delivery.
-    let interrupted = unsafe {
-        *(&(*(uc as *mut libc::ucontext_t)).uc_sigmask as *const libc::sigset_t as *const u64)
-    };
+    let interrupted = unsafe { *(&(*(uc as *mut libc::ucontext_t)).uc_sigmask as *const libc::sigset_t as *const u64) };
     if h == libc::SIG_DFL {
         // Take the default action for real: the kernel decides (terminate,
         // stop, ignore), then the agent's handler goes back.
@@ -409,12 +347,7 @@ fn deliver_to_program(sig: c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_v
     if act.sa_flags & libc::SA_RESETHAND != 0 {
         // SAFETY: a single aligned word store; a handler must not take VLOCK,
         // which the interrupted thread may hold.
-        unsafe {
-            core::ptr::write_volatile(
-                &mut (*VIRTUAL.get())[sig as usize].sa_sigaction,
-                libc::SIG_DFL,
-            )
-        };
+        unsafe { core::ptr::write_volatile(&mut (*VIRTUAL.get())[sig as usize].sa_sigaction, libc::SIG_DFL) };
     }
     if act.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the program registered h as a three-argument handler.
@@ -422,8 +355,7 @@ fn deliver_to_program(sig: c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_v
         f(sig, info, uc);
     } else {
         // SAFETY: the program registered h as a one-argument handler.
-        let f: extern "C" fn(c_int) =
-            unsafe { core::mem::transmute::<usize, extern "C" fn(c_int)>(h) };
+        let f: extern "C" fn(c_int) = unsafe { core::mem::transmute::<usize, extern "C" fn(c_int)>(h) };
         f(sig);
     }
     sys::sigprocmask(libc::SIG_SETMASK, Some(&saved), None);

@@ -5,11 +5,10 @@
 use core::arch::asm;
 
 pub use libc::{
-    SYS_arch_prctl, SYS_brk, SYS_clone, SYS_close, SYS_exit_group, SYS_futex, SYS_get_robust_list,
-    SYS_getdents64, SYS_getitimer, SYS_getpid, SYS_gettid, SYS_kill, SYS_munmap, SYS_openat,
-    SYS_pause, SYS_prctl, SYS_read, SYS_rseq, SYS_rt_sigaction, SYS_rt_sigprocmask,
-    SYS_rt_tgsigqueueinfo, SYS_sendto, SYS_set_robust_list, SYS_set_tid_address, SYS_setitimer,
-    SYS_tgkill, SYS_write,
+    SYS_arch_prctl, SYS_brk, SYS_clone, SYS_close, SYS_exit_group, SYS_futex, SYS_get_robust_list, SYS_getdents64,
+    SYS_getitimer, SYS_getpid, SYS_gettid, SYS_kill, SYS_munmap, SYS_openat, SYS_pause, SYS_prctl, SYS_read, SYS_rseq,
+    SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_rt_tgsigqueueinfo, SYS_sendto, SYS_set_robust_list, SYS_set_tid_address,
+    SYS_setitimer, SYS_tgkill, SYS_write,
 };
 
 /// # Safety
@@ -80,30 +79,13 @@ pub fn write(fd: i32, buf: &[u8]) -> i64 {
 
 pub fn read(fd: i32, buf: &mut [u8]) -> i64 {
     // SAFETY: buf is a valid writable slice of buf.len() bytes.
-    unsafe {
-        syscall3(
-            SYS_read,
-            fd as u64,
-            buf.as_mut_ptr() as u64,
-            buf.len() as u64,
-        )
-    }
+    unsafe { syscall3(SYS_read, fd as u64, buf.as_mut_ptr() as u64, buf.len() as u64) }
 }
 
 /// Sends one datagram; MSG_NOSIGNAL so a dead coordinator is an error, not a SIGPIPE.
 pub fn send(fd: i32, buf: &[u8]) -> i64 {
     // SAFETY: buf is valid for reading; no address is passed.
-    unsafe {
-        syscall6(
-            SYS_sendto,
-            fd as u64,
-            buf.as_ptr() as u64,
-            buf.len() as u64,
-            libc::MSG_NOSIGNAL as u64,
-            0,
-            0,
-        )
-    }
+    unsafe { syscall6(SYS_sendto, fd as u64, buf.as_ptr() as u64, buf.len() as u64, libc::MSG_NOSIGNAL as u64, 0, 0) }
 }
 
 pub fn close(fd: i32) -> i64 {
@@ -115,15 +97,7 @@ pub fn close(fd: i32) -> i64 {
 pub fn open(path: &[u8], flags: i32) -> i64 {
     debug_assert_eq!(path.last(), Some(&0));
     // SAFETY: path is NUL-terminated (checked by callers' literals).
-    unsafe {
-        syscall4(
-            SYS_openat,
-            libc::AT_FDCWD as u64,
-            path.as_ptr() as u64,
-            flags as u64,
-            0,
-        )
-    }
+    unsafe { syscall4(SYS_openat, libc::AT_FDCWD as u64, path.as_ptr() as u64, flags as u64, 0) }
 }
 
 pub const FUTEX_WAIT_PRIVATE: u64 = (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as u64;
@@ -131,37 +105,16 @@ pub const FUTEX_WAKE_PRIVATE: u64 = (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG
 
 /// Sleeps while `*word == expected`, at most `timeout_ns` (0: forever).
 pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32, timeout_ns: u64) -> i64 {
-    let ts = libc::timespec {
-        tv_sec: (timeout_ns / 1_000_000_000) as i64,
-        tv_nsec: (timeout_ns % 1_000_000_000) as i64,
-    };
-    let tsp = if timeout_ns == 0 {
-        0
-    } else {
-        &ts as *const _ as u64
-    };
+    let ts =
+        libc::timespec { tv_sec: (timeout_ns / 1_000_000_000) as i64, tv_nsec: (timeout_ns % 1_000_000_000) as i64 };
+    let tsp = if timeout_ns == 0 { 0 } else { &ts as *const _ as u64 };
     // SAFETY: word is a live aligned u32; ts lives across the call.
-    unsafe {
-        syscall4(
-            SYS_futex,
-            word.as_ptr() as u64,
-            FUTEX_WAIT_PRIVATE,
-            expected as u64,
-            tsp,
-        )
-    }
+    unsafe { syscall4(SYS_futex, word.as_ptr() as u64, FUTEX_WAIT_PRIVATE, expected as u64, tsp) }
 }
 
 pub fn futex_wake(word: &core::sync::atomic::AtomicU32) {
     // SAFETY: word is a live aligned u32.
-    unsafe {
-        syscall3(
-            SYS_futex,
-            word.as_ptr() as u64,
-            FUTEX_WAKE_PRIVATE,
-            i32::MAX as u64,
-        )
-    };
+    unsafe { syscall3(SYS_futex, word.as_ptr() as u64, FUTEX_WAKE_PRIVATE, i32::MAX as u64) };
 }
 
 /// The kernel's flag for "sa_restorer is set" (glibc always sets it).
@@ -205,13 +158,7 @@ pub fn tgsigqueue(tgid: i32, tid: i32, sig: i32, value: u64) -> i64 {
         *words.add(4) = getpid() as u32;
         *words.add(5) = libc::getuid();
         *(words.add(6) as *mut u64) = value;
-        syscall4(
-            SYS_rt_tgsigqueueinfo,
-            tgid as u64,
-            tid as u64,
-            sig as u64,
-            &si as *const _ as u64,
-        )
+        syscall4(SYS_rt_tgsigqueueinfo, tgid as u64, tid as u64, sig as u64, &si as *const _ as u64)
     }
 }
 
@@ -222,8 +169,11 @@ pub fn tgkill(tgid: i32, tid: i32, sig: i32) -> i64 {
 
 pub fn exit_group(code: i32) -> ! {
     // SAFETY: exit_group does not return.
-    unsafe { syscall1(SYS_exit_group, code as u64) };
-    loop {}
+    unsafe {
+        syscall1(SYS_exit_group, code as u64);
+        // SAFETY: exit_group does not return.
+        core::hint::unreachable_unchecked()
+    }
 }
 
 pub const ARCH_SET_GS: u64 = 0x1001;

@@ -146,21 +146,13 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(errno: i32, tid: i32, text: &str) -> Self {
-        let mut f = Failure {
-            errno,
-            tid,
-            text: [0; 120],
-        };
+        let mut f = Failure { errno, tid, text: [0; 120] };
         let n = text.len().min(f.text.len() - 1);
         f.text[..n].copy_from_slice(&text.as_bytes()[..n]);
         f
     }
     pub fn text(&self) -> &str {
-        let end = self
-            .text
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(self.text.len());
+        let end = self.text.iter().position(|&b| b == 0).unwrap_or(self.text.len());
         core::str::from_utf8(&self.text[..end]).unwrap_or("?")
     }
 }
@@ -252,10 +244,7 @@ pub fn read_pod<T: Pod>(b: &[u8]) -> Option<T> {
 /// Writes a message (header, then `body` records) into `buf` without
 /// allocating; returns its length, or `None` when `buf` is too small.
 pub fn encode<T: Pod>(buf: &mut [u8], kind: u32, body: &[T]) -> Option<usize> {
-    let hdr = MsgHeader {
-        kind,
-        count: body.len() as u32,
-    };
+    let hdr = MsgHeader { kind, count: body.len() as u32 };
     let h = bytes_of(&hdr);
     let b = bytes_of_slice(body);
     let n = h.len() + b.len();
@@ -275,12 +264,7 @@ pub fn decode<T: Pod>(msg: &[u8]) -> Option<(MsgHeader, Vec<T>)> {
     if sz == 0 || body.len() != sz * hdr.count as usize {
         return None;
     }
-    Some((
-        hdr,
-        body.chunks_exact(sz)
-            .map(|c| read_pod(c).unwrap())
-            .collect(),
-    ))
+    Some((hdr, body.chunks_exact(sz).map(|c| read_pod(c).unwrap()).collect()))
 }
 
 /// The header at the start of the restorer's data page, shared by the
@@ -313,20 +297,13 @@ mod tests {
     #[test]
     fn records_have_no_padding() {
         assert_eq!(core::mem::size_of::<SavedContext>(), 64);
-        assert_eq!(
-            core::mem::size_of::<ThreadRecord>(),
-            4 + 4 + 8 + 8 + 64 + 8 * 4 + 8 + 16
-        );
+        assert_eq!(core::mem::size_of::<ThreadRecord>(), 4 + 4 + 8 + 8 + 64 + 8 * 4 + 8 + 16);
         assert_eq!(core::mem::size_of::<Failure>(), 128);
     }
 
     #[test]
     fn encode_decode_round_trip() {
-        let recs = [ThreadRecord {
-            tid: 7,
-            fs_base: 0x1234,
-            ..Default::default()
-        }; 3];
+        let recs = [ThreadRecord { tid: 7, fs_base: 0x1234, ..Default::default() }; 3];
         let mut buf = [0u8; 1024];
         let n = encode(&mut buf, kind::THREADS, &recs).unwrap();
         let (h, back): (MsgHeader, Vec<ThreadRecord>) = decode(&buf[..n]).unwrap();

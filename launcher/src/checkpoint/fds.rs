@@ -31,11 +31,7 @@ pub fn capture(pid: i32, agent_fd: i32) -> Result<FdTable> {
         .filter(|&fd| fd != agent_fd)
         .collect();
     nums.sort_unstable();
-    let mut t = FdTable {
-        fds: Vec::new(),
-        files: Vec::new(),
-        unsupported: Vec::new(),
-    };
+    let mut t = FdTable { fds: Vec::new(), files: Vec::new(), unsupported: Vec::new() };
     // One representative fd per description, to compare new fds against.
     let mut reps: Vec<i32> = Vec::new();
     for fd in nums {
@@ -77,28 +73,17 @@ fn classify(fd: i32, target: &std::path::Path, flags: i32, pos: u64) -> OpenFile
         // pipe:[ino], socket:[ino], anon_inode:[eventfd], ...
         let what = s.split(':').next().unwrap_or("?").to_string();
         return if stdio && (what == "pipe" || what == "socket") {
-            OpenFile::Inherited {
-                fd,
-                what: format!("{what} from outside"),
-            }
+            OpenFile::Inherited { fd, what: format!("{what} from outside") }
         } else {
-            OpenFile::Unsupported {
-                what: s.into_owned(),
-            }
+            OpenFile::Unsupported { what: s.into_owned() }
         };
     }
     if s.ends_with(" (deleted)") {
-        return OpenFile::Unsupported {
-            what: format!("deleted file {s}"),
-        };
+        return OpenFile::Unsupported { what: format!("deleted file {s}") };
     }
     let meta = match std::fs::metadata(target) {
         Ok(m) => m,
-        Err(_) => {
-            return OpenFile::Unsupported {
-                what: format!("{s} (cannot stat)"),
-            }
-        }
+        Err(_) => return OpenFile::Unsupported { what: format!("{s} (cannot stat)") },
     };
     let ft = meta.file_type();
     let kind = if ft.is_file() {
@@ -109,26 +94,14 @@ fn classify(fd: i32, target: &std::path::Path, flags: i32, pos: u64) -> OpenFile
         use std::os::unix::fs::MetadataExt;
         if is_terminal(meta.rdev()) {
             return if stdio {
-                OpenFile::Inherited {
-                    fd,
-                    what: format!("terminal {s}"),
-                }
+                OpenFile::Inherited { fd, what: format!("terminal {s}") }
             } else {
-                OpenFile::Unsupported {
-                    what: format!("terminal {s}"),
-                }
+                OpenFile::Unsupported { what: format!("terminal {s}") }
             };
         }
         PathKind::CharDevice
     } else {
-        return OpenFile::Unsupported {
-            what: format!("{s} (fifo, socket or block device)"),
-        };
+        return OpenFile::Unsupported { what: format!("{s} (fifo, socket or block device)") };
     };
-    OpenFile::Path {
-        path: PathBuf::from(target),
-        flags,
-        pos,
-        kind,
-    }
+    OpenFile::Path { path: PathBuf::from(target), flags, pos, kind }
 }

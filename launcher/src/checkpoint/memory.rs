@@ -40,15 +40,11 @@ pub fn classify(maps: &[MapEntry]) -> Result<Vec<Region>> {
             {
                 RegionKind::Detached
             }
-            p if p.starts_with("/dev/") => bail!(
-                "a device is mapped into memory ({p} at {:#x}); ckrun cannot save device memory",
-                m.start
-            ),
+            p if p.starts_with("/dev/") => {
+                bail!("a device is mapped into memory ({p} at {:#x}); ckrun cannot save device memory", m.start)
+            }
             p => match file_ref(m, p) {
-                Some(file) => RegionKind::File {
-                    file,
-                    offset: m.offset,
-                },
+                Some(file) => RegionKind::File { file, offset: m.offset },
                 // Replaced since it was mapped: keep the pages themselves.
                 None => RegionKind::Detached,
             },
@@ -69,12 +65,7 @@ pub fn classify(maps: &[MapEntry]) -> Result<Vec<Region>> {
 /// The file behind a mapping, if the path still names the mapped inode.
 fn file_ref(m: &MapEntry, path: &str) -> Option<FileRef> {
     let (_, ino, size, mtime_ns) = file_stamp(std::path::Path::new(path)).ok()?;
-    (ino == m.inode).then(|| FileRef {
-        path: PathBuf::from(path),
-        size,
-        mtime_ns,
-        inode: ino,
-    })
+    (ino == m.inode).then(|| FileRef { path: PathBuf::from(path), size, mtime_ns, inode: ino })
 }
 
 /// A run of pages to read and save.
@@ -96,16 +87,10 @@ pub fn select_pages(mem: &RemoteMemory, regions: &[Region]) -> Result<Vec<PageRu
             RegionKind::Vvar | RegionKind::VvarVclock | RegionKind::Vdso => continue,
             RegionKind::File { .. } if r.shared => continue,
             RegionKind::Detached => Box::new(|_| true),
-            RegionKind::File { .. } => {
-                Box::new(|e| e & PM_SWAP != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0))
-            }
+            RegionKind::File { .. } => Box::new(|e| e & PM_SWAP != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0)),
             RegionKind::Anon | RegionKind::Stack => Box::new(|e| e & (PM_PRESENT | PM_SWAP) != 0),
         };
-        let pm = if matches!(r.kind, RegionKind::Detached) {
-            Vec::new()
-        } else {
-            mem.pagemap(r.start, npages)?
-        };
+        let pm = if matches!(r.kind, RegionKind::Detached) { Vec::new() } else { mem.pagemap(r.start, npages)? };
         let readable = r.prot & libc::PROT_READ != 0;
         let mut p = 0;
         while p < npages {
@@ -140,15 +125,8 @@ struct Compressed {
 /// Reads the runs from `mem` on all cores, drops zero pages, compresses,
 /// and appends the chunks to `out`, recording them in `regions`. Returns
 /// the bytes of page data saved (before compression).
-pub fn save_pages(
-    mem: &RemoteMemory,
-    runs: &[PageRun],
-    regions: &mut [Region],
-    out: &mut ImageWriter,
-) -> Result<u64> {
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(16);
+pub fn save_pages(mem: &RemoteMemory, runs: &[PageRun], regions: &mut [Region], out: &mut ImageWriter) -> Result<u64> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(16);
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::sync_channel::<Result<Compressed>>(workers * 2);
     let mut saved = 0u64;
@@ -211,8 +189,7 @@ fn compress_run(
 ) -> Result<()> {
     let ps = PAGE_SIZE as usize;
     let data = &mut buf[..run.npages as usize * ps];
-    mem.read(run.addr, data, run.readable)
-        .with_context(|| format!("saving memory at {:#x}", run.addr))?;
+    mem.read(run.addr, data, run.readable).with_context(|| format!("saving memory at {:#x}", run.addr))?;
     let mut p = 0usize;
     let n = run.npages as usize;
     while p < n {
@@ -257,18 +234,9 @@ mod tests {
         let kinds: Vec<_> = r.iter().map(|r| r.kind.clone()).collect();
         assert_eq!(
             kinds,
-            vec![
-                RegionKind::Vdso,
-                RegionKind::Anon,
-                RegionKind::Detached,
-                RegionKind::Stack,
-                RegionKind::Anon
-            ]
+            vec![RegionKind::Vdso, RegionKind::Anon, RegionKind::Detached, RegionKind::Stack, RegionKind::Anon]
         );
-        assert!(
-            classify(&parse_maps("1000-2000 rw-s 00000000 00:05 9 /dev/nvidia0\n").unwrap())
-                .is_err()
-        );
+        assert!(classify(&parse_maps("1000-2000 rw-s 00000000 00:05 9 /dev/nvidia0\n").unwrap()).is_err());
     }
 
     #[test]

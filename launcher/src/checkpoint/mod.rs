@@ -20,8 +20,7 @@ use crate::sys::mem::RemoteMemory;
 use crate::sys::{machine, proc::sigqueue};
 use anyhow::{anyhow, bail, Context, Result};
 use ckrun_proto::{
-    decode, kind, read_pod, Failure, Resume, Suspended, ThreadRecord, SUSPEND_LEAD, SUSPEND_MAGIC,
-    SUSPEND_SIGNAL,
+    decode, kind, read_pod, Failure, Resume, Suspended, ThreadRecord, SUSPEND_LEAD, SUSPEND_MAGIC, SUSPEND_SIGNAL,
 };
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -68,13 +67,7 @@ impl ResumeGuard<'_, '_> {
     fn resume(&mut self, aborted: bool) {
         if !self.resumed {
             for s in self.stopped.iter() {
-                let _ = s.agent.send(
-                    kind::RESUME,
-                    &[Resume {
-                        aborted: aborted as u32,
-                        _pad: 0,
-                    }],
-                );
+                let _ = s.agent.send(kind::RESUME, &[Resume { aborted: aborted as u32, _pad: 0 }]);
             }
             self.resumed = true;
         }
@@ -97,38 +90,21 @@ impl Drop for ResumeGuard<'_, '_> {
 }
 
 /// Checkpoints the processes behind `agents` into image number `sequence`.
-pub fn take(
-    agents: &[Agent],
-    settings: &Settings,
-    command: &[String],
-    sequence: u32,
-) -> Result<Outcome> {
+pub fn take(agents: &[Agent], settings: &Settings, command: &[String], sequence: u32) -> Result<Outcome> {
     let t0 = Instant::now();
-    let root = agents
-        .first()
-        .ok_or_else(|| anyhow!("the program has not started its agent yet"))?;
+    let root = agents.first().ok_or_else(|| anyhow!("the program has not started its agent yet"))?;
     if agents.len() > 1 {
-        bail!(
-            "the program runs {} processes; checkpointing process trees is not supported yet",
-            agents.len()
-        );
+        bail!("the program runs {} processes; checkpointing process trees is not supported yet", agents.len());
     }
-    let path = settings.dir.join(format!(
-        "{}.{}.{}.ckimg",
-        settings.image_name, root.pid, sequence
-    ));
+    let path = settings.dir.join(format!("{}.{}.{}.ckimg", settings.image_name, root.pid, sequence));
     let mut merged_requests = 0;
 
     // 1. Suspend.
     let value = SUSPEND_MAGIC | SUSPEND_LEAD | (settings.frozen as u64) << 8;
     let mut stopped = Vec::new();
-    let mut guard = ResumeGuard {
-        stopped: &mut stopped,
-        resumed: false,
-    };
+    let mut guard = ResumeGuard { stopped: &mut stopped, resumed: false };
     for a in agents {
-        sigqueue(a.pid, SUSPEND_SIGNAL, value)
-            .with_context(|| format!("signalling process {}", a.pid))?;
+        sigqueue(a.pid, SUSPEND_SIGNAL, value).with_context(|| format!("signalling process {}", a.pid))?;
         let s = wait_suspended(a, &mut merged_requests)?;
         guard.stopped.push(s);
     }
@@ -140,20 +116,17 @@ pub fn take(
         let pid = s.agent.pid;
         let st = process::capture_state(pid)?;
         let fds = fds::capture(pid, s.agent.agent_fd)?;
-        warnings.extend(fds.unsupported.iter().map(|u| {
-            format!("process {pid}: {u} cannot be restored; it will be closed after a restart")
-        }));
+        warnings.extend(
+            fds.unsupported
+                .iter()
+                .map(|u| format!("process {pid}: {u} cannot be restored; it will be closed after a restart")),
+        );
         images.push(ProcessImage {
             pid,
             ppid: st.stat.ppid,
             pgid: st.stat.pgrp,
             sid: st.stat.session,
-            exe: crate::image::manifest::FileRef {
-                path: PathBuf::new(),
-                size: 0,
-                mtime_ns: 0,
-                inode: 0,
-            },
+            exe: crate::image::manifest::FileRef { path: PathBuf::new(), size: 0, mtime_ns: 0, inode: 0 },
             cwd: st.cwd,
             umask: st.umask,
             personality: st.personality,
@@ -183,8 +156,7 @@ pub fn take(
         img.exe = layout.exe;
         img.mm = layout.mm;
         img.auxv = layout.auxv;
-        img.regions =
-            memory::classify(&layout.maps).with_context(|| format!("process {}", s.agent.pid))?;
+        img.regions = memory::classify(&layout.maps).with_context(|| format!("process {}", s.agent.pid))?;
         let mem = RemoteMemory::open(source)?;
         let runs = memory::select_pages(&mem, &img.regions)?;
         memory_bytes += memory::save_pages(&mem, &runs, &mut img.regions, &mut out)?;
@@ -215,15 +187,7 @@ pub fn take(
         processes: images,
     };
     let image_bytes = out.finish(&manifest)?;
-    Ok(Outcome {
-        path,
-        memory_bytes,
-        image_bytes,
-        paused,
-        total: t0.elapsed(),
-        warnings,
-        merged_requests,
-    })
+    Ok(Outcome { path, memory_bytes, image_bytes, paused, total: t0.elapsed(), warnings, merged_requests })
 }
 
 /// Collects an agent's SUSPENDED report and its thread records.
@@ -234,20 +198,12 @@ fn wait_suspended<'a>(a: &'a Agent, merged: &mut u32) -> Result<Stopped<'a>> {
     loop {
         if let Some(h) = &head {
             if threads.len() >= h.nthreads as usize {
-                return Ok(Stopped {
-                    agent: a,
-                    head: *h,
-                    threads,
-                });
+                return Ok(Stopped { agent: a, head: *h, threads });
             }
         }
         let msg = match a.recv(Some(deadline)) {
             Ok(Some(m)) => m,
-            Ok(None) => bail!(
-                "process {} did not stop within {}s",
-                a.pid,
-                SUSPEND_TIMEOUT.as_secs()
-            ),
+            Ok(None) => bail!("process {} did not stop within {}s", a.pid, SUSPEND_TIMEOUT.as_secs()),
             Err(_) => bail!("process {} exited during the checkpoint", a.pid),
         };
         match kind_of(&msg) {
@@ -258,14 +214,11 @@ fn wait_suspended<'a>(a: &'a Agent, merged: &mut u32) -> Result<Stopped<'a>> {
                         .ok_or_else(|| anyhow!("bad SUSPENDED message"))?,
                 )
             }
-            kind::THREADS => threads.extend(
-                decode::<ThreadRecord>(&msg)
-                    .ok_or_else(|| anyhow!("bad THREADS message"))?
-                    .1,
-            ),
+            kind::THREADS => {
+                threads.extend(decode::<ThreadRecord>(&msg).ok_or_else(|| anyhow!("bad THREADS message"))?.1)
+            }
             kind::SUSPEND_FAILED => {
-                let f: Failure =
-                    read_pod(&msg[8..]).ok_or_else(|| anyhow!("bad SUSPEND_FAILED message"))?;
+                let f: Failure = read_pod(&msg[8..]).ok_or_else(|| anyhow!("bad SUSPEND_FAILED message"))?;
                 bail!(
                     "process {} could not stop its threads: {} (thread {}, {})",
                     a.pid,

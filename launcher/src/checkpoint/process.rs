@@ -23,31 +23,17 @@ pub fn capture_state(pid: i32) -> Result<ProcessState> {
     let umask = status_field(&status, "Umask")
         .and_then(|u| u32::from_str_radix(u, 8).ok())
         .ok_or_else(|| anyhow!("no Umask in /proc/{pid}/status"))?;
-    let personality =
-        u32::from_str_radix(read(pid, "personality")?.trim(), 16).context("parsing personality")?;
+    let personality = u32::from_str_radix(read(pid, "personality")?.trim(), 16).context("parsing personality")?;
     let mut rlimits = Vec::new();
     // RLIMIT_CPU (0) .. RLIMIT_RTTIME (15).
     for res in 0..16 {
-        let mut old = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: prlimit only writes `old`.
         if unsafe { libc::prlimit(pid, res, std::ptr::null(), &mut old) } == 0 {
-            rlimits.push(Rlimit {
-                resource: res,
-                cur: old.rlim_cur,
-                max: old.rlim_max,
-            });
+            rlimits.push(Rlimit { resource: res, cur: old.rlim_cur, max: old.rlim_max });
         }
     }
-    Ok(ProcessState {
-        stat,
-        cwd: read_link(pid, "cwd")?,
-        umask,
-        personality,
-        rlimits,
-    })
+    Ok(ProcessState { stat, cwd: read_link(pid, "cwd")?, umask, personality, rlimits })
 }
 
 pub struct MemoryLayout {
@@ -62,15 +48,10 @@ pub struct MemoryLayout {
 pub fn capture_layout(source: i32, brk: u64) -> Result<MemoryLayout> {
     let s = parse_stat(&read(source, "stat")?)?;
     let exe_path = read_link(source, "exe")?;
-    let (_, inode, size, mtime_ns) = file_stamp(&exe_path)
-        .with_context(|| format!("the program's executable {}", exe_path.display()))?;
+    let (_, inode, size, mtime_ns) =
+        file_stamp(&exe_path).with_context(|| format!("the program's executable {}", exe_path.display()))?;
     Ok(MemoryLayout {
-        exe: FileRef {
-            path: exe_path,
-            size,
-            mtime_ns,
-            inode,
-        },
+        exe: FileRef { path: exe_path, size, mtime_ns, inode },
         mm: MmFields {
             start_code: s.start_code,
             end_code: s.end_code,

@@ -19,14 +19,7 @@ impl Agent {
         let mut buf = vec![0u8; 8 + std::mem::size_of_val(body)];
         let n = encode(&mut buf, kind, body).expect("buffer sized for the message");
         // SAFETY: buf[..n] is initialised; MSG_NOSIGNAL: a dead agent is an error, not SIGPIPE.
-        let r = unsafe {
-            libc::send(
-                self.conn.as_raw_fd(),
-                buf.as_ptr().cast(),
-                n,
-                libc::MSG_NOSIGNAL,
-            )
-        };
+        let r = unsafe { libc::send(self.conn.as_raw_fd(), buf.as_ptr().cast(), n, libc::MSG_NOSIGNAL) };
         if r == n as isize {
             Ok(())
         } else {
@@ -41,16 +34,9 @@ impl Agent {
         loop {
             let timeout_ms = match deadline {
                 None => -1,
-                Some(d) => d
-                    .saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .min(i32::MAX as u128) as i32,
+                Some(d) => d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32,
             };
-            let mut p = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
+            let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd.
             let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
             if r < 0 {

@@ -62,14 +62,7 @@ pub fn handled_signals(trigger: i32) -> SigSet {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in [
-            libc::SIGCHLD,
-            libc::SIGINT,
-            libc::SIGTERM,
-            libc::SIGHUP,
-            libc::SIGQUIT,
-            trigger,
-        ] {
+        for sig in [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, trigger] {
             libc::sigaddset(&mut set, sig);
         }
         SigSet::from_sigset_t_unchecked(set)
@@ -81,8 +74,7 @@ pub fn handled_signals(trigger: i32) -> SigSet {
 pub fn signal_fd(trigger: i32) -> Result<SignalFd> {
     let set = handled_signals(trigger);
     set.thread_block().context("blocking signals")?;
-    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .context("creating a signalfd")
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).context("creating a signalfd")
 }
 
 impl Coordinator {
@@ -109,11 +101,7 @@ impl Coordinator {
 
     /// Registers a restored process's connection, made before it existed.
     pub fn add_restored(&mut self, agent: Agent, image: std::path::PathBuf) {
-        self.pending.push(PendingRestore {
-            pid: agent.pid,
-            started: Instant::now(),
-            image,
-        });
+        self.pending.push(PendingRestore { pid: agent.pid, started: Instant::now(), image });
         self.agents.push(agent);
     }
 
@@ -124,16 +112,8 @@ impl Coordinator {
                 return Ok(end);
             }
             let mut fds = vec![
-                libc::pollfd {
-                    fd: self.sigfd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.listener.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
+                libc::pollfd { fd: self.sigfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             ];
             fds.extend(self.agents.iter().map(|a| libc::pollfd {
                 fd: a.conn.as_raw_fd(),
@@ -157,12 +137,8 @@ impl Coordinator {
             if fds[1].revents != 0 {
                 self.on_connection();
             }
-            let ready: Vec<i32> = fds[2..]
-                .iter()
-                .zip(&self.agents)
-                .filter(|(p, _)| p.revents != 0)
-                .map(|(_, a)| a.pid)
-                .collect();
+            let ready: Vec<i32> =
+                fds[2..].iter().zip(&self.agents).filter(|(p, _)| p.revents != 0).map(|(_, a)| a.pid).collect();
             for pid in ready {
                 self.on_agent(pid);
             }
@@ -192,7 +168,10 @@ impl Coordinator {
             }
         }
         if merged > 0 {
-            eprintln!("ckrun: {merged} checkpoint request(s) arrived during checkpoint {}; merged into it", self.sequence);
+            eprintln!(
+                "ckrun: {merged} checkpoint request(s) arrived during checkpoint {}; merged into it",
+                self.sequence
+            );
         }
         Ok(None)
     }
@@ -224,12 +203,7 @@ impl Coordinator {
         let Ok(conn) = socket::accept(&self.listener) else {
             return;
         };
-        let probe = Agent {
-            pid: 0,
-            agent_fd: -1,
-            conn,
-            running: true,
-        };
+        let probe = Agent { pid: 0, agent_fd: -1, conn, running: true };
         let Ok(Some(msg)) = probe.recv_within(Duration::from_secs(5)) else {
             return;
         };
@@ -238,19 +212,12 @@ impl Coordinator {
         };
         let Some(h) = v.first() else { return };
         if h.version != PROTOCOL_VERSION {
-            eprintln!(
-                "ckrun: process {} runs an agent of another ckrun build; it cannot be checkpointed",
-                h.pid
-            );
+            eprintln!("ckrun: process {} runs an agent of another ckrun build; it cannot be checkpointed", h.pid);
             return;
         }
         // A process that exec'd reconnects with the same pid.
         self.agents.retain(|a| a.pid != h.pid);
-        self.agents.push(Agent {
-            pid: h.pid,
-            agent_fd: h.agent_fd,
-            ..probe
-        });
+        self.agents.push(Agent { pid: h.pid, agent_fd: h.agent_fd, ..probe });
     }
 
     fn on_agent(&mut self, pid: i32) {
@@ -273,13 +240,7 @@ impl Coordinator {
 
     fn on_restored(&mut self, i: usize) {
         let pid = self.agents[i].pid;
-        let _ = self.agents[i].send(
-            kind::CONFIG,
-            &[Config {
-                trigger: self.settings.trigger,
-                _pad: 0,
-            }],
-        );
+        let _ = self.agents[i].send(kind::CONFIG, &[Config { trigger: self.settings.trigger, _pad: 0 }]);
         self.agents[i].running = true;
         if let Some(k) = self.pending.iter().position(|p| p.pid == pid) {
             let p = self.pending.remove(k);
@@ -321,7 +282,10 @@ impl Coordinator {
                     o.total.as_secs_f64() * 1000.0
                 );
                 if o.merged_requests > 0 {
-                    eprintln!("ckrun: {} checkpoint request(s) arrived during checkpoint {seq}; merged into it", o.merged_requests);
+                    eprintln!(
+                        "ckrun: {} checkpoint request(s) arrived during checkpoint {seq}; merged into it",
+                        o.merged_requests
+                    );
                 }
             }
             Err(e) => eprintln!("ckrun: checkpoint failed: {e:#}"),
@@ -340,7 +304,10 @@ impl Coordinator {
             }
         }
         if merged > 0 {
-            eprintln!("ckrun: {merged} checkpoint request(s) arrived during checkpoint {}; merged into it", self.sequence);
+            eprintln!(
+                "ckrun: {merged} checkpoint request(s) arrived during checkpoint {}; merged into it",
+                self.sequence
+            );
         }
         // Pending trigger signals too (SIGCHLD among them is handled as usual).
         if let Ok(Some(end)) = self.on_signals(true) {
@@ -352,13 +319,12 @@ impl Coordinator {
 /// A restored process died before its agent reported back.
 fn restore_failure(p: &PendingRestore, end: &Ending) -> Ending {
     match *end {
+        // The restorer reported the failed step over the agent connection.
+        Ending::Exited(crate::restore::RESTORER_FAILED) => Ending::Exited(crate::error::EXIT_FAILURE),
         // The restore child reports its own errors and exits with ckrun's codes.
         Ending::Exited(c) if c != 0 => Ending::Exited(c),
         Ending::Signaled(s) => {
-            eprintln!(
-                "ckrun: the process restored from {} died of signal {s} before it resumed",
-                p.image.display()
-            );
+            eprintln!("ckrun: the process restored from {} died of signal {s} before it resumed", p.image.display());
             Ending::Exited(crate::error::EXIT_FAILURE)
         }
         Ending::Exited(c) => Ending::Exited(c),

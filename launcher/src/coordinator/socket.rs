@@ -9,18 +9,12 @@ fn abstract_addr(name: &str) -> io::Result<(libc::sockaddr_un, libc::socklen_t)>
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as u16;
     if name.len() + 1 > addr.sun_path.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "socket name too long",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket name too long"));
     }
     for (i, b) in name.bytes().enumerate() {
         addr.sun_path[i + 1] = b as libc::c_char;
     }
-    Ok((
-        addr,
-        (std::mem::size_of::<libc::sa_family_t>() + 1 + name.len()) as libc::socklen_t,
-    ))
+    Ok((addr, (std::mem::size_of::<libc::sa_family_t>() + 1 + name.len()) as libc::socklen_t))
 }
 
 /// Listens on the abstract name `name`; `AddrInUse` if another process has it.
@@ -33,11 +27,7 @@ pub fn listen(name: &str) -> io::Result<OwnedFd> {
             return Err(io::Error::last_os_error());
         }
         let fd = OwnedFd::from_raw_fd(fd);
-        if libc::bind(
-            fd.as_raw_fd(),
-            &addr as *const _ as *const libc::sockaddr,
-            len,
-        ) != 0
+        if libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) != 0
             || libc::listen(fd.as_raw_fd(), 64) != 0
         {
             return Err(io::Error::last_os_error());
@@ -48,14 +38,8 @@ pub fn listen(name: &str) -> io::Result<OwnedFd> {
 
 pub fn accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
     // SAFETY: accept4 with null address arguments; the fd is owned right away.
-    let fd = unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_CLOEXEC,
-        )
-    };
+    let fd =
+        unsafe { libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
     if fd < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -83,9 +67,5 @@ pub fn fresh_name() -> String {
     let mut r = [0u8; 8];
     // SAFETY: getrandom writes at most r.len() bytes.
     unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
-    format!(
-        "ckrun.{}.{:016x}",
-        std::process::id(),
-        u64::from_ne_bytes(r)
-    )
+    format!("ckrun.{}.{:016x}", std::process::id(), u64::from_ne_bytes(r))
 }

@@ -21,22 +21,13 @@ pub fn human(img: &ImageReader) -> String {
         i.ckrun_version
     );
     let _ = writeln!(o, "command     {}", i.command.join(" "));
-    let _ = writeln!(
-        o,
-        "checkpoint  #{}, program paused {:.1} ms",
-        i.sequence,
-        i.paused_us as f64 / 1000.0
-    );
+    let _ = writeln!(o, "checkpoint  #{}, program paused {:.1} ms", i.sequence, i.paused_us as f64 / 1000.0);
     let _ = writeln!(
         o,
         "size        image {}, memory saved {} (ratio {:.2})",
         bytes(img.len),
         bytes(mem),
-        if mem == 0 {
-            0.0
-        } else {
-            img.len as f64 / mem as f64
-        }
+        if mem == 0 { 0.0 } else { img.len as f64 / mem as f64 }
     );
     let s = &m.settings;
     let _ = writeln!(
@@ -44,11 +35,7 @@ pub fn human(img: &ImageReader) -> String {
         "settings    dir {}, trigger signal {}, {}",
         s.dir.display(),
         s.trigger,
-        if s.frozen {
-            "program frozen while copied"
-        } else {
-            "copy-on-write snapshot"
-        }
+        if s.frozen { "program frozen while copied" } else { "copy-on-write snapshot" }
     );
     for p in &m.processes {
         process(&mut o, p);
@@ -57,14 +44,7 @@ pub fn human(img: &ImageReader) -> String {
 }
 
 fn process(o: &mut String, p: &ProcessImage) {
-    let _ = writeln!(
-        o,
-        "\nprocess {} ({}), parent {}, {} thread(s)",
-        p.pid,
-        p.program_name(),
-        p.ppid,
-        p.threads.len()
-    );
+    let _ = writeln!(o, "\nprocess {} ({}), parent {}, {} thread(s)", p.pid, p.program_name(), p.ppid, p.threads.len());
     let _ = writeln!(o, "  exe   {}", p.exe.path.display());
     let _ = writeln!(o, "  cwd   {}   umask {:03o}", p.cwd.display(), p.umask);
     let _ = writeln!(
@@ -74,11 +54,7 @@ fn process(o: &mut String, p: &ProcessImage) {
         bytes(p.regions.iter().map(Region::len).sum()),
         bytes(p.saved_bytes())
     );
-    let _ = writeln!(
-        o,
-        "    {:<33} {:>9} {:<5} {:<9} {:>9}  name",
-        "address", "size", "prot", "kind", "saved"
-    );
+    let _ = writeln!(o, "    {:<33} {:>9} {:<5} {:<9} {:>9}  name", "address", "size", "prot", "kind", "saved");
     for r in &p.regions {
         let _ = writeln!(
             o,
@@ -95,9 +71,7 @@ fn process(o: &mut String, p: &ProcessImage) {
     let _ = writeln!(o, "  file descriptors:");
     for f in &p.fds {
         let what = match p.files.get(f.desc as usize) {
-            Some(OpenFile::Path {
-                path, flags, pos, ..
-            }) => {
+            Some(OpenFile::Path { path, flags, pos, .. }) => {
                 format!("{} ({}, offset {pos})", path.display(), access(*flags))
             }
             Some(OpenFile::Inherited { fd, what }) => {
@@ -108,37 +82,18 @@ fn process(o: &mut String, p: &ProcessImage) {
             }
             None => "?".into(),
         };
-        let _ = writeln!(
-            o,
-            "    {:>4}{} {}",
-            f.fd,
-            if f.cloexec { "*" } else { " " },
-            what
-        );
+        let _ = writeln!(o, "    {:>4}{} {}", f.fd, if f.cloexec { "*" } else { " " }, what);
     }
     let _ = writeln!(o, "  threads:");
     for t in &p.threads {
-        let lead = if t.flags & ckrun_proto::THREAD_LEADER != 0 {
-            "  (led the checkpoint)"
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            o,
-            "    tid {:<8} {:<16} fs {:#x}{}",
-            t.tid,
-            t.name(),
-            t.fs_base,
-            lead
-        );
+        let lead = if t.flags & ckrun_proto::THREAD_LEADER != 0 { "  (led the checkpoint)" } else { "" };
+        let _ = writeln!(o, "    tid {:<8} {:<16} fs {:#x}{}", t.tid, t.name(), t.fs_base, lead);
     }
     let mut deps: Vec<String> = p
         .regions
         .iter()
         .filter_map(|r| match &r.kind {
-            RegionKind::File { file, .. } => {
-                Some(format!("{} ({} bytes)", file.path.display(), file.size))
-            }
+            RegionKind::File { file, .. } => Some(format!("{} ({} bytes)", file.path.display(), file.size)),
             _ => None,
         })
         .collect();
@@ -171,21 +126,9 @@ pub fn json(img: &ImageReader) -> String {
 
 fn prot(r: &Region) -> String {
     let mut s = String::new();
-    s.push(if r.prot & libc::PROT_READ != 0 {
-        'r'
-    } else {
-        '-'
-    });
-    s.push(if r.prot & libc::PROT_WRITE != 0 {
-        'w'
-    } else {
-        '-'
-    });
-    s.push(if r.prot & libc::PROT_EXEC != 0 {
-        'x'
-    } else {
-        '-'
-    });
+    s.push(if r.prot & libc::PROT_READ != 0 { 'r' } else { '-' });
+    s.push(if r.prot & libc::PROT_WRITE != 0 { 'w' } else { '-' });
+    s.push(if r.prot & libc::PROT_EXEC != 0 { 'x' } else { '-' });
     s.push(if r.shared { 's' } else { 'p' });
     s
 }
@@ -242,12 +185,7 @@ pub fn utc(ms: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 #[cfg(test)]
@@ -259,6 +197,7 @@ mod tests {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(3 << 20), "3.0 MiB");
         assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc(1_795_673_497_000), "2026-11-26 03:31:37 UTC");
+        assert_eq!(utc(1_795_673_497_000), "2026-11-26 06:11:37 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
     }
 }

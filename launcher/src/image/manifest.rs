@@ -122,9 +122,6 @@ impl Region {
     pub fn len(&self) -> u64 {
         self.end - self.start
     }
-    pub fn is_empty(&self) -> bool {
-        self.start == self.end
-    }
     pub fn saved_pages(&self) -> u64 {
         self.chunks.iter().map(|c| c.npages as u64).sum()
     }
@@ -174,12 +171,7 @@ pub struct FdImage {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum OpenFile {
     /// Reopened by path at the same offset, with the same flags.
-    Path {
-        path: PathBuf,
-        flags: i32,
-        pos: u64,
-        kind: PathKind,
-    },
+    Path { path: PathBuf, flags: i32, pos: u64, kind: PathKind },
     /// The terminal or a pipe/socket from outside the tree, on fd 0..2 of
     /// the program: at restart the program gets ckrun's own fd `fd`.
     Inherited { fd: i32, what: String },
@@ -229,16 +221,10 @@ impl ThreadImage {
 
 impl ProcessImage {
     pub fn program_name(&self) -> String {
-        self.exe
-            .path
-            .file_name()
-            .map_or_else(|| "program".into(), |n| n.to_string_lossy().into_owned())
+        self.exe.path.file_name().map_or_else(|| "program".into(), |n| n.to_string_lossy().into_owned())
     }
     /// Bytes of page data the image holds for this process.
     pub fn saved_bytes(&self) -> u64 {
-        self.regions
-            .iter()
-            .map(|r| r.saved_pages() * crate::sys::PAGE_SIZE)
-            .sum()
+        self.regions.iter().map(|r| r.saved_pages() * crate::sys::PAGE_SIZE).sum()
     }
 }

@@ -55,14 +55,8 @@ impl Trailer {
     fn to_bytes(&self) -> [u8; TRAILER_LEN as usize] {
         let mut t = [0u8; TRAILER_LEN as usize];
         t[..8].copy_from_slice(TRAILER_MAGIC);
-        for (i, v) in [
-            self.manifest_offset,
-            self.manifest_len,
-            self.manifest_checksum,
-            self.file_len,
-        ]
-        .iter()
-        .enumerate()
+        for (i, v) in
+            [self.manifest_offset, self.manifest_len, self.manifest_checksum, self.file_len].iter().enumerate()
         {
             t[8 + 8 * i..16 + 8 * i].copy_from_slice(&v.to_le_bytes());
         }
@@ -79,11 +73,6 @@ impl Trailer {
         if word(4) != checksum(&t[..40]) {
             return None;
         }
-        Some(Trailer {
-            manifest_offset: word(0),
-            manifest_len: word(1),
-            manifest_checksum: word(2),
-            file_len: word(3),
-        })
+        Some(Trailer { manifest_offset: word(0), manifest_len: word(1), manifest_checksum: word(2), file_len: word(3) })
     }
 }

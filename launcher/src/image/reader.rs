@@ -32,9 +32,7 @@ impl ImageReader {
 
     pub fn from_file(file: File, path: &Path) -> Result<Self, CkError> {
         let bad = |why: &str| CkError::bad_image(path, why.to_string());
-        let meta = file
-            .metadata()
-            .map_err(|e| bad(&format!("cannot stat: {e}")))?;
+        let meta = file.metadata().map_err(|e| bad(&format!("cannot stat: {e}")))?;
         if meta.is_dir() {
             return Err(bad("is a directory"));
         }
@@ -45,9 +43,7 @@ impl ImageReader {
         }
         let version = u32::from_le_bytes(head[8..12].try_into().unwrap());
         if version != FORMAT_VERSION {
-            return Err(bad(&format!(
-                "image format {version}, this ckrun reads format {FORMAT_VERSION}"
-            )));
+            return Err(bad(&format!("image format {version}, this ckrun reads format {FORMAT_VERSION}")));
         }
         let mut t = [0u8; TRAILER_LEN as usize];
         let trailer = (len >= HEADER_LEN + TRAILER_LEN)
@@ -56,10 +52,7 @@ impl ImageReader {
             .and_then(|_| Trailer::parse(&t))
             .ok_or_else(|| bad("truncated or damaged image (no valid trailer); was the checkpoint interrupted?"))?;
         if trailer.file_len != len {
-            return Err(bad(&format!(
-                "image is {len} bytes, its trailer says {}",
-                trailer.file_len
-            )));
+            return Err(bad(&format!("image is {len} bytes, its trailer says {}", trailer.file_len)));
         }
         if trailer.manifest_offset < HEADER_LEN
             || trailer.manifest_offset.checked_add(trailer.manifest_len) != Some(len - TRAILER_LEN)
@@ -67,20 +60,12 @@ impl ImageReader {
             return Err(bad("damaged image (manifest out of bounds)"));
         }
         let mut m = vec![0u8; trailer.manifest_len as usize];
-        file.read_exact_at(&mut m, trailer.manifest_offset)
-            .map_err(|e| bad(&format!("cannot read manifest: {e}")))?;
+        file.read_exact_at(&mut m, trailer.manifest_offset).map_err(|e| bad(&format!("cannot read manifest: {e}")))?;
         if checksum(&m) != trailer.manifest_checksum {
             return Err(bad("damaged image (manifest checksum mismatch)"));
         }
-        let manifest: Manifest =
-            bincode::deserialize(&m).map_err(|e| bad(&format!("damaged manifest: {e}")))?;
-        let r = ImageReader {
-            file,
-            path: path.to_owned(),
-            manifest,
-            len,
-            chunks_end: trailer.manifest_offset,
-        };
+        let manifest: Manifest = bincode::deserialize(&m).map_err(|e| bad(&format!("damaged manifest: {e}")))?;
+        let r = ImageReader { file, path: path.to_owned(), manifest, len, chunks_end: trailer.manifest_offset };
         r.check_chunk_bounds()?;
         Ok(r)
     }
@@ -99,10 +84,7 @@ impl ImageReader {
                         || c.addr < r.start
                         || end > r.end
                     {
-                        return Err(CkError::bad_image(
-                            &self.path,
-                            "damaged manifest (chunk out of bounds)",
-                        ));
+                        return Err(CkError::bad_image(&self.path, "damaged manifest (chunk out of bounds)"));
                     }
                 }
             }
@@ -112,29 +94,18 @@ impl ImageReader {
 
     /// Reads, checks and decompresses chunk `c` into `out` (exactly its
     /// pages). `scratch` is reused between calls.
-    pub fn read_chunk(
-        &self,
-        c: &ChunkRef,
-        out: &mut [u8],
-        scratch: &mut Vec<u8>,
-    ) -> Result<(), CkError> {
+    pub fn read_chunk(&self, c: &ChunkRef, out: &mut [u8], scratch: &mut Vec<u8>) -> Result<(), CkError> {
         let bad = |why: String| CkError::bad_image(&self.path, why);
         scratch.resize(c.clen as usize, 0);
         self.file
             .read_exact_at(scratch, c.offset)
             .map_err(|e| bad(format!("cannot read chunk at {}: {e}", c.offset)))?;
         if checksum(scratch) != c.checksum {
-            return Err(bad(format!(
-                "damaged image (checksum mismatch in the pages at {:#x})",
-                c.addr
-            )));
+            return Err(bad(format!("damaged image (checksum mismatch in the pages at {:#x})", c.addr)));
         }
         match lz4_flex::block::decompress_into(scratch, out) {
             Ok(n) if n == out.len() => Ok(()),
-            _ => Err(bad(format!(
-                "damaged image (pages at {:#x} do not decompress)",
-                c.addr
-            ))),
+            _ => Err(bad(format!("damaged image (pages at {:#x} do not decompress)", c.addr))),
         }
     }
 
@@ -145,16 +116,13 @@ impl ImageReader {
             for r in &p.regions {
                 for c in &r.chunks {
                     buf.resize(c.clen as usize, 0);
-                    self.file.read_exact_at(&mut buf, c.offset).map_err(|e| {
-                        CkError::bad_image(&self.path, format!("cannot read chunk: {e}"))
-                    })?;
+                    self.file
+                        .read_exact_at(&mut buf, c.offset)
+                        .map_err(|e| CkError::bad_image(&self.path, format!("cannot read chunk: {e}")))?;
                     if checksum(&buf) != c.checksum {
                         return Err(CkError::bad_image(
                             &self.path,
-                            format!(
-                                "damaged image (checksum mismatch in the pages at {:#x})",
-                                c.addr
-                            ),
+                            format!("damaged image (checksum mismatch in the pages at {:#x})", c.addr),
                         ));
                     }
                 }

@@ -30,14 +30,8 @@ impl ImageWriter {
             .open(&tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
         let mut out = BufWriter::with_capacity(4 << 20, f);
-        out.write_all(&header_bytes())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        Ok(ImageWriter {
-            out: Some(out),
-            tmp,
-            dest: dest.to_owned(),
-            offset: HEADER_LEN,
-        })
+        out.write_all(&header_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
+        Ok(ImageWriter { out: Some(out), tmp, dest: dest.to_owned(), offset: HEADER_LEN })
     }
 
     /// Appends compressed chunk bytes; returns where they went and their checksum.
@@ -66,25 +60,14 @@ impl ImageWriter {
         let ctx = || format!("writing {}", self.tmp.display());
         out.write_all(&m).with_context(ctx)?;
         out.write_all(&trailer.to_bytes()).with_context(ctx)?;
-        let f = out
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(ctx)?;
-        f.sync_all()
-            .with_context(|| format!("syncing {}", self.tmp.display()))?;
+        let f = out.into_inner().map_err(|e| e.into_error()).with_context(ctx)?;
+        f.sync_all().with_context(|| format!("syncing {}", self.tmp.display()))?;
         drop(f);
-        std::fs::rename(&self.tmp, &self.dest).with_context(|| {
-            format!("renaming {} to {}", self.tmp.display(), self.dest.display())
-        })?;
+        std::fs::rename(&self.tmp, &self.dest)
+            .with_context(|| format!("renaming {} to {}", self.tmp.display(), self.dest.display()))?;
         if let Some(dir) = self.dest.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .with_context(|| format!("syncing {}", dir.display()))?;
+            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
         }
         Ok(trailer.file_len)
     }

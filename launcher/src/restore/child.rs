@@ -18,17 +18,11 @@ pub fn main(image_fd: i32, index: usize, ctl_fd: i32) -> Result<i32> {
 }
 
 fn restore(image_fd: i32, index: usize, ctl_fd: i32) -> Result<i32> {
-    let path =
-        std::fs::read_link(format!("/proc/self/fd/{image_fd}")).unwrap_or_else(|_| "image".into());
+    let path = std::fs::read_link(format!("/proc/self/fd/{image_fd}")).unwrap_or_else(|_| "image".into());
     // SAFETY: the coordinator passed us this fd, open on the image, for us to own.
     let file = unsafe { File::from_raw_fd(image_fd) };
     let img = ImageReader::from_file(file, &path)?;
-    let p = img
-        .manifest
-        .processes
-        .get(index)
-        .ok_or_else(|| anyhow!("the image has no process #{index}"))?
-        .clone();
+    let p = img.manifest.processes.get(index).ok_or_else(|| anyhow!("the image has no process #{index}"))?.clone();
     let plan = RestorePlan::build(&p, &procfs::maps(std::process::id() as i32)?)?;
     let mut k = Linux;
 

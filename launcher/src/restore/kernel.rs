@@ -10,15 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 pub trait Kernel {
-    fn mmap(
-        &mut self,
-        at: u64,
-        len: u64,
-        prot: i32,
-        flags: i32,
-        fd: i32,
-        offset: u64,
-    ) -> io::Result<()>;
+    fn mmap(&mut self, at: u64, len: u64, prot: i32, flags: i32, fd: i32, offset: u64) -> io::Result<()>;
     fn mprotect(&mut self, at: u64, len: u64, prot: i32) -> io::Result<()>;
     fn open(&mut self, path: &Path, flags: i32) -> io::Result<i32>;
     /// dup3: `from` onto `to`.
@@ -38,42 +30,21 @@ fn cvt(r: libc::c_long) -> io::Result<libc::c_long> {
 }
 
 fn cpath(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
 }
 
 pub struct Linux;
 
 impl Kernel for Linux {
-    fn mmap(
-        &mut self,
-        at: u64,
-        len: u64,
-        prot: i32,
-        flags: i32,
-        fd: i32,
-        offset: u64,
-    ) -> io::Result<()> {
+    fn mmap(&mut self, at: u64, len: u64, prot: i32, flags: i32, fd: i32, offset: u64) -> io::Result<()> {
         // SAFETY: MAP_FIXED_NOREPLACE (set by every caller) never replaces an
         // existing mapping, so no memory in use can be disturbed.
-        let r = unsafe {
-            libc::mmap(
-                at as *mut _,
-                len as usize,
-                prot,
-                flags,
-                fd,
-                offset as libc::off_t,
-            )
-        };
+        let r = unsafe { libc::mmap(at as *mut _, len as usize, prot, flags, fd, offset as libc::off_t) };
         if r == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
         if r as u64 != at {
-            return Err(io::Error::other(format!(
-                "mapped at {:#x} instead of {at:#x}",
-                r as u64
-            )));
+            return Err(io::Error::other(format!("mapped at {:#x} instead of {at:#x}", r as u64)));
         }
         Ok(())
     }
@@ -89,18 +60,11 @@ impl Kernel for Linux {
     fn dup_to(&mut self, from: i32, to: i32, cloexec: bool) -> io::Result<()> {
         if from == to {
             // SAFETY: fcntl on an fd we hold.
-            return cvt(unsafe {
-                libc::fcntl(
-                    to,
-                    libc::F_SETFD,
-                    if cloexec { libc::FD_CLOEXEC } else { 0 },
-                )
-            } as _)
-            .map(drop);
+            return cvt(unsafe { libc::fcntl(to, libc::F_SETFD, if cloexec { libc::FD_CLOEXEC } else { 0 }) } as _)
+                .map(drop);
         }
         // SAFETY: dup3 on fds we hold.
-        cvt(unsafe { libc::dup3(from, to, if cloexec { libc::O_CLOEXEC } else { 0 }) } as _)
-            .map(drop)
+        cvt(unsafe { libc::dup3(from, to, if cloexec { libc::O_CLOEXEC } else { 0 }) } as _).map(drop)
     }
     fn dup_above(&mut self, fd: i32, min: i32) -> io::Result<i32> {
         // SAFETY: fcntl on an fd we hold.
@@ -124,10 +88,7 @@ impl Kernel for Linux {
         unsafe { libc::umask(mask) };
     }
     fn setrlimit(&mut self, resource: u32, cur: u64, max: u64) -> io::Result<()> {
-        let l = libc::rlimit {
-            rlim_cur: cur,
-            rlim_max: max,
-        };
+        let l = libc::rlimit { rlim_cur: cur, rlim_max: max };
         // SAFETY: l is a valid rlimit.
         cvt(unsafe { libc::setrlimit(resource as _, &l) } as _).map(drop)
     }
@@ -144,38 +105,12 @@ pub mod recording {
 
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub enum Call {
-        Mmap {
-            at: u64,
-            len: u64,
-            prot: i32,
-            flags: i32,
-            fd: i32,
-            offset: u64,
-        },
-        Mprotect {
-            at: u64,
-            len: u64,
-            prot: i32,
-        },
-        Open {
-            path: PathBuf,
-            flags: i32,
-            fd: i32,
-        },
-        DupTo {
-            from: i32,
-            to: i32,
-            cloexec: bool,
-        },
-        DupAbove {
-            fd: i32,
-            min: i32,
-            got: i32,
-        },
-        Seek {
-            fd: i32,
-            pos: u64,
-        },
+        Mmap { at: u64, len: u64, prot: i32, flags: i32, fd: i32, offset: u64 },
+        Mprotect { at: u64, len: u64, prot: i32 },
+        Open { path: PathBuf, flags: i32, fd: i32 },
+        DupTo { from: i32, to: i32, cloexec: bool },
+        DupAbove { fd: i32, min: i32, got: i32 },
+        Seek { fd: i32, pos: u64 },
         Close(i32),
         Chdir(PathBuf),
         Umask(u32),
@@ -199,23 +134,8 @@ pub mod recording {
     }
 
     impl Kernel for Recording {
-        fn mmap(
-            &mut self,
-            at: u64,
-            len: u64,
-            prot: i32,
-            flags: i32,
-            fd: i32,
-            offset: u64,
-        ) -> io::Result<()> {
-            self.calls.push(Call::Mmap {
-                at,
-                len,
-                prot,
-                flags,
-                fd,
-                offset,
-            });
+        fn mmap(&mut self, at: u64, len: u64, prot: i32, flags: i32, fd: i32, offset: u64) -> io::Result<()> {
+            self.calls.push(Call::Mmap { at, len, prot, flags, fd, offset });
             Ok(())
         }
         fn mprotect(&mut self, at: u64, len: u64, prot: i32) -> io::Result<()> {
@@ -224,11 +144,7 @@ pub mod recording {
         }
         fn open(&mut self, path: &Path, flags: i32) -> io::Result<i32> {
             let fd = self.fd(0);
-            self.calls.push(Call::Open {
-                path: path.into(),
-                flags,
-                fd,
-            });
+            self.calls.push(Call::Open { path: path.into(), flags, fd });
             Ok(fd)
         }
         fn dup_to(&mut self, from: i32, to: i32, cloexec: bool) -> io::Result<()> {

@@ -16,56 +16,31 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub fn map(k: &mut impl Kernel, plan: &RestorePlan, p: &ProcessImage) -> Result<()> {
     for s in &plan.staged {
         let r = &p.regions[s.region];
-        let prot = if r.chunks.is_empty() {
-            r.prot
-        } else {
-            r.prot | libc::PROT_READ | libc::PROT_WRITE
-        };
-        let share = if r.shared {
-            libc::MAP_SHARED
-        } else {
-            libc::MAP_PRIVATE
-        };
+        let prot = if r.chunks.is_empty() { r.prot } else { r.prot | libc::PROT_READ | libc::PROT_WRITE };
+        let share = if r.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
         let flags = libc::MAP_FIXED_NOREPLACE | share;
         let what = || {
             format!(
                 "staging {} ({:#x}-{:#x})",
-                if r.name.is_empty() {
-                    "anonymous memory"
-                } else {
-                    &r.name
-                },
+                if r.name.is_empty() { "anonymous memory" } else { &r.name },
                 r.start,
                 r.end
             )
         };
         match &r.kind {
             RegionKind::File { file, offset } => {
-                let mode = if r.shared && r.prot & libc::PROT_WRITE != 0 {
-                    libc::O_RDWR
-                } else {
-                    libc::O_RDONLY
-                };
-                let fd = k.open(&file.path, mode | libc::O_CLOEXEC).map_err(|e| {
-                    CkError::Environment(format!("cannot open {}: {e}", file.path.display()))
-                })?;
+                let mode = if r.shared && r.prot & libc::PROT_WRITE != 0 { libc::O_RDWR } else { libc::O_RDONLY };
+                let fd = k
+                    .open(&file.path, mode | libc::O_CLOEXEC)
+                    .map_err(|e| CkError::Environment(format!("cannot open {}: {e}", file.path.display())))?;
                 let r2 = k.mmap(s.at, s.len, prot, flags, fd, *offset);
                 k.close(fd);
                 r2.with_context(what)?;
             }
             RegionKind::Stack => k
-                .mmap(
-                    s.at,
-                    s.len,
-                    prot,
-                    flags | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN,
-                    -1,
-                    0,
-                )
+                .mmap(s.at, s.len, prot, flags | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN, -1, 0)
                 .with_context(what)?,
-            _ => k
-                .mmap(s.at, s.len, prot, flags | libc::MAP_ANONYMOUS, -1, 0)
-                .with_context(what)?,
+            _ => k.mmap(s.at, s.len, prot, flags | libc::MAP_ANONYMOUS, -1, 0).with_context(what)?,
         }
     }
     Ok(())
@@ -76,8 +51,7 @@ pub fn protect(k: &mut impl Kernel, plan: &RestorePlan, p: &ProcessImage) -> Res
     for s in &plan.staged {
         let r = &p.regions[s.region];
         if !r.chunks.is_empty() && r.prot != r.prot | libc::PROT_READ | libc::PROT_WRITE {
-            k.mprotect(s.at, s.len, r.prot)
-                .with_context(|| format!("protecting {:#x}", r.start))?;
+            k.mprotect(s.at, s.len, r.prot).with_context(|| format!("protecting {:#x}", r.start))?;
         }
     }
     Ok(())
@@ -94,9 +68,7 @@ pub fn fill(img: &ImageReader, plan: &RestorePlan, p: &ProcessImage) -> Result<u
     // Largest first: better balance across threads.
     work.sort_unstable_by_key(|(c, _)| std::cmp::Reverse(c.npages));
     let next = AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(16);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(16);
     let first_err = std::sync::Mutex::new(None);
     std::thread::scope(|sc| {
         for _ in 0..threads {
@@ -141,30 +113,15 @@ mod tests {
             0x5555_0000_0000,
             0x5555_0000_2000,
             RegionKind::File {
-                file: FileRef {
-                    path: "/lib/x.so".into(),
-                    size: 9000,
-                    mtime_ns: 1,
-                    inode: 2,
-                },
+                file: FileRef { path: "/lib/x.so".into(), size: 9000, mtime_ns: 1, inode: 2 },
                 offset: 0x3000,
             },
         );
         file.prot = libc::PROT_READ;
-        file.chunks.push(ChunkRef {
-            addr: 0x5555_0000_1000,
-            npages: 1,
-            clen: 10,
-            offset: 64,
-            checksum: 0,
-        });
+        file.chunks.push(ChunkRef { addr: 0x5555_0000_1000, npages: 1, clen: 10, offset: 64, checksum: 0 });
         let stack = region(0x7ffe_0000_0000, 0x7ffe_0002_0000, RegionKind::Stack);
         let p = process(vec![file, stack], &[100]);
-        let plan = RestorePlan::build(
-            &p,
-            &parse_maps("1000-2000 r-xp 00000000 00:00 0 /ckrun\n").unwrap(),
-        )
-        .unwrap();
+        let plan = RestorePlan::build(&p, &parse_maps("1000-2000 r-xp 00000000 00:00 0 /ckrun\n").unwrap()).unwrap();
         let mut k = Recording::default();
         map(&mut k, &plan, &p).unwrap();
         protect(&mut k, &plan, &p).unwrap();
@@ -172,11 +129,7 @@ mod tests {
         assert_eq!(
             k.calls,
             vec![
-                Call::Open {
-                    path: "/lib/x.so".into(),
-                    flags: libc::O_RDONLY | libc::O_CLOEXEC,
-                    fd: 100
-                },
+                Call::Open { path: "/lib/x.so".into(), flags: libc::O_RDONLY | libc::O_CLOEXEC, fd: 100 },
                 // Writable while its written page is put back...
                 Call::Mmap {
                     at: s0.at,
@@ -191,19 +144,12 @@ mod tests {
                     at: s1.at,
                     len: 0x20000,
                     prot: 3,
-                    flags: libc::MAP_FIXED_NOREPLACE
-                        | libc::MAP_PRIVATE
-                        | libc::MAP_ANONYMOUS
-                        | libc::MAP_GROWSDOWN,
+                    flags: libc::MAP_FIXED_NOREPLACE | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN,
                     fd: -1,
                     offset: 0
                 },
                 // ... then read-only again.
-                Call::Mprotect {
-                    at: s0.at,
-                    len: 0x2000,
-                    prot: libc::PROT_READ
-                },
+                Call::Mprotect { at: s0.at, len: 0x2000, prot: libc::PROT_READ },
             ]
         );
     }

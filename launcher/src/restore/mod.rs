@@ -16,6 +16,8 @@ mod plan;
 mod restorer;
 mod settings;
 
+pub use restorer::RESTORER_FAILED;
+
 use crate::cli::Overrides;
 use crate::coordinator::{self, agent::Agent, socket, Coordinator};
 use crate::error::CkError;
@@ -52,12 +54,9 @@ fn resolve_image(arg: &Path) -> Result<PathBuf, CkError> {
         .filter(|e| e.path().extension().is_some_and(|x| x == "ckimg"))
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .max();
-    newest.map(|(_, p)| p).ok_or_else(|| {
-        CkError::Environment(format!(
-            "{}: no .ckimg image in this directory",
-            arg.display()
-        ))
-    })
+    newest
+        .map(|(_, p)| p)
+        .ok_or_else(|| CkError::Environment(format!("{}: no .ckimg image in this directory", arg.display())))
 }
 
 /// Can this machine run the image? Same kernel build (vDSO, signal frame),
@@ -84,11 +83,10 @@ fn check_compatible(m: &Manifest) -> Result<(), CkError> {
 /// The files the image maps must be unchanged; the files it had open must exist.
 fn check_files(m: &Manifest) -> Result<(), CkError> {
     for p in &m.processes {
-        let mapped =
-            std::iter::once(&p.exe).chain(p.regions.iter().filter_map(|r| match &r.kind {
-                RegionKind::File { file, .. } => Some(file),
-                _ => None,
-            }));
+        let mapped = std::iter::once(&p.exe).chain(p.regions.iter().filter_map(|r| match &r.kind {
+            RegionKind::File { file, .. } => Some(file),
+            _ => None,
+        }));
         for f in mapped {
             let (_, _, size, mtime) = file_stamp(&f.path).map_err(|e| {
                 CkError::Environment(format!(
@@ -139,10 +137,7 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
         return Ok(0);
     }
     if m.processes.len() != 1 {
-        bail!(
-            "the image holds {} processes; restoring process trees is not supported yet",
-            m.processes.len()
-        );
+        bail!("the image holds {} processes; restoring process trees is not supported yet", m.processes.len());
     }
     let p = &m.processes[0];
 
@@ -159,8 +154,7 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     become_subreaper();
 
     let (ours, theirs) = socket::pair().context("socketpair")?;
-    let image_file =
-        std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let image_file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let image_fd = image_file.into_raw_fd();
     // Inherited by the restore child (std opened it close-on-exec).
     // SAFETY: fcntl on our own fd.
@@ -179,7 +173,7 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
 
-    let pid = fork_with_pid(p.pid, || -> std::convert::Infallible {
+    let pid = fork_with_pid(p.pid, || {
         // In the child: async-signal-safe calls only, then exec.
         // SAFETY: sigset on the stack; execv with NUL-terminated strings
         // prepared before the fork; _exit if exec fails.
@@ -188,7 +182,6 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
             libc::sigemptyset(&mut none);
             libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             libc::execv(exe.as_ptr(), argv.as_ptr());
-            libc::_exit(127)
         }
     });
     // SAFETY: closing our copy of the fd the child inherited.
@@ -212,23 +205,8 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
         }
         Err(e) => return Err(e).context("creating the process to restore"),
     };
-    let mut c = Coordinator::new(
-        settings,
-        m.info.command.clone(),
-        listener,
-        sigfd,
-        pid,
-        m.info.sequence,
-    );
-    c.add_restored(
-        Agent {
-            pid,
-            agent_fd: p.agent_fd,
-            conn: ours,
-            running: false,
-        },
-        path.clone(),
-    );
+    let mut c = Coordinator::new(settings, m.info.command.clone(), listener, sigfd, pid, m.info.sequence);
+    c.add_restored(Agent { pid, agent_fd: p.agent_fd, conn: ours, running: false }, path.clone());
     drop(img);
     let end = c.run()?;
     Ok(end.exit_code())
@@ -249,25 +227,13 @@ fn dry_run_text(img: &ImageReader) -> Result<String> {
             p.regions.len(),
             p.threads.len()
         );
-        let _ = writeln!(
-            o,
-            "  restorer at {:#x} ({} bytes)",
-            plan.blob_at, plan.blob_len
-        );
+        let _ = writeln!(o, "  restorer at {:#x} ({} bytes)", plan.blob_at, plan.blob_len);
         for s in &plan.staged {
             let r = &p.regions[s.region];
-            let _ = writeln!(
-                o,
-                "  stage {:#014x}-{:#014x} at {:#014x}  {}",
-                r.start, r.end, s.at, r.name
-            );
+            let _ = writeln!(o, "  stage {:#014x}-{:#014x} at {:#014x}  {}", r.start, r.end, s.at, r.name);
         }
         for v in &plan.vdso {
-            let _ = writeln!(
-                o,
-                "  vdso  {} {:#x} -> {:#x} (via {:#x})",
-                v.name, v.from, v.to, v.scratch
-            );
+            let _ = writeln!(o, "  vdso  {} {:#x} -> {:#x} (via {:#x})", v.name, v.from, v.to, v.scratch);
         }
         let _ = writeln!(o, "  restorer steps:");
         for (i, op) in plan.ops.iter().enumerate() {
@@ -293,8 +259,5 @@ pub fn describe_failure(f: &ckrun_proto::RestoreFailure) -> String {
     } else {
         format!("unexpected result {:#x}", f.result)
     };
-    format!(
-        "restore failed in the restorer, step {} ({name}): {err}",
-        f.index
-    )
+    format!("restore failed in the restorer, step {} ({name}): {err}", f.index)
 }

@@ -98,9 +98,7 @@ pub struct AddressSpace {
 
 impl AddressSpace {
     pub fn new(ranges: impl IntoIterator<Item = (u64, u64)>) -> Self {
-        let mut a = AddressSpace {
-            busy: ranges.into_iter().collect(),
-        };
+        let mut a = AddressSpace { busy: ranges.into_iter().collect() };
         a.normalise();
         a
     }
@@ -115,10 +113,6 @@ impl AddressSpace {
             }
         }
         self.busy = merged;
-    }
-
-    fn is_free(&self, s: u64, e: u64) -> bool {
-        self.busy.iter().all(|&(bs, be)| e <= bs || s >= be)
     }
 
     /// Reserves `len` bytes at an address `a` with `a % HUGE == phase`, at
@@ -157,11 +151,7 @@ fn vdso_name(k: &RegionKind) -> Option<&'static str> {
 
 /// Bytes of restorer data for a plan of this shape (see `restorer`).
 pub fn data_len(nops: usize, auxv_words: usize, nthreads: usize) -> u64 {
-    let raw = ckrun_proto::restorer_header::SIZE
-        + nops * 80
-        + 104
-        + auxv_words * 8
-        + nthreads * (64 + 88 + 8);
+    let raw = ckrun_proto::restorer_header::SIZE + nops * 80 + 104 + auxv_words * 8 + nthreads * (64 + 88 + 8);
     (raw as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE
 }
 
@@ -186,35 +176,18 @@ impl RestorePlan {
         );
 
         // The restorer's reservation: code, data, stack.
-        let nregions = p
-            .regions
-            .iter()
-            .filter(|r| vdso_name(&r.kind).is_none())
-            .count();
+        let nregions = p.regions.iter().filter(|r| vdso_name(&r.kind).is_none()).count();
         let nvdso = p.regions.len() - nregions;
         let keep_max = 1 + nvdso + nregions;
         let nops_max = 2 * nvdso + (keep_max + 1) + nregions + 2 + p.threads.len() + 2;
-        let blob_len =
-            PAGE_SIZE + data_len(nops_max, p.auxv.len(), p.threads.len()) + RESTORER_STACK;
-        let blob_at = space
-            .reserve(blob_len, 0)
-            .ok_or_else(|| bad("no room for the restorer".into()))?;
+        let blob_len = PAGE_SIZE + data_len(nops_max, p.auxv.len(), p.threads.len()) + RESTORER_STACK;
+        let blob_at = space.reserve(blob_len, 0).ok_or_else(|| bad("no room for the restorer".into()))?;
 
         // The vDSO group: same parts, same sizes, or another kernel.
-        let wanted: Vec<_> = p
-            .regions
-            .iter()
-            .filter_map(|r| Some((vdso_name(&r.kind)?, r.start, r.len())))
-            .collect();
-        let have: Vec<_> = current
-            .iter()
-            .filter(|m| ["[vvar]", "[vvar_vclock]", "[vdso]"].contains(&m.path.as_str()))
-            .collect();
-        let same = wanted.len() == have.len()
-            && wanted
-                .iter()
-                .zip(&have)
-                .all(|(w, h)| w.0 == h.path && w.2 == h.len());
+        let wanted: Vec<_> = p.regions.iter().filter_map(|r| Some((vdso_name(&r.kind)?, r.start, r.len()))).collect();
+        let have: Vec<_> =
+            current.iter().filter(|m| ["[vvar]", "[vvar_vclock]", "[vdso]"].contains(&m.path.as_str())).collect();
+        let same = wanted.len() == have.len() && wanted.iter().zip(&have).all(|(w, h)| w.0 == h.path && w.2 == h.len());
         if !same && !wanted.is_empty() {
             return Err(CkError::Incompatible(format!(
                 "the vDSO differs from the image's ({} here, {} in the image): the image comes from another kernel build",
@@ -224,16 +197,8 @@ impl RestorePlan {
         }
         let mut vdso = Vec::new();
         for (w, h) in wanted.iter().zip(&have) {
-            let scratch = space
-                .reserve(w.2, 0)
-                .ok_or_else(|| bad("no room to move the vDSO".into()))?;
-            vdso.push(VdsoPart {
-                name: w.0.into(),
-                from: h.start,
-                scratch,
-                to: w.1,
-                len: w.2,
-            });
+            let scratch = space.reserve(w.2, 0).ok_or_else(|| bad("no room to move the vDSO".into()))?;
+            vdso.push(VdsoPart { name: w.0.into(), from: h.start, scratch, to: w.1, len: w.2 });
         }
 
         // Staging areas.
@@ -242,24 +207,14 @@ impl RestorePlan {
             if vdso_name(&r.kind).is_some() {
                 continue;
             }
-            let at = space
-                .reserve(r.len(), r.start % HUGE)
-                .ok_or_else(|| bad("no room to stage memory".into()))?;
-            staged.push(StagedRegion {
-                region: i,
-                at,
-                len: r.len(),
-            });
+            let at = space.reserve(r.len(), r.start % HUGE).ok_or_else(|| bad("no room to stage memory".into()))?;
+            staged.push(StagedRegion { region: i, at, len: r.len() });
         }
 
         // The restorer's steps.
         let mut ops = Vec::new();
         for v in &vdso {
-            ops.push(Op::Mremap {
-                from: v.from,
-                len: v.len,
-                to: v.scratch,
-            });
+            ops.push(Op::Mremap { from: v.from, len: v.len, to: v.scratch });
         }
         let mut keep: Vec<(u64, u64)> = std::iter::once((blob_at, blob_at + blob_len))
             .chain(vdso.iter().map(|v| (v.scratch, v.scratch + v.len)))
@@ -269,67 +224,38 @@ impl RestorePlan {
         let mut cursor = 0;
         for &(s, e) in &keep {
             if s > cursor {
-                ops.push(Op::Munmap {
-                    start: cursor,
-                    len: s - cursor,
-                });
+                ops.push(Op::Munmap { start: cursor, len: s - cursor });
             }
             cursor = e;
         }
         if cursor < TASK_SIZE {
-            ops.push(Op::Munmap {
-                start: cursor,
-                len: TASK_SIZE - cursor,
-            });
+            ops.push(Op::Munmap { start: cursor, len: TASK_SIZE - cursor });
         }
         for v in &vdso {
-            ops.push(Op::Mremap {
-                from: v.scratch,
-                len: v.len,
-                to: v.to,
-            });
+            ops.push(Op::Mremap { from: v.scratch, len: v.len, to: v.to });
         }
         for s in &staged {
-            ops.push(Op::Mremap {
-                from: s.at,
-                len: s.len,
-                to: p.regions[s.region].start,
-            });
+            ops.push(Op::Mremap { from: s.at, len: s.len, to: p.regions[s.region].start });
         }
         ops.push(Op::SetMm);
         ops.push(Op::CloseExe);
-        for (i, _) in p
-            .threads
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| Some(*i) != main)
-        {
+        for (i, _) in p.threads.iter().enumerate().filter(|(i, _)| Some(*i) != main) {
             ops.push(Op::CloneThread(i));
         }
         match main {
             Some(m) => {
-                ops.push(Op::SetFs {
-                    base: p.threads[m].fs_base,
-                });
+                ops.push(Op::SetFs { base: p.threads[m].fs_base });
                 ops.push(Op::Jump(m));
             }
             None => ops.push(Op::ExitThread),
         }
         debug_assert!(ops.len() <= nops_max);
-        Ok(RestorePlan {
-            staged,
-            vdso,
-            blob_at,
-            blob_len,
-            ops,
-        })
+        Ok(RestorePlan { staged, vdso, blob_at, blob_len, ops })
     }
 }
 
 fn describe<'a>(parts: impl Iterator<Item = (&'a str, u64)>) -> String {
-    let v: Vec<String> = parts
-        .map(|(n, l)| format!("{n} {} KiB", l / 1024))
-        .collect();
+    let v: Vec<String> = parts.map(|(n, l)| format!("{n} {} KiB", l / 1024)).collect();
     if v.is_empty() {
         "none".into()
     } else {
@@ -347,10 +273,7 @@ fn check_regions(p: &ProcessImage) -> Result<(), CkError> {
             && r.end <= TASK_SIZE
             && r.start >= prev_end;
         if !ok {
-            return Err(CkError::Environment(format!(
-                "image region {:#x}-{:#x} is malformed",
-                r.start, r.end
-            )));
+            return Err(CkError::Environment(format!("image region {:#x}-{:#x} is malformed", r.start, r.end)));
         }
         prev_end = r.end;
     }
@@ -364,15 +287,7 @@ pub mod tests {
     use crate::sys::procfs::parse_maps;
 
     pub fn region(start: u64, end: u64, kind: RegionKind) -> Region {
-        Region {
-            start,
-            end,
-            prot: 3,
-            shared: false,
-            kind,
-            name: String::new(),
-            chunks: vec![],
-        }
+        Region { start, end, prot: 3, shared: false, kind, name: String::new(), chunks: vec![] }
     }
 
     pub fn process(regions: Vec<Region>, tids: &[i32]) -> ProcessImage {
@@ -381,12 +296,7 @@ pub mod tests {
             ppid: 1,
             pgid: 100,
             sid: 100,
-            exe: FileRef {
-                path: "/bin/x".into(),
-                size: 1,
-                mtime_ns: 0,
-                inode: 1,
-            },
+            exe: FileRef { path: "/bin/x".into(), size: 1, mtime_ns: 0, inode: 1 },
             cwd: "/".into(),
             umask: 0o22,
             personality: 0,
@@ -424,12 +334,10 @@ pub mod tests {
             &[100, 101, 102],
         );
         let current = parse_maps(
-            "5600_0000_0000-5600_0010_0000 r-xp 00000000 00:00 0 /usr/bin/ckrun\n\
-             7f00_0000_1000-7f00_0000_5000 r--p 00000000 00:00 0 [vvar]\n\
-             7f00_0000_5000-7f00_0000_7000 r--p 00000000 00:00 0 [vvar_vclock]\n\
-             7f00_0000_7000-7f00_0000_9000 r-xp 00000000 00:00 0 [vdso]\n"
-                .replace('_', "")
-                .as_str(),
+            "560000000000-560000100000 r-xp 00000000 00:00 0 /usr/bin/ckrun\n\
+             7f0000001000-7f0000005000 r--p 00000000 00:00 0 [vvar]\n\
+             7f0000005000-7f0000007000 r--p 00000000 00:00 0 [vvar_vclock]\n\
+             7f0000007000-7f0000009000 r-xp 00000000 00:00 0 [vdso]\n",
         )
         .unwrap();
         (p, current)
@@ -451,10 +359,7 @@ pub mod tests {
         mine.extend(plan.vdso.iter().map(|v| (v.scratch, v.scratch + v.len)));
         for (i, a) in mine.iter().enumerate() {
             assert!(taken.iter().all(|t| !overlaps(*a, *t)), "{a:x?} collides");
-            assert!(
-                mine[i + 1..].iter().all(|b| !overlaps(*a, *b)),
-                "{a:x?} collides with another reservation"
-            );
+            assert!(mine[i + 1..].iter().all(|b| !overlaps(*a, *b)), "{a:x?} collides with another reservation");
         }
         for s in &plan.staged {
             assert_eq!(s.at % HUGE, p.regions[s.region].start % HUGE);
@@ -469,13 +374,7 @@ pub mod tests {
         let mut covered: Vec<(u64, u64)> = plan
             .ops
             .iter()
-            .filter_map(|o| {
-                if let Op::Munmap { start, len } = o {
-                    Some((*start, start + len))
-                } else {
-                    None
-                }
-            })
+            .filter_map(|o| if let Op::Munmap { start, len } = o { Some((*start, start + len)) } else { None })
             .collect();
         covered.push((plan.blob_at, plan.blob_at + plan.blob_len));
         covered.extend(plan.staged.iter().map(|s| (s.at, s.at + s.len)));
@@ -487,44 +386,22 @@ pub mod tests {
             assert_eq!(w[0].1, w[1].0, "gap or overlap at {:x}", w[0].1);
         }
         // The vDSO leaves before the unmapping and comes back after it.
-        let first_unmap = plan
-            .ops
-            .iter()
-            .position(|o| matches!(o, Op::Munmap { .. }))
-            .unwrap();
-        let vdso_out = plan
-            .ops
-            .iter()
-            .position(|o| matches!(o, Op::Mremap { from, .. } if *from == 0x7f00_0000_7000))
-            .unwrap();
-        let vdso_in = plan
-            .ops
-            .iter()
-            .position(|o| matches!(o, Op::Mremap { to, .. } if *to == 0x7ffd_0000_6000))
-            .unwrap();
+        let first_unmap = plan.ops.iter().position(|o| matches!(o, Op::Munmap { .. })).unwrap();
+        let vdso_out =
+            plan.ops.iter().position(|o| matches!(o, Op::Mremap { from, .. } if *from == 0x7f00_0000_7000)).unwrap();
+        let vdso_in =
+            plan.ops.iter().position(|o| matches!(o, Op::Mremap { to, .. } if *to == 0x7ffd_0000_6000)).unwrap();
         assert!(vdso_out < first_unmap && first_unmap < vdso_in);
         // Every region moves to its own address; then mm, threads, main jump.
         for s in &plan.staged {
-            assert!(plan.ops.contains(&Op::Mremap {
-                from: s.at,
-                len: s.len,
-                to: p.regions[s.region].start
-            }));
+            assert!(plan.ops.contains(&Op::Mremap { from: s.at, len: s.len, to: p.regions[s.region].start }));
         }
         let n = plan.ops.len();
         assert_eq!(plan.ops[n - 1], Op::Jump(0));
         assert_eq!(plan.ops[n - 2], Op::SetFs { base: 0x7000 + 100 });
-        assert_eq!(
-            plan.ops
-                .iter()
-                .filter(|o| matches!(o, Op::CloneThread(_)))
-                .count(),
-            2
-        );
+        assert_eq!(plan.ops.iter().filter(|o| matches!(o, Op::CloneThread(_))).count(), 2);
         let setmm = plan.ops.iter().position(|o| *o == Op::SetMm).unwrap();
-        assert!(plan.ops[..setmm]
-            .iter()
-            .all(|o| !matches!(o, Op::CloneThread(_))));
+        assert!(plan.ops[..setmm].iter().all(|o| !matches!(o, Op::CloneThread(_))));
     }
 
     #[test]
@@ -538,12 +415,8 @@ pub mod tests {
     #[test]
     fn another_kernels_vdso_is_refused() {
         let (mut p, current) = sample();
-        p.regions[4].end += PAGE_SIZE;
-        p.regions[5].start += 0x1000_0000; // keep regions ordered
-        assert!(matches!(
-            RestorePlan::build(&p, &current),
-            Err(CkError::Incompatible(_))
-        ));
+        p.regions[4].end += PAGE_SIZE; // a larger [vdso]
+        assert!(matches!(RestorePlan::build(&p, &current), Err(CkError::Incompatible(_))));
     }
 
     #[test]

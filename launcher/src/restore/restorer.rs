@@ -164,12 +164,7 @@ fn put(buf: &mut [u8], off: usize, v: u64) {
 }
 
 /// Lays out the header, the operation table and what they point to.
-pub fn encode(
-    plan: &RestorePlan,
-    p: &ProcessImage,
-    exe_fd: i32,
-    report_fd: i32,
-) -> Result<Encoded> {
+pub fn encode(plan: &RestorePlan, p: &ProcessImage, exe_fd: i32, report_fd: i32) -> Result<Encoded> {
     let nthreads = p.threads.len();
     let dlen = data_len(plan.ops.len(), p.auxv.len(), nthreads) as usize;
     let base = plan.blob_at + PAGE_SIZE;
@@ -187,11 +182,7 @@ pub fn encode(
     put(&mut d, rh::OFF_MAGIC, rh::MAGIC);
     put(&mut d, rh::OFF_OPS, base + ops_off as u64);
     put(&mut d, rh::OFF_NOPS, plan.ops.len() as u64);
-    put(
-        &mut d,
-        rh::OFF_STACK_TOP,
-        (plan.blob_at + plan.blob_len) & !15,
-    );
+    put(&mut d, rh::OFF_STACK_TOP, (plan.blob_at + plan.blob_len) & !15);
     put(&mut d, rh::OFF_REPORT_FD, report_fd as u64);
     put(&mut d, rh::OFF_BLOB_BASE, plan.blob_at);
     put(&mut d, rh::OFF_BLOB_LEN, plan.blob_len);
@@ -265,31 +256,9 @@ pub fn encode(
         let w: [u64; 10] = match *op {
             Op::Mremap { from, len, to } => {
                 let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
-                [
-                    K_SYSCALL,
-                    libc::SYS_mremap as u64,
-                    from,
-                    len,
-                    len,
-                    flags,
-                    to,
-                    0,
-                    CHECK_EQ,
-                    to,
-                ]
+                [K_SYSCALL, libc::SYS_mremap as u64, from, len, len, flags, to, 0, CHECK_EQ, to]
             }
-            Op::Munmap { start, len } => [
-                K_SYSCALL,
-                libc::SYS_munmap as u64,
-                start,
-                len,
-                0,
-                0,
-                0,
-                0,
-                CHECK_EQ,
-                0,
-            ],
+            Op::Munmap { start, len } => [K_SYSCALL, libc::SYS_munmap as u64, start, len, 0, 0, 0, 0, CHECK_EQ, 0],
             Op::SetMm => [
                 K_SYSCALL,
                 libc::SYS_prctl as u64,
@@ -302,44 +271,11 @@ pub fn encode(
                 CHECK_EQ,
                 0,
             ],
-            Op::CloseExe => [
-                K_SYSCALL,
-                libc::SYS_close as u64,
-                exe_fd as u64,
-                0,
-                0,
-                0,
-                0,
-                0,
-                CHECK_EQ,
-                0,
-            ],
-            Op::SetFs { base: fs } => [
-                K_SYSCALL,
-                libc::SYS_arch_prctl as u64,
-                0x1002,
-                fs,
-                0,
-                0,
-                0,
-                0,
-                CHECK_EQ,
-                0,
-            ],
+            Op::CloseExe => [K_SYSCALL, libc::SYS_close as u64, exe_fd as u64, 0, 0, 0, 0, 0, CHECK_EQ, 0],
+            Op::SetFs { base: fs } => [K_SYSCALL, libc::SYS_arch_prctl as u64, 0x1002, fs, 0, 0, 0, 0, CHECK_EQ, 0],
             Op::CloneThread(t) => {
                 let o = ctx_off(t);
-                [
-                    K_CLONE,
-                    435,
-                    base + o as u64 + 64,
-                    88,
-                    base + o as u64,
-                    0,
-                    0,
-                    0,
-                    CHECK_EQ,
-                    p.threads[t].tid as u64,
-                ]
+                [K_CLONE, 435, base + o as u64 + 64, 88, base + o as u64, 0, 0, 0, CHECK_EQ, p.threads[t].tid as u64]
             }
             Op::ExitThread => [K_SYSCALL, libc::SYS_exit as u64, 0, 0, 0, 0, 0, 0, 0, 0],
             Op::Jump(t) => [K_JUMP, 0, base + ctx_off(t) as u64, 0, 0, 0, 0, 0, 0, 0],
@@ -348,19 +284,7 @@ pub fn encode(
             put(&mut d, ops_off + i * 80 + 8 * j, *v);
         }
     }
-    Ok(Encoded {
-        data: d,
-        header_addr: base,
-    })
-}
-
-/// Names a failed step for people.
-pub fn describe(plan_op: Option<&Op>, result: i64) -> String {
-    let err = std::io::Error::from_raw_os_error((-result) as i32);
-    match plan_op {
-        Some(op) => format!("restorer step {op:?} failed: {err}"),
-        None => format!("restorer failed: {err}"),
-    }
+    Ok(Encoded { data: d, header_addr: base })
 }
 
 /// Maps the reservation, copies the routine and its data in, and jumps.
@@ -389,30 +313,15 @@ pub unsafe fn launch(plan: &RestorePlan, enc: &Encoded) -> Result<std::convert::
         )
     };
     if r as u64 != at {
-        bail!(
-            "cannot map the restorer at {at:#x}: {}",
-            std::io::Error::last_os_error()
-        );
+        bail!("cannot map the restorer at {at:#x}: {}", std::io::Error::last_os_error());
     }
     // SAFETY: the reservation is ours, writable, and large enough for the
     // code page plus the encoded data (checked by `encode`).
     unsafe {
         std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len());
-        std::ptr::copy_nonoverlapping(
-            enc.data.as_ptr(),
-            (at + PAGE_SIZE) as *mut u8,
-            enc.data.len(),
-        );
-        if libc::mprotect(
-            at as *mut _,
-            PAGE_SIZE as usize,
-            libc::PROT_READ | libc::PROT_EXEC,
-        ) != 0
-        {
-            bail!(
-                "cannot make the restorer executable: {}",
-                std::io::Error::last_os_error()
-            );
+        std::ptr::copy_nonoverlapping(enc.data.as_ptr(), (at + PAGE_SIZE) as *mut u8, enc.data.len());
+        if libc::mprotect(at as *mut _, PAGE_SIZE as usize, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+            bail!("cannot make the restorer executable: {}", std::io::Error::last_os_error());
         }
         std::arch::asm!("jmp {entry}", entry = in(reg) at, in("rdi") enc.header_addr, options(noreturn));
     }

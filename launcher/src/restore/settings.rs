@@ -7,18 +7,13 @@ use crate::image::manifest::ProcessImage;
 use anyhow::{Context, Result};
 
 pub fn apply(k: &mut impl Kernel, p: &ProcessImage) -> Result<()> {
-    k.chdir(&p.cwd)
-        .map_err(|e| CkError::Environment(format!("working directory {}: {e}", p.cwd.display())))?;
+    k.chdir(&p.cwd).map_err(|e| CkError::Environment(format!("working directory {}: {e}", p.cwd.display())))?;
     k.umask(p.umask);
-    k.personality(p.personality)
-        .context("setting the personality")?;
+    k.personality(p.personality).context("setting the personality")?;
     for l in &p.rlimits {
         // Raising a hard limit needs privilege; keep going with a warning.
         if let Err(e) = k.setrlimit(l.resource, l.cur, l.max) {
-            eprintln!(
-                "ckrun: warning: cannot restore resource limit {}: {e}",
-                l.resource
-            );
+            eprintln!("ckrun: warning: cannot restore resource limit {}: {e}", l.resource);
         }
     }
     Ok(())

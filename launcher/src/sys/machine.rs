@@ -7,11 +7,7 @@ pub fn uname() -> (String, String, String) {
     // SAFETY: u is a valid utsname.
     unsafe { libc::uname(&mut u) };
     let s = |f: &[libc::c_char]| {
-        let b: Vec<u8> = f
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
+        let b: Vec<u8> = f.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
         String::from_utf8_lossy(&b).into_owned()
     };
     (s(&u.nodename), s(&u.release), s(&u.version))
@@ -26,8 +22,6 @@ pub fn xsave_features() -> u64 {
     }
     let (lo, hi): (u32, u32);
     // SAFETY: xgetbv with ecx=0 is allowed in user mode when OSXSAVE is set.
-    unsafe {
-        std::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack))
-    };
+    unsafe { std::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
     (hi as u64) << 32 | lo as u64
 }

@@ -20,15 +20,10 @@ pub struct RemoteMemory {
 
 impl RemoteMemory {
     pub fn open(pid: i32) -> Result<Self> {
-        let mem = File::open(format!("/proc/{pid}/mem"))
-            .with_context(|| format!("opening /proc/{pid}/mem"))?;
-        let pagemap = File::open(format!("/proc/{pid}/pagemap"))
-            .with_context(|| format!("opening /proc/{pid}/pagemap"))?;
+        let mem = File::open(format!("/proc/{pid}/mem")).with_context(|| format!("opening /proc/{pid}/mem"))?;
+        let pagemap =
+            File::open(format!("/proc/{pid}/pagemap")).with_context(|| format!("opening /proc/{pid}/pagemap"))?;
         Ok(RemoteMemory { pid, mem, pagemap })
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.pid
     }
 
     /// One pagemap entry per page of `[start, start + npages * PAGE_SIZE)`.
@@ -37,24 +32,15 @@ impl RemoteMemory {
         self.pagemap
             .read_exact_at(&mut raw, start / PAGE_SIZE * 8)
             .with_context(|| format!("reading pagemap of {} at {start:#x}", self.pid))?;
-        Ok(raw
-            .chunks_exact(8)
-            .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
-            .collect())
+        Ok(raw.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect())
     }
 
     /// Copies `buf.len()` bytes from `addr`. `readable` says whether the
     /// mapping is readable by its owner (then the faster process_vm_readv).
     pub fn read(&self, addr: u64, buf: &mut [u8], readable: bool) -> Result<()> {
         if readable {
-            let local = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
-            };
-            let remote = libc::iovec {
-                iov_base: addr as *mut _,
-                iov_len: buf.len(),
-            };
+            let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+            let remote = libc::iovec { iov_base: addr as *mut _, iov_len: buf.len() };
             // SAFETY: local describes buf, which is writable for its length;
             // the remote iovec is only interpreted in the target process.
             let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
@@ -62,13 +48,9 @@ impl RemoteMemory {
                 return Ok(());
             }
         }
-        self.mem.read_exact_at(buf, addr).with_context(|| {
-            format!(
-                "reading {} bytes of process {} at {addr:#x}",
-                buf.len(),
-                self.pid
-            )
-        })
+        self.mem
+            .read_exact_at(buf, addr)
+            .with_context(|| format!("reading {} bytes of process {} at {addr:#x}", buf.len(), self.pid))
     }
 }
 
@@ -77,9 +59,7 @@ pub fn is_zero_page(p: &[u8]) -> bool {
     let (pre, words, post) =
         // SAFETY: u128 has no invalid bit patterns; align_to splits correctly.
         unsafe { p.align_to::<u128>() };
-    pre.iter().all(|&b| b == 0)
-        && post.iter().all(|&b| b == 0)
-        && words.iter().fold(0u128, |a, &w| a | w) == 0
+    pre.iter().all(|&b| b == 0) && post.iter().all(|&b| b == 0) && words.iter().fold(0u128, |a, &w| a | w) == 0
 }
 
 #[cfg(test)]
@@ -101,7 +81,7 @@ mod tests {
         let mut out = vec![0u8; 100];
         m.read(data.as_ptr() as u64 + 10, &mut out, true).unwrap();
         assert!(out.iter().all(|&b| b == 0x5a));
-        let start = (data.as_ptr() as u64 + PAGE_SIZE - 1) / PAGE_SIZE * PAGE_SIZE;
+        let start = (data.as_ptr() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
         let pm = m.pagemap(start, 1).unwrap();
         assert!(pm[0] & PM_PRESENT != 0);
     }

@@ -25,9 +25,6 @@ impl MapEntry {
     pub fn len(&self) -> u64 {
         self.end - self.start
     }
-    pub fn is_empty(&self) -> bool {
-        self.start == self.end
-    }
     /// PROT_* bits.
     pub fn prot(&self) -> i32 {
         (if self.read { libc::PROT_READ } else { 0 })
@@ -130,9 +127,7 @@ pub fn parse_stat(text: &str) -> Result<StatFields> {
 
 /// A `Key:\tvalue` field of /proc/PID/status.
 pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::trim))
+    status.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::trim))
 }
 
 /// /proc/PID/fdinfo/N: position and open flags.
@@ -143,22 +138,14 @@ pub struct FdInfo {
 }
 
 pub fn parse_fdinfo(text: &str) -> Result<FdInfo> {
-    let pos = status_field(text, "pos")
-        .ok_or_else(|| anyhow!("fdinfo: no pos"))?
-        .parse()?;
-    let flags = i32::from_str_radix(
-        status_field(text, "flags").ok_or_else(|| anyhow!("fdinfo: no flags"))?,
-        8,
-    )?;
+    let pos = status_field(text, "pos").ok_or_else(|| anyhow!("fdinfo: no pos"))?.parse()?;
+    let flags = i32::from_str_radix(status_field(text, "flags").ok_or_else(|| anyhow!("fdinfo: no flags"))?, 8)?;
     Ok(FdInfo { pos, flags })
 }
 
 /// /proc/PID/auxv as (type, value) pairs, the AT_NULL terminator included.
 pub fn parse_auxv(bytes: &[u8]) -> Vec<u64> {
-    let mut v: Vec<u64> = bytes
-        .chunks_exact(8)
-        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
-        .collect();
+    let mut v: Vec<u64> = bytes.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect();
     // Keep pairs up to and including AT_NULL.
     if let Some(i) = v.chunks_exact(2).position(|p| p[0] == 0) {
         v.truncate(2 * i + 2);
@@ -190,12 +177,7 @@ pub fn maps(pid: i32) -> Result<Vec<MapEntry>> {
 pub fn file_stamp(path: &Path) -> std::io::Result<(u64, u64, u64, i64)> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path)?;
-    Ok((
-        m.dev(),
-        m.ino(),
-        m.size(),
-        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-    ))
+    Ok((m.dev(), m.ino(), m.size(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
 }
 
 #[cfg(test)]
@@ -233,25 +215,13 @@ mod tests {
     #[test]
     fn fdinfo_and_status() {
         let f = parse_fdinfo("pos:\t42\nflags:\t02100002\nmnt_id:\t20\nino:\t5\n").unwrap();
-        assert_eq!(
-            f,
-            FdInfo {
-                pos: 42,
-                flags: 0o2100002
-            }
-        );
-        assert_eq!(
-            status_field("Name:\tx\nUmask:\t0022\n", "Umask"),
-            Some("0022")
-        );
+        assert_eq!(f, FdInfo { pos: 42, flags: 0o2100002 });
+        assert_eq!(status_field("Name:\tx\nUmask:\t0022\n", "Umask"), Some("0022"));
     }
 
     #[test]
     fn auxv_stops_at_null() {
-        let words: Vec<u8> = [6u64, 4096, 0, 0, 7, 7]
-            .iter()
-            .flat_map(|w| w.to_ne_bytes())
-            .collect();
+        let words: Vec<u8> = [6u64, 4096, 0, 0, 7, 7].iter().flat_map(|w| w.to_ne_bytes()).collect();
         assert_eq!(parse_auxv(&words), vec![6, 4096, 0, 0]);
     }
 }

@@ -21,10 +21,7 @@ const RSEQ_FLAG_UNREGISTER: u64 = 1;
 
 /// Fills `rec` for the calling thread (all but its resume context).
 pub fn capture_thread(rec: &mut ThreadRecord) {
-    *rec = ThreadRecord {
-        tid: sys::gettid(),
-        ..Default::default()
-    };
+    *rec = ThreadRecord { tid: sys::gettid(), ..Default::default() };
     rec.fs_base = sys::arch_get(sys::ARCH_GET_FS);
     rec.gs_base = sys::arch_get(sys::ARCH_GET_GS);
     // SAFETY: get_robust_list(0, ...) writes one pointer and one length.
@@ -37,21 +34,9 @@ pub fn capture_thread(rec: &mut ThreadRecord) {
         )
     };
     // SAFETY: PR_GET_TID_ADDRESS writes one pointer.
-    unsafe {
-        sys::syscall2(
-            sys::SYS_prctl,
-            PR_GET_TID_ADDRESS,
-            &mut rec.clear_child_tid as *mut u64 as u64,
-        )
-    };
+    unsafe { sys::syscall2(sys::SYS_prctl, PR_GET_TID_ADDRESS, &mut rec.clear_child_tid as *mut u64 as u64) };
     // SAFETY: PR_GET_NAME writes at most 16 bytes.
-    unsafe {
-        sys::syscall2(
-            sys::SYS_prctl,
-            libc::PR_GET_NAME as u64,
-            rec.comm.as_mut_ptr() as u64,
-        )
-    };
+    unsafe { sys::syscall2(sys::SYS_prctl, libc::PR_GET_NAME as u64, rec.comm.as_mut_ptr() as u64) };
     capture_rseq(rec);
 }
 
@@ -74,15 +59,7 @@ fn capture_rseq(rec: &mut ThreadRecord) {
         rec.rseq_sig = RSEQ_SIG;
     } else if r == 0 {
         // SAFETY: undoes the registration just made, same arguments.
-        unsafe {
-            sys::syscall4(
-                sys::SYS_rseq,
-                area,
-                RSEQ_LEN as u64,
-                RSEQ_FLAG_UNREGISTER,
-                RSEQ_SIG as u64,
-            )
-        };
+        unsafe { sys::syscall4(sys::SYS_rseq, area, RSEQ_LEN as u64, RSEQ_FLAG_UNREGISTER, RSEQ_SIG as u64) };
     }
 }
 
@@ -97,19 +74,9 @@ pub fn restore_thread(rec: &ThreadRecord) {
             sys::syscall2(sys::SYS_set_robust_list, rec.robust_head, rec.robust_len);
         }
         if rec.flags & THREAD_RSEQ != 0 {
-            sys::syscall4(
-                sys::SYS_rseq,
-                rec.rseq_area,
-                rec.rseq_len as u64,
-                0,
-                rec.rseq_sig as u64,
-            );
+            sys::syscall4(sys::SYS_rseq, rec.rseq_area, rec.rseq_len as u64, 0, rec.rseq_sig as u64);
         }
-        sys::syscall2(
-            sys::SYS_prctl,
-            libc::PR_SET_NAME as u64,
-            rec.comm.as_ptr() as u64,
-        );
+        sys::syscall2(sys::SYS_prctl, libc::PR_SET_NAME as u64, rec.comm.as_ptr() as u64);
         if rec.gs_base != 0 {
             sys::syscall2(sys::SYS_arch_prctl, sys::ARCH_SET_GS, rec.gs_base);
         }
@@ -127,21 +94,10 @@ struct ProcessState {
 /// Written by the leading thread while the others are parked; read by the
 /// same role after a restart.
 static PROCESS: RacyCell<ProcessState> = RacyCell::new(ProcessState {
-    actions: [KSigaction {
-        handler: 0,
-        flags: 0,
-        restorer: 0,
-        mask: 0,
-    }; 65],
+    actions: [KSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 }; 65],
     itimers: [libc::itimerval {
-        it_interval: libc::timeval {
-            tv_sec: 0,
-            tv_usec: 0,
-        },
-        it_value: libc::timeval {
-            tv_sec: 0,
-            tv_usec: 0,
-        },
+        it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 },
+        it_value: libc::timeval { tv_sec: 0, tv_usec: 0 },
     }; 3],
     brk: 0,
 });

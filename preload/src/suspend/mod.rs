@@ -27,8 +27,8 @@ use crate::channel::{recv_msg, send_msg};
 use crate::state::{RacyCell, TRIGGER};
 use crate::sys;
 use ckrun_proto::{
-    kind, restorer_header as rh, Config, Failure, Restored, Suspended, ThreadRecord, MAX_THREADS,
-    SUSPEND_LEAD, SUSPEND_MAGIC, SUSPEND_PARK, SUSPEND_SIGNAL, THREAD_LEADER,
+    kind, restorer_header as rh, Config, Failure, Restored, Suspended, ThreadRecord, MAX_THREADS, SUSPEND_LEAD,
+    SUSPEND_MAGIC, SUSPEND_PARK, SUSPEND_SIGNAL, THREAD_LEADER,
 };
 use core::ffi::c_int;
 use core::sync::atomic::{AtomicI32, AtomicU32, Ordering::*};
@@ -55,16 +55,7 @@ static RECORDS: RacyCell<[ThreadRecord; MAX_THREADS]> = RacyCell::new(
         flags: 0,
         fs_base: 0,
         gs_base: 0,
-        ctx: ckrun_proto::SavedContext {
-            rbx: 0,
-            rbp: 0,
-            r12: 0,
-            r13: 0,
-            r14: 0,
-            r15: 0,
-            rsp: 0,
-            rip: 0,
-        },
+        ctx: ckrun_proto::SavedContext { rbx: 0, rbp: 0, r12: 0, r13: 0, r14: 0, r15: 0, rsp: 0, rip: 0 },
         robust_head: 0,
         robust_len: 0,
         clear_child_tid: 0,
@@ -88,16 +79,11 @@ const PARK_TIMEOUT_TICKS: u32 = 100; // x 100 ms
 const TICK_NS: u64 = 100_000_000;
 
 /// Handler of [`SUSPEND_SIGNAL`].
-pub extern "C" fn on_suspend(_sig: c_int, info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+pub(crate) extern "C" fn on_suspend(_sig: c_int, info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo: si_code at 8, si_pid at 16,
     // si_value at 24.
-    let (code, sender, value): (i32, i32, u64) = unsafe {
-        (
-            sys::siginfo_word(info, 8),
-            sys::siginfo_word(info, 16),
-            sys::siginfo_word(info, 24),
-        )
-    };
+    let (code, sender, value): (i32, i32, u64) =
+        unsafe { (sys::siginfo_word(info, 8), sys::siginfo_word(info, 16), sys::siginfo_word(info, 24)) };
     if code != libc::SI_QUEUE || value & !0xffff != SUSPEND_MAGIC {
         return; // not ours: someone else's stray real-time signal
     }
@@ -137,6 +123,8 @@ fn lead(frozen: bool) {
 }
 
 /// Signals every other thread to park and waits until all have.
+// The failure is returned by value: a signal handler cannot box it.
+#[allow(clippy::result_large_err)]
 fn suspend_siblings(me: i32) -> Result<(), Failure> {
     let pid = sys::getpid();
     // SAFETY: the leader owns SIGNALLED.
@@ -177,6 +165,7 @@ fn suspend_siblings(me: i32) -> Result<(), Failure> {
 }
 
 /// Waits until each thread of `signalled` has parked or is gone.
+#[allow(clippy::result_large_err)]
 fn wait_parked(signalled: &[i32]) -> Result<(), Failure> {
     let mut ticks = 0;
     let mut gone = 0;
@@ -190,15 +179,9 @@ fn wait_parked(signalled: &[i32]) -> Result<(), Failure> {
             // Threads that exited (or are zombies) will never park.
             let nslots = NSLOTS.load(Acquire) as usize;
             let is_parked = |tid: i32| (1..nslots.min(MAX_THREADS)).any(|i| slot(i).tid == tid);
-            gone = signalled
-                .iter()
-                .filter(|&&t| !is_parked(t) && !tasks::thread_alive(t))
-                .count();
+            gone = signalled.iter().filter(|&&t| !is_parked(t) && !tasks::thread_alive(t)).count();
             if ticks >= PARK_TIMEOUT_TICKS {
-                let stuck = signalled
-                    .iter()
-                    .copied()
-                    .find(|&t| !is_parked(t) && tasks::thread_alive(t));
+                let stuck = signalled.iter().copied().find(|&t| !is_parked(t) && tasks::thread_alive(t));
                 return Err(Failure::new(
                     libc::ETIMEDOUT,
                     stuck.unwrap_or(0),
@@ -217,12 +200,7 @@ extern "C" fn leader_checkpoint(arg: u64) {
     let brk = kstate::capture_process();
     let snapshot_pid = if frozen { 0 } else { fork_snapshot().max(0) };
     let nthreads = NSLOTS.load(Acquire).min(MAX_THREADS as u32);
-    let head = Suspended {
-        epoch: epoch as u64,
-        snapshot_pid,
-        nthreads,
-        brk,
-    };
+    let head = Suspended { epoch: epoch as u64, snapshot_pid, nthreads, brk };
     if send_msg(kind::SUSPENDED, &[head]) {
         // SAFETY: all slots below nthreads are written (their threads bumped
         // PARKED before we got here); the leader only reads them.
@@ -263,13 +241,7 @@ fn snapshot_child(coordinator: i64) -> ! {
     let all = !0u64;
     sys::sigprocmask(libc::SIG_SETMASK, Some(&all), None);
     // SAFETY: integer arguments only.
-    unsafe {
-        sys::syscall2(
-            sys::SYS_prctl,
-            libc::PR_SET_PDEATHSIG as u64,
-            libc::SIGKILL as u64,
-        )
-    };
+    unsafe { sys::syscall2(sys::SYS_prctl, libc::PR_SET_PDEATHSIG as u64, libc::SIGKILL as u64) };
     // SAFETY: getppid takes no arguments.
     if unsafe { sys::syscall1(libc::SYS_getppid, 0) } != coordinator {
         sys::exit_group(0);
@@ -290,13 +262,7 @@ extern "C" fn leader_restarted(_arg: u64, restorer: u64) {
     kstate::restore_process();
     kstate::restore_thread(slot(0));
     let pid = sys::getpid();
-    send_msg(
-        kind::RESTORED,
-        &[Restored {
-            pid,
-            nthreads: others + 1,
-        }],
-    );
+    send_msg(kind::RESTORED, &[Restored { pid, nthreads: others + 1 }]);
     let mut buf = [0u8; 256];
     if let Some((h, body)) = recv_msg(&mut buf) {
         if h.kind == kind::CONFIG {

@@ -10,10 +10,7 @@ static DENTS: RacyCell<[u8; 16384]> = RacyCell::new([0; 16384]);
 /// Calls `f` with every thread id of this process. Only the thread leading
 /// a checkpoint may call it (it owns [`DENTS`]).
 pub fn for_each_task(mut f: impl FnMut(i32)) -> bool {
-    let fd = sys::open(
-        b"/proc/self/task\0",
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-    );
+    let fd = sys::open(b"/proc/self/task\0", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
     if fd < 0 {
         return false;
     }
@@ -21,14 +18,7 @@ pub fn for_each_task(mut f: impl FnMut(i32)) -> bool {
     let buf = unsafe { &mut *DENTS.get() };
     loop {
         // SAFETY: buf is writable for its length.
-        let n = unsafe {
-            sys::syscall3(
-                sys::SYS_getdents64,
-                fd as u64,
-                buf.as_mut_ptr() as u64,
-                buf.len() as u64,
-            )
-        };
+        let n = unsafe { sys::syscall3(sys::SYS_getdents64, fd as u64, buf.as_mut_ptr() as u64, buf.len() as u64) };
         if n <= 0 {
             break;
         }
@@ -75,10 +65,7 @@ pub fn thread_alive(tid: i32) -> bool {
     // Shift "/stat\0" to follow the digits.
     let tail = *b"/stat\0";
     path[16 + digits..16 + digits + tail.len()].copy_from_slice(&tail);
-    let fd = sys::open(
-        &path[..16 + digits + tail.len()],
-        libc::O_RDONLY | libc::O_CLOEXEC,
-    );
+    let fd = sys::open(&path[..16 + digits + tail.len()], libc::O_RDONLY | libc::O_CLOEXEC);
     if fd < 0 {
         return false;
     }

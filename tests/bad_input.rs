@@ -1,0 +1,162 @@
+//! ckrun given bad input: each case must end with the documented exit code
+//! and a `ckrun: ...` message on stderr, never a crash or a hang (every run
+//! has a deadline).
+//!
+//! Exit codes: 2 usage, 3 corrupted / truncated / not an image, 4 image
+//! from another kernel, 5 environment (pid in use, missing file, static
+//! binary, missing program).
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ckrun_suite::{run_ckrun, Ckrun, CmdOutput, Program, TestDir, TIMEOUT};
+
+/// Deadline of one ckrun command: failing fast is part of the contract.
+const CMD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A real image of counter at tick 10, taken in `dir` and left there with
+/// everything it refers to (cwd, out.txt) intact and its pid free, so that
+/// the damage a test does to it is the only thing wrong with it. (Sharing
+/// one image between tests would leave its files deleted, a second fault.)
+fn real_image(dir: &TestDir) -> PathBuf {
+    let mut job = Ckrun::launch(&Program::c("counter"), &[], &dir.work, &dir.img, &[]);
+    job.wait_for_tick(10);
+    let img = job.checkpoint(TIMEOUT);
+    job.kill9();
+    img
+}
+
+/// Writes `bytes` as `<dir.img>/<name>` and returns its path.
+fn put(dir: &TestDir, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.img.join(name);
+    fs::write(&path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path
+}
+
+fn ckrun(dir: &TestDir, args: &[&OsStr]) -> CmdOutput {
+    run_ckrun(args, &dir.root, CMD_TIMEOUT)
+}
+
+fn restart(dir: &TestDir, image: &Path) -> CmdOutput {
+    ckrun(dir, &[OsStr::new("--restart"), image.as_os_str()])
+}
+
+fn inspect(dir: &TestDir, image: &Path) -> CmdOutput {
+    ckrun(dir, &[OsStr::new("--inspect"), image.as_os_str()])
+}
+
+/// A real image cut in half: what a crash while copying it would leave.
+fn truncated(dir: &TestDir) -> PathBuf {
+    let img = real_image(dir);
+    let len = fs::metadata(&img).unwrap().len();
+    let file = fs::OpenOptions::new().write(true).open(&img).unwrap();
+    file.set_len(len / 2).unwrap();
+    img
+}
+
+#[test]
+fn restart_truncated_image_exits_3() {
+    let dir = TestDir::new("bad-truncated-restart");
+    restart(&dir, &truncated(&dir)).assert_error(3, None);
+}
+
+#[test]
+fn inspect_truncated_image_exits_3() {
+    let dir = TestDir::new("bad-truncated-inspect");
+    inspect(&dir, &truncated(&dir)).assert_error(3, None);
+}
+
+/// One flipped byte in the middle (memory contents, most likely) must be
+/// caught by the image's checksums before anything is restored.
+#[test]
+fn restart_flipped_byte_exits_3() {
+    let dir = TestDir::new("bad-flipped");
+    let img = real_image(&dir);
+    let mut bytes = fs::read(&img).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&img, &bytes).unwrap();
+    restart(&dir, &img).assert_error(3, None);
+}
+
+#[test]
+fn restart_not_an_image_exits_3() {
+    let dir = TestDir::new("bad-not-image-restart");
+    let img = put(&dir, "passwd.copy", &fs::read("/etc/passwd").unwrap());
+    restart(&dir, &img).assert_error(3, None);
+}
+
+#[test]
+fn inspect_not_an_image_exits_3() {
+    let dir = TestDir::new("bad-not-image-inspect");
+    let img = put(&dir, "passwd.copy", &fs::read("/etc/passwd").unwrap());
+    inspect(&dir, &img).assert_error(3, None);
+}
+
+#[test]
+fn restart_missing_image_exits_5() {
+    let dir = TestDir::new("bad-missing-restart");
+    restart(&dir, &dir.img.join("nothing-here.1.1.ckimg")).assert_error(5, None);
+}
+
+#[test]
+fn inspect_missing_image_exits_5() {
+    let dir = TestDir::new("bad-missing-inspect");
+    inspect(&dir, &dir.img.join("nothing-here.1.1.ckimg")).assert_error(5, None);
+}
+
+// TODO: an image from another kernel must exit 4. Building one means
+// patching the kernel identity in the image header and re-sealing its
+// checksums, which needs the image format (not settled yet, and not
+// reachable from here without depending on the product's crates). Add it
+// once the format is fixed, e.g. through a documented test-only knob.
+
+/// A static binary never loads the LD_PRELOAD agent: ckrun must refuse it
+/// instead of running it uncheckpointable.
+#[test]
+fn static_binary_is_refused_with_5() {
+    let dir = TestDir::new("bad-static");
+    let prog = Program::c("static_hello");
+    let out = ckrun(&dir, &[OsStr::new("--dir"), dir.img.as_os_str(), prog.exe().as_os_str()]);
+    out.assert_error(5, Some("static"));
+    assert!(!out.stdout.contains("hello"), "the static program ran anyway: {out:#?}");
+}
+
+#[test]
+fn missing_program_exits_5() {
+    let dir = TestDir::new("bad-missing-program");
+    let missing = dir.root.join("no-such-program");
+    ckrun(&dir, &[OsStr::new("--dir"), dir.img.as_os_str(), missing.as_os_str()]).assert_error(5, None);
+}
+
+#[test]
+fn bogus_flag_exits_2() {
+    let dir = TestDir::new("bad-flag");
+    ckrun(&dir, &[OsStr::new("--bogus")]).assert_error(2, None);
+}
+
+#[test]
+fn no_arguments_exits_2() {
+    let dir = TestDir::new("bad-no-args");
+    ckrun(&dir, &[]).assert_error(2, None);
+}
+
+/// Restarting while the checkpointed program still runs cannot get its pid:
+/// exit 5 naming the pid, and the running program must not be disturbed.
+#[test]
+fn restart_while_original_runs_exits_5() {
+    let dir = TestDir::new("bad-pid-in-use");
+    let mut job = Ckrun::launch(&Program::c("counter"), &[], &dir.work, &dir.img, &[]);
+    job.wait_for_tick(10);
+    let img = job.checkpoint(TIMEOUT);
+    let pid = job.program_pid();
+
+    restart(&dir, &img).assert_error(5, Some(&pid.to_string()));
+
+    assert_eq!(job.wait(TIMEOUT), 7, "the original run was disturbed\n{}", job.diagnostics());
+    let last = job.output();
+    let text = String::from_utf8_lossy(&last);
+    assert!(text.lines().last().unwrap_or("").starts_with("done "), "{}", job.diagnostics());
+}
