@@ -13,6 +13,8 @@ pub struct Overrides {
     pub dir: Option<PathBuf>,
     pub trigger: Option<i32>,
     pub frozen: Option<bool>,
+    /// Refuse to checkpoint an fd that cannot be restored.
+    pub strict: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -57,6 +59,8 @@ options:
   --signal SIG     trigger signal instead of SIGUSR2 (name or number)
   --no-fork        keep the program stopped while its memory is copied,
                    instead of copying a copy-on-write snapshot
+  --strict         fail a checkpoint when an fd cannot be restored
+                   (default: it comes back closed, with a warning)
   --dry-run        with --restart: print the restore plan, run nothing
   --json           with --inspect: machine-readable output
   -h, --help       this text
@@ -93,6 +97,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, CkError> {
                     })?)
             }
             "--no-fork" => opts.frozen = Some(true),
+            "--strict" => opts.strict = true,
             "--fork" => opts.frozen = Some(false),
             "--restart" => restart = Some(PathBuf::from(value("--restart")?)),
             "--inspect" => inspect = Some(PathBuf::from(value("--inspect")?)),

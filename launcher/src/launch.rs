@@ -23,6 +23,7 @@ pub fn run(program: OsString, args: Vec<OsString>, opts: Overrides) -> Result<i3
         trigger: opts.trigger.unwrap_or(DEFAULT_TRIGGER),
         frozen: opts.frozen.unwrap_or(false),
         socket_name: socket::fresh_name(),
+        strict: opts.strict,
         image_name: Path::new(&program).file_name().map_or("program".into(), |n| n.to_string_lossy().into_owned()),
     };
     let listener = socket::listen(&settings.socket_name).context("creating the coordinator socket")?;

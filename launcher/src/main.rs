@@ -8,7 +8,7 @@
 //! | signal dispositions, itimers | agent `suspend::kstate` | agent `suspend::kstate` |
 //! | memory regions and pages | [`checkpoint::memory`] | [`restore::memory`] + restorer |
 //! | brk, arg/env, auxv, exe | [`checkpoint::process`] | restorer (PR_SET_MM_MAP) |
-//! | file descriptors | [`checkpoint::fds`] | [`restore::fds`] |
+//! | file descriptors, by kind | [`fdtypes`] | [`fdtypes`] |
 //! | cwd, umask, rlimits, personality | [`checkpoint::process`] | [`restore::settings`] |
 
 mod checkpoint;
@@ -16,6 +16,7 @@ mod cli;
 mod coordinator;
 mod elf;
 mod error;
+mod fdtypes;
 mod image;
 mod launch;
 mod restore;

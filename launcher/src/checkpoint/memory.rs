@@ -22,7 +22,9 @@ use std::sync::mpsc;
 pub const CHUNK_PAGES: u32 = 256;
 
 /// Turns /proc/PID/maps entries into image regions (without chunks yet).
-pub fn classify(maps: &[MapEntry]) -> Result<Vec<Region>> {
+/// `ghost` finds (saving it if needed) the deleted file or memfd a mapping
+/// shows.
+pub fn classify(maps: &[MapEntry], mut ghost: impl FnMut(&MapEntry) -> Result<u32>) -> Result<Vec<Region>> {
     let mut out = Vec::with_capacity(maps.len());
     for m in maps {
         let kind = match m.path.as_str() {
@@ -33,13 +35,10 @@ pub fn classify(maps: &[MapEntry]) -> Result<Vec<Region>> {
             "[stack]" => RegionKind::Stack,
             p if m.shared && (p.is_empty() || p.starts_with("[anon")) => RegionKind::Detached,
             p if p.is_empty() || p.starts_with('[') => RegionKind::Anon,
-            p if p.ends_with(" (deleted)")
-                || p.starts_with("/memfd:")
-                || p.starts_with("/SYSV")
-                || p == "/dev/zero" =>
-            {
+            p if p.starts_with("/SYSV") || p.starts_with("/dev/zero") || p.starts_with("/anon_hugepage") => {
                 RegionKind::Detached
             }
+            p if crate::fdtypes::ghost::is_ghost(p) => RegionKind::Ghost { ghost: ghost(m)?, offset: m.offset },
             p if p.starts_with("/dev/") => {
                 bail!("a device is mapped into memory ({p} at {:#x}); ckrun cannot save device memory", m.start)
             }
@@ -77,17 +76,20 @@ pub struct PageRun {
     pub readable: bool,
 }
 
-/// Which pages of each region must be saved, as runs of at most
-/// [`CHUNK_PAGES`].
-pub fn select_pages(mem: &RemoteMemory, regions: &[Region]) -> Result<Vec<PageRun>> {
+/// Which pages of the regions `which` picks must be saved, as runs of at
+/// most [`CHUNK_PAGES`].
+pub fn select_pages(mem: &RemoteMemory, regions: &[Region], which: impl Fn(&Region) -> bool) -> Result<Vec<PageRun>> {
     let mut runs = Vec::new();
-    for (i, r) in regions.iter().enumerate() {
+    for (i, r) in regions.iter().enumerate().filter(|(_, r)| which(r)) {
         let npages = (r.len() / PAGE_SIZE) as usize;
         let wanted: Box<dyn Fn(u64) -> bool> = match &r.kind {
             RegionKind::Vvar | RegionKind::VvarVclock | RegionKind::Vdso => continue,
-            RegionKind::File { .. } if r.shared => continue,
+            // The file (or the ghost's saved content) holds shared pages.
+            RegionKind::File { .. } | RegionKind::Ghost { .. } if r.shared => continue,
             RegionKind::Detached => Box::new(|_| true),
-            RegionKind::File { .. } => Box::new(|e| e & PM_SWAP != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0)),
+            RegionKind::File { .. } | RegionKind::Ghost { .. } => {
+                Box::new(|e| e & PM_SWAP != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0))
+            }
             RegionKind::Anon | RegionKind::Stack => Box::new(|e| e & (PM_PRESENT | PM_SWAP) != 0),
         };
         let pm = if matches!(r.kind, RegionKind::Detached) { Vec::new() } else { mem.pagemap(r.start, npages)? };
@@ -230,13 +232,15 @@ mod tests {
              ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]\n",
         )
         .unwrap();
-        let r = classify(&maps).unwrap();
+        let r = classify(&maps, |_| Ok(0)).unwrap();
         let kinds: Vec<_> = r.iter().map(|r| r.kind.clone()).collect();
         assert_eq!(
             kinds,
             vec![RegionKind::Vdso, RegionKind::Anon, RegionKind::Detached, RegionKind::Stack, RegionKind::Anon]
         );
-        assert!(classify(&parse_maps("1000-2000 rw-s 00000000 00:05 9 /dev/nvidia0\n").unwrap()).is_err());
+        assert!(classify(&parse_maps("1000-2000 rw-s 00000000 00:05 9 /dev/nvidia0\n").unwrap(), |_| Ok(0)).is_err());
+        let ghost = classify(&parse_maps("1000-2000 rw-s 00000000 00:01 9 /memfd:x (deleted)\n").unwrap(), |_| Ok(7));
+        assert_eq!(ghost.unwrap()[0].kind, RegionKind::Ghost { ghost: 7, offset: 0 });
     }
 
     #[test]
@@ -271,7 +275,7 @@ mod tests {
             chunks: vec![],
         }];
         let mem = RemoteMemory::open(std::process::id() as i32).unwrap();
-        let runs = select_pages(&mem, &regions).unwrap();
+        let runs = select_pages(&mem, &regions, |_| true).unwrap();
         assert_eq!(runs.len(), 2);
         assert_eq!(runs[1].addr, start + 2 * PAGE_SIZE);
         // SAFETY: unmapping our own mapping.

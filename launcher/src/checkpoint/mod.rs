@@ -4,16 +4,19 @@
 //!    "lead" magic); each replies with its threads and, by default, the pid
 //!    of a copy-on-write snapshot child;
 //! 2. while the program is stopped, read what changes as soon as it runs
-//!    again: fds and their offsets, cwd, umask, limits ([`fds`], [`process`]);
+//!    again: fds and their offsets, pipe contents, deleted files
+//!    ([`crate::fdtypes`]), cwd, umask, limits, pending signals
+//!    ([`process`]), the memory map and shared memory (which a snapshot
+//!    child shares with the running program);
 //! 3. resume the program (with `--no-fork`: only after step 4);
-//! 4. read the memory of the snapshot ([`memory`]), compress it on all
-//!    cores, write the image under a temporary name, sync, rename.
+//! 4. read the private memory of the snapshot ([`memory`]), compress it on
+//!    all cores, write the image under a temporary name, sync, rename.
 
-pub mod fds;
 pub mod memory;
 pub mod process;
 
 use crate::coordinator::agent::{kind_of, Agent};
+use crate::fdtypes;
 use crate::image::manifest::{ImageInfo, Manifest, ProcessImage, Settings, ThreadImage};
 use crate::image::ImageWriter;
 use crate::sys::mem::RemoteMemory;
@@ -97,6 +100,7 @@ pub fn take(agents: &[Agent], settings: &Settings, command: &[String], sequence:
         bail!("the program runs {} processes; checkpointing process trees is not supported yet", agents.len());
     }
     let path = settings.dir.join(format!("{}.{}.{}.ckimg", settings.image_name, root.pid, sequence));
+    let mut out = ImageWriter::create(&path)?;
     let mut merged_requests = 0;
 
     // 1. Suspend.
@@ -109,61 +113,34 @@ pub fn take(agents: &[Agent], settings: &Settings, command: &[String], sequence:
         guard.stopped.push(s);
     }
 
-    // 2. What changes once the program runs again.
+    // 2. What changes once the program runs again, and shared memory.
     let mut images = Vec::new();
     let mut warnings = Vec::new();
+    let mut memory_bytes = 0;
+    let frozen = guard.stopped.iter().any(|s| s.head.snapshot_pid <= 0);
+    // The agent's own signals are never pending for the program.
+    let reserved = 1u64 << (SUSPEND_SIGNAL - 1) | 1u64 << (settings.trigger - 1);
     for s in guard.stopped.iter() {
         let pid = s.agent.pid;
-        let st = process::capture_state(pid)?;
-        let fds = fds::capture(pid, s.agent.agent_fd)?;
-        warnings.extend(
-            fds.unsupported
-                .iter()
-                .map(|u| format!("process {pid}: {u} cannot be restored; it will be closed after a restart")),
-        );
-        images.push(ProcessImage {
-            pid,
-            ppid: st.stat.ppid,
-            pgid: st.stat.pgrp,
-            sid: st.stat.session,
-            exe: crate::image::manifest::FileRef { path: PathBuf::new(), size: 0, mtime_ns: 0, inode: 0 },
-            cwd: st.cwd,
-            umask: st.umask,
-            personality: st.personality,
-            rlimits: st.rlimits,
-            mm: Default::default(),
-            auxv: Vec::new(),
-            regions: Vec::new(),
-            fds: fds.fds,
-            files: fds.files,
-            threads: s.threads.iter().map(ThreadImage::from).collect(),
-            agent_fd: s.agent.agent_fd,
-        });
+        let img = capture_stopped(s, &mut out, frozen, reserved, &mut memory_bytes)?;
+        let what: Vec<String> = img.1.iter().map(|u| format!("process {pid}: {u}")).collect();
+        if settings.strict && !what.is_empty() {
+            bail!("{} cannot be restored (--strict)", what.join(", "));
+        }
+        warnings.extend(what.into_iter().map(|w| format!("{w} cannot be restored; it will be closed after a restart")));
+        images.push(img.0);
     }
 
-    // 3./4. Memory, from the snapshot (after resuming) or the frozen process.
-    let mut out = ImageWriter::create(&path)?;
-    let mut memory_bytes = 0;
-    let mut paused = Duration::ZERO;
-    let frozen = guard.stopped.iter().any(|s| s.head.snapshot_pid <= 0);
+    // 3./4. Resume; private memory from the snapshot.
+    guard.resume(false);
+    let paused = t0.elapsed();
     if !frozen {
-        guard.resume(false);
-        paused = t0.elapsed();
-    }
-    for (s, img) in guard.stopped.iter().zip(images.iter_mut()) {
-        let source = s.source();
-        let layout = process::capture_layout(source, s.head.brk)?;
-        img.exe = layout.exe;
-        img.mm = layout.mm;
-        img.auxv = layout.auxv;
-        img.regions = memory::classify(&layout.maps).with_context(|| format!("process {}", s.agent.pid))?;
-        let mem = RemoteMemory::open(source)?;
-        let runs = memory::select_pages(&mem, &img.regions)?;
-        memory_bytes += memory::save_pages(&mem, &runs, &mut img.regions, &mut out)?;
-    }
-    if frozen {
-        guard.resume(false);
-        paused = t0.elapsed();
+        for (s, img) in guard.stopped.iter().zip(images.iter_mut()) {
+            let mem = RemoteMemory::open(s.source())?;
+            let runs = memory::select_pages(&mem, &img.regions, |r| !r.shared)
+                .map_err(|e| anyhow!("{e:#} (memory marked MADV_DONTFORK is not in the snapshot: use --no-fork)"))?;
+            memory_bytes += memory::save_pages(&mem, &runs, &mut img.regions, &mut out)?;
+        }
     }
     drop(guard); // reaps the snapshot children
 
@@ -188,6 +165,49 @@ pub fn take(agents: &[Agent], settings: &Settings, command: &[String], sequence:
     };
     let image_bytes = out.finish(&manifest)?;
     Ok(Outcome { path, memory_bytes, image_bytes, paused, total: t0.elapsed(), warnings, merged_requests })
+}
+
+/// Everything about one stopped process that must be read before it runs
+/// again: kernel state, fds, the memory map, shared memory, and with
+/// `frozen` all of its memory. Returns the image and the unrestorable fds.
+fn capture_stopped(
+    s: &Stopped,
+    out: &mut ImageWriter,
+    frozen: bool,
+    reserved: u64,
+    saved: &mut u64,
+) -> Result<(ProcessImage, Vec<String>)> {
+    let pid = s.agent.pid;
+    let st = process::capture_state(pid)?;
+    let mut fds = fdtypes::capture(pid, s.agent.agent_fd, out)?;
+    let layout = process::capture_layout(pid, s.head.brk)?;
+    let mut regions = memory::classify(&layout.maps, |m| fdtypes::ghost::capture_mapping(pid, m, &mut fds.ghosts, out))
+        .with_context(|| format!("process {pid}"))?;
+    let mem = RemoteMemory::open(pid)?;
+    let runs = memory::select_pages(&mem, &regions, |r| frozen || r.shared)?;
+    *saved += memory::save_pages(&mem, &runs, &mut regions, out)?;
+    let img = ProcessImage {
+        pid,
+        ppid: st.stat.ppid,
+        pgid: st.stat.pgrp,
+        sid: st.stat.session,
+        exe: layout.exe,
+        cwd: st.cwd,
+        umask: st.umask,
+        personality: st.personality,
+        rlimits: st.rlimits,
+        mm: layout.mm,
+        auxv: layout.auxv,
+        regions,
+        fds: fds.fds,
+        files: fds.files,
+        ghosts: fds.ghosts,
+        pipes: fds.pipes,
+        pending: process::pending_signals(pid, reserved)?,
+        threads: s.threads.iter().map(ThreadImage::from).collect(),
+        agent_fd: s.agent.agent_fd,
+    };
+    Ok((img, fds.unsupported))
 }
 
 /// Collects an agent's SUSPENDED report and its thread records.

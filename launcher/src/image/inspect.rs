@@ -70,18 +70,7 @@ fn process(o: &mut String, p: &ProcessImage) {
     }
     let _ = writeln!(o, "  file descriptors:");
     for f in &p.fds {
-        let what = match p.files.get(f.desc as usize) {
-            Some(OpenFile::Path { path, flags, pos, .. }) => {
-                format!("{} ({}, offset {pos})", path.display(), access(*flags))
-            }
-            Some(OpenFile::Inherited { fd, what }) => {
-                format!("{what}: gets ckrun's fd {fd} at restart")
-            }
-            Some(OpenFile::Unsupported { what }) => {
-                format!("{what}: not restorable, restored closed")
-            }
-            None => "?".into(),
-        };
+        let what = p.files.get(f.desc as usize).map_or_else(|| "?".into(), |d| describe_file(p, d));
         let _ = writeln!(o, "    {:>4}{} {}", f.fd, if f.cloexec { "*" } else { " " }, what);
     }
     let _ = writeln!(o, "  threads:");
@@ -124,6 +113,54 @@ pub fn json(img: &ImageReader) -> String {
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
+fn describe_file(p: &ProcessImage, f: &OpenFile) -> String {
+    let locks = |l: &[crate::image::manifest::FileLock]| {
+        if l.is_empty() {
+            String::new()
+        } else {
+            format!(", {} lock(s)", l.len())
+        }
+    };
+    match f {
+        OpenFile::Path { path, flags, pos, locks: l, .. } => {
+            format!("{} ({}, offset {pos}{})", path.display(), access(*flags), locks(l))
+        }
+        OpenFile::Inherited { fd, what, termios } => format!(
+            "{what}: gets ckrun's fd {fd} at restart{}",
+            if termios.is_some() { ", with its terminal settings" } else { "" }
+        ),
+        OpenFile::Ghost { ghost, flags, pos, locks: l } => {
+            let g = &p.ghosts[*ghost as usize];
+            let what = if g.memfd { "memfd" } else { "deleted file" };
+            format!(
+                "{what} {} ({} bytes saved; {}, offset {pos}{})",
+                g.path.display(),
+                g.size,
+                access(*flags),
+                locks(l)
+            )
+        }
+        OpenFile::Pipe { pipe, write, .. } => {
+            let pi = &p.pipes[*pipe as usize];
+            let name =
+                pi.fifo.as_ref().map_or_else(|| format!("pipe {}", pi.inode), |f| format!("FIFO {}", f.display()));
+            format!("{name}, {} end, {} bytes in flight", if *write { "write" } else { "read" }, pi.data.len())
+        }
+        OpenFile::EventFd { count, .. } => format!("eventfd, counter {count}"),
+        OpenFile::TimerFd { clock, value_ns, interval_ns, .. } => format!(
+            "timerfd (clock {clock}), next in {:.3} s, every {:.3} s",
+            *value_ns as f64 / 1e9,
+            *interval_ns as f64 / 1e9
+        ),
+        OpenFile::SignalFd { mask, .. } => format!("signalfd, mask {mask:#x}"),
+        OpenFile::Epoll { items, .. } => {
+            let fds: Vec<String> = items.iter().map(|i| i.fd.to_string()).collect();
+            format!("epoll watching fds {}", fds.join(", "))
+        }
+        OpenFile::Unsupported { what } => format!("{what}: not restorable, restored closed"),
+    }
+}
+
 fn prot(r: &Region) -> String {
     let mut s = String::new();
     s.push(if r.prot & libc::PROT_READ != 0 { 'r' } else { '-' });
@@ -139,6 +176,7 @@ fn kind(k: &RegionKind) -> &'static str {
         RegionKind::Stack => "stack",
         RegionKind::File { .. } => "file",
         RegionKind::Detached => "detached",
+        RegionKind::Ghost { .. } => "deleted",
         RegionKind::Vvar | RegionKind::VvarVclock | RegionKind::Vdso => "vdso",
     }
 }

@@ -47,6 +47,9 @@ pub struct Settings {
     pub socket_name: String,
     /// Base name of images: PROGRAM in PROGRAM.PID.N.ckimg.
     pub image_name: String,
+    /// Refuse to checkpoint when an fd cannot be restored (else: it comes
+    /// back closed, with a warning).
+    pub strict: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -67,6 +70,12 @@ pub struct ProcessImage {
     pub fds: Vec<FdImage>,
     /// Open file descriptions; `FdImage::desc` indexes this.
     pub files: Vec<OpenFile>,
+    /// Deleted files and memfds the process still uses (fd or mapping).
+    pub ghosts: Vec<GhostFile>,
+    /// Pipes and FIFOs, with the bytes in flight at the checkpoint.
+    pub pipes: Vec<PipeImage>,
+    /// Signals pending at the checkpoint (kernel sigset bits).
+    pub pending: PendingSignals,
     pub threads: Vec<ThreadImage>,
     /// fd number of the agent's coordinator connection.
     pub agent_fd: i32,
@@ -139,9 +148,15 @@ pub enum RegionKind {
         file: FileRef,
         offset: u64,
     },
-    /// Memory with no file to come back from (shared anonymous, memfd,
-    /// deleted files): every page is in the image.
+    /// Memory with no file to come back from (shared anonymous, SysV
+    /// shared memory): every page is in the image.
     Detached,
+    /// A mapping of a deleted file or memfd, restored from the image's copy
+    /// of its content (`ProcessImage::ghosts[ghost]`).
+    Ghost {
+        ghost: u32,
+        offset: u64,
+    },
     /// The kernel's vDSO group, moved back to this address at restart.
     Vvar,
     VvarVclock,
@@ -168,15 +183,125 @@ pub struct FdImage {
     pub desc: u32,
 }
 
+/// One open file description, by kind. Each kind is captured and restored
+/// by its module in `crate::fdtypes`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum OpenFile {
-    /// Reopened by path at the same offset, with the same flags.
-    Path { path: PathBuf, flags: i32, pos: u64, kind: PathKind },
+    /// Reopened by path at the same offset, with the same flags and locks.
+    Path {
+        path: PathBuf,
+        flags: i32,
+        pos: u64,
+        kind: PathKind,
+        locks: Vec<FileLock>,
+    },
     /// The terminal or a pipe/socket from outside the tree, on fd 0..2 of
-    /// the program: at restart the program gets ckrun's own fd `fd`.
-    Inherited { fd: i32, what: String },
-    /// Not restorable (yet): restored as a closed descriptor.
-    Unsupported { what: String },
+    /// the program: at restart the program gets ckrun's own fd `fd` (with
+    /// the terminal settings the program had, if both are terminals).
+    Inherited {
+        fd: i32,
+        what: String,
+        termios: Option<Vec<u8>>,
+    },
+    /// A deleted file or a memfd, recreated from the image.
+    Ghost {
+        ghost: u32,
+        flags: i32,
+        pos: u64,
+        locks: Vec<FileLock>,
+    },
+    /// One end of `ProcessImage::pipes[pipe]`.
+    Pipe {
+        pipe: u32,
+        write: bool,
+        flags: i32,
+    },
+    EventFd {
+        count: u64,
+        flags: i32,
+    },
+    /// Remaining time and interval; `ticks` expirations not yet read.
+    TimerFd {
+        clock: i32,
+        flags: i32,
+        value_ns: u64,
+        interval_ns: u64,
+        ticks: u64,
+    },
+    SignalFd {
+        mask: u64,
+        flags: i32,
+    },
+    /// The interest list, by target fd number.
+    Epoll {
+        flags: i32,
+        items: Vec<EpollItem>,
+    },
+    /// Not restorable: restored as a closed descriptor.
+    Unsupported {
+        what: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum LockKind {
+    /// fcntl(F_SETLK): owned by the process.
+    Posix,
+    /// flock(): owned by the open file description.
+    Flock,
+    /// fcntl(F_OFD_SETLK): owned by the open file description.
+    Ofd,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileLock {
+    pub kind: LockKind,
+    pub write: bool,
+    pub start: u64,
+    /// Bytes locked; 0 means to the end of the file.
+    pub len: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EpollItem {
+    pub fd: i32,
+    pub events: u32,
+    pub data: u64,
+}
+
+/// A file that no path reaches any more: deleted while open, or a memfd.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GhostFile {
+    /// The path it had (recreated there, then unlinked), or the memfd name.
+    pub path: PathBuf,
+    pub memfd: bool,
+    pub mode: u32,
+    pub size: u64,
+    /// memfd seals (F_GET_SEALS).
+    pub seals: i32,
+    /// Identity, to match the process's mappings of it.
+    pub dev: (u32, u32),
+    pub inode: u64,
+    /// Content, in page-padded pieces; `ChunkRef::addr` is the file offset.
+    pub chunks: Vec<ChunkRef>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PipeImage {
+    pub inode: u64,
+    /// The named FIFO, if it is one.
+    pub fifo: Option<PathBuf>,
+    pub capacity: u32,
+    /// Bytes written but not yet read at the checkpoint, in order.
+    pub data: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PendingSignals {
+    /// Pending for the whole process.
+    pub process: u64,
+    /// Pending for the main thread only.
+    pub main_thread: u64,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

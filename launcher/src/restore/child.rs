@@ -6,7 +6,9 @@
 
 use super::kernel::{Kernel, Linux};
 use super::plan::RestorePlan;
-use super::{fds, memory, restorer, settings};
+use super::{memory, restorer, settings};
+use crate::fdtypes;
+use crate::image::manifest::PendingSignals;
 use crate::image::ImageReader;
 use crate::sys::procfs;
 use anyhow::{anyhow, Context, Result};
@@ -26,13 +28,16 @@ fn restore(image_fd: i32, index: usize, ctl_fd: i32) -> Result<i32> {
     let plan = RestorePlan::build(&p, &procfs::maps(std::process::id() as i32)?)?;
     let mut k = Linux;
 
-    memory::map(&mut k, &plan, &p)?;
+    let ghosts = fdtypes::recreate_ghosts(&mut k, &img, &p)?;
+    let ghost_fds: Vec<i32> = ghosts.iter().map(|g| g.fd).collect();
+    memory::map(&mut k, &plan, &p, &ghost_fds)?;
     memory::fill(&img, &plan, &p)?;
     memory::protect(&mut k, &plan, &p)?;
     drop(img);
 
     settings::apply(&mut k, &p)?;
-    let have = fds::restore(&mut k, &p, ctl_fd)?;
+    let have = fdtypes::restore(&mut k, &p, ctl_fd, &ghost_fds)?;
+    fdtypes::settle_ghosts(&mut k, ghosts);
     let exe = k
         .open(&p.exe.path, libc::O_RDONLY | libc::O_CLOEXEC)
         .with_context(|| format!("opening {}", p.exe.path.display()))?;
@@ -42,6 +47,7 @@ fn restore(image_fd: i32, index: usize, ctl_fd: i32) -> Result<i32> {
     close_other_fds(&have, exe_fd)?;
 
     block_all_signals();
+    raise_pending(&mut k, &p.pending);
     unregister_rseq();
     // SAFETY: single-threaded (the fill threads were joined), all signals
     // blocked, rseq unregistered: the restorer may take the process over.
@@ -62,6 +68,20 @@ fn close_other_fds(keep: &[i32], exe_fd: i32) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Signals pending at the checkpoint are pending again (all signals are
+/// blocked now; the restored threads' masks decide when they arrive).
+fn raise_pending(k: &mut impl Kernel, p: &PendingSignals) {
+    for sig in 1..=64 {
+        let bit = 1u64 << (sig - 1);
+        if p.process & bit != 0 {
+            let _ = k.raise(sig, false);
+        }
+        if p.main_thread & bit != 0 {
+            let _ = k.raise(sig, true);
+        }
+    }
 }
 
 fn block_all_signals() {

@@ -4,6 +4,7 @@
 //! which file, which region is mapped how) is unit-tested without a
 //! process to restore.
 
+use crate::image::manifest::{FileLock, LockKind};
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -23,6 +24,28 @@ pub trait Kernel {
     fn umask(&mut self, mask: u32);
     fn setrlimit(&mut self, resource: u32, cur: u64, max: u64) -> io::Result<()>;
     fn personality(&mut self, persona: u32) -> io::Result<()>;
+    fn create(&mut self, path: &Path, flags: i32, mode: u32) -> io::Result<i32>;
+    /// pipe2: (read end, write end).
+    fn pipe(&mut self, flags: i32) -> io::Result<(i32, i32)>;
+    fn write_all(&mut self, fd: i32, data: &[u8]) -> io::Result<()>;
+    fn pwrite_all(&mut self, fd: i32, data: &[u8], offset: u64) -> io::Result<()>;
+    fn truncate(&mut self, fd: i32, len: u64) -> io::Result<()>;
+    fn fcntl(&mut self, fd: i32, cmd: i32, arg: i64) -> io::Result<i64>;
+    fn lock(&mut self, fd: i32, lock: &FileLock) -> io::Result<()>;
+    fn eventfd(&mut self, count: u32, flags: i32) -> io::Result<i32>;
+    fn timerfd(&mut self, clock: i32, flags: i32, value_ns: u64, interval_ns: u64) -> io::Result<i32>;
+    fn signalfd(&mut self, mask: u64, flags: i32) -> io::Result<i32>;
+    fn epoll(&mut self, flags: i32) -> io::Result<i32>;
+    fn epoll_add(&mut self, ep: i32, fd: i32, events: u32, data: u64) -> io::Result<()>;
+    fn memfd(&mut self, name: &str, flags: u32) -> io::Result<i32>;
+    fn unlink(&mut self, path: &Path) -> io::Result<()>;
+    fn tcsetattr(&mut self, fd: i32, termios: &[u8]) -> io::Result<()>;
+    /// Makes `sig` pending again: for the process, or for the calling thread.
+    fn raise(&mut self, sig: i32, thread: bool) -> io::Result<()>;
+}
+
+fn timespec(ns: u64) -> libc::timespec {
+    libc::timespec { tv_sec: (ns / 1_000_000_000) as i64, tv_nsec: (ns % 1_000_000_000) as i64 }
 }
 
 fn cvt(r: libc::c_long) -> io::Result<libc::c_long> {
@@ -96,6 +119,118 @@ impl Kernel for Linux {
         // SAFETY: personality takes an integer.
         cvt(unsafe { libc::personality(persona as libc::c_ulong) } as _).map(drop)
     }
+    fn create(&mut self, path: &Path, flags: i32, mode: u32) -> io::Result<i32> {
+        let c = cpath(path)?;
+        // SAFETY: c is NUL-terminated.
+        cvt(unsafe { libc::open(c.as_ptr(), flags, mode) } as _).map(|fd| fd as i32)
+    }
+    fn pipe(&mut self, flags: i32) -> io::Result<(i32, i32)> {
+        let mut fds = [0; 2];
+        // SAFETY: fds holds two ints.
+        cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), flags) } as _)?;
+        Ok((fds[0], fds[1]))
+    }
+    fn write_all(&mut self, fd: i32, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            // SAFETY: data is readable for its length.
+            let n = cvt(unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) } as _)?;
+            data = &data[n as usize..];
+        }
+        Ok(())
+    }
+    fn pwrite_all(&mut self, fd: i32, mut data: &[u8], mut offset: u64) -> io::Result<()> {
+        while !data.is_empty() {
+            // SAFETY: data is readable for its length.
+            let n = cvt(unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), offset as libc::off_t) } as _)?;
+            data = &data[n as usize..];
+            offset += n as u64;
+        }
+        Ok(())
+    }
+    fn truncate(&mut self, fd: i32, len: u64) -> io::Result<()> {
+        // SAFETY: ftruncate on an fd we hold.
+        cvt(unsafe { libc::ftruncate(fd, len as libc::off_t) } as _).map(drop)
+    }
+    fn fcntl(&mut self, fd: i32, cmd: i32, arg: i64) -> io::Result<i64> {
+        // SAFETY: the commands used take an integer argument.
+        cvt(unsafe { libc::fcntl(fd, cmd, arg as libc::c_long) } as _)
+    }
+    fn lock(&mut self, fd: i32, l: &FileLock) -> io::Result<()> {
+        if l.kind == LockKind::Flock {
+            let op = if l.write { libc::LOCK_EX } else { libc::LOCK_SH };
+            // SAFETY: flock on an fd we hold.
+            return cvt(unsafe { libc::flock(fd, op | libc::LOCK_NB) } as _).map(drop);
+        }
+        // SAFETY: struct flock is plain data.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = if l.write { libc::F_WRLCK } else { libc::F_RDLCK } as _;
+        fl.l_whence = libc::SEEK_SET as _;
+        fl.l_start = l.start as _;
+        fl.l_len = l.len as _;
+        let cmd = if l.kind == LockKind::Ofd { libc::F_OFD_SETLK } else { libc::F_SETLK };
+        // SAFETY: fl is a valid struct flock.
+        cvt(unsafe { libc::fcntl(fd, cmd, &fl) } as _).map(drop)
+    }
+    fn eventfd(&mut self, count: u32, flags: i32) -> io::Result<i32> {
+        // SAFETY: integer arguments only.
+        cvt(unsafe { libc::eventfd(count, flags) } as _).map(|fd| fd as i32)
+    }
+    fn timerfd(&mut self, clock: i32, flags: i32, value_ns: u64, interval_ns: u64) -> io::Result<i32> {
+        // SAFETY: integer arguments only.
+        let fd = cvt(unsafe { libc::timerfd_create(clock, flags) } as _)? as i32;
+        let its = libc::itimerspec { it_interval: timespec(interval_ns), it_value: timespec(value_ns) };
+        // SAFETY: its is a valid itimerspec; no old value wanted.
+        cvt(unsafe { libc::timerfd_settime(fd, 0, &its, std::ptr::null_mut()) } as _)?;
+        Ok(fd)
+    }
+    fn signalfd(&mut self, mask: u64, flags: i32) -> io::Result<i32> {
+        // SAFETY: a sigset_t whose first word holds signals 1..64.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            *(&mut set as *mut libc::sigset_t as *mut u64) = mask;
+            cvt(libc::signalfd(-1, &set, flags) as _).map(|fd| fd as i32)
+        }
+    }
+    fn epoll(&mut self, flags: i32) -> io::Result<i32> {
+        // SAFETY: integer argument only.
+        cvt(unsafe { libc::epoll_create1(flags) } as _).map(|fd| fd as i32)
+    }
+    fn epoll_add(&mut self, ep: i32, fd: i32, events: u32, data: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: data };
+        // SAFETY: ev is a valid epoll_event.
+        cvt(unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } as _).map(drop)
+    }
+    fn memfd(&mut self, name: &str, flags: u32) -> io::Result<i32> {
+        let c = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in memfd name"))?;
+        // SAFETY: c is NUL-terminated.
+        cvt(unsafe { libc::memfd_create(c.as_ptr(), flags) } as _).map(|fd| fd as i32)
+    }
+    fn unlink(&mut self, path: &Path) -> io::Result<()> {
+        let c = cpath(path)?;
+        // SAFETY: c is NUL-terminated.
+        cvt(unsafe { libc::unlink(c.as_ptr()) } as _).map(drop)
+    }
+    fn tcsetattr(&mut self, fd: i32, termios: &[u8]) -> io::Result<()> {
+        if termios.len() != std::mem::size_of::<libc::termios>() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "termios of another size"));
+        }
+        // SAFETY: the bytes are a termios saved from tcgetattr (size checked);
+        // read_unaligned has no alignment requirement.
+        let t: libc::termios = unsafe { std::ptr::read_unaligned(termios.as_ptr() as *const libc::termios) };
+        // SAFETY: t is a valid termios.
+        cvt(unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) } as _).map(drop)
+    }
+    fn raise(&mut self, sig: i32, thread: bool) -> io::Result<()> {
+        // SAFETY: integer arguments only.
+        let r = unsafe {
+            if thread {
+                libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), sig)
+            } else {
+                libc::kill(libc::getpid(), sig) as libc::c_long
+            }
+        };
+        cvt(r).map(drop)
+    }
 }
 
 #[cfg(test)]
@@ -116,6 +251,22 @@ pub mod recording {
         Umask(u32),
         Setrlimit(u32, u64, u64),
         Personality(u32),
+        Create { path: PathBuf, flags: i32, mode: u32, fd: i32 },
+        Pipe { r: i32, w: i32 },
+        Write { fd: i32, data: Vec<u8> },
+        Pwrite { fd: i32, len: usize, offset: u64 },
+        Truncate { fd: i32, len: u64 },
+        Fcntl { fd: i32, cmd: i32, arg: i64 },
+        Lock { fd: i32, lock: FileLock },
+        EventFd { count: u32, flags: i32, fd: i32 },
+        TimerFd { clock: i32, flags: i32, value_ns: u64, interval_ns: u64, fd: i32 },
+        SignalFd { mask: u64, flags: i32, fd: i32 },
+        Epoll { flags: i32, fd: i32 },
+        EpollAdd { ep: i32, fd: i32, events: u32, data: u64 },
+        Memfd { name: String, fd: i32 },
+        Unlink(PathBuf),
+        Tcsetattr(i32),
+        Raise { sig: i32, thread: bool },
     }
 
     /// Writes every call down; hands out fds from 100 upwards.
@@ -176,6 +327,77 @@ pub mod recording {
         }
         fn personality(&mut self, persona: u32) -> io::Result<()> {
             self.calls.push(Call::Personality(persona));
+            Ok(())
+        }
+        fn create(&mut self, path: &Path, flags: i32, mode: u32) -> io::Result<i32> {
+            let fd = self.fd(0);
+            self.calls.push(Call::Create { path: path.into(), flags, mode, fd });
+            Ok(fd)
+        }
+        fn pipe(&mut self, _flags: i32) -> io::Result<(i32, i32)> {
+            let (r, w) = (self.fd(0), self.fd(0));
+            self.calls.push(Call::Pipe { r, w });
+            Ok((r, w))
+        }
+        fn write_all(&mut self, fd: i32, data: &[u8]) -> io::Result<()> {
+            self.calls.push(Call::Write { fd, data: data.to_vec() });
+            Ok(())
+        }
+        fn pwrite_all(&mut self, fd: i32, data: &[u8], offset: u64) -> io::Result<()> {
+            self.calls.push(Call::Pwrite { fd, len: data.len(), offset });
+            Ok(())
+        }
+        fn truncate(&mut self, fd: i32, len: u64) -> io::Result<()> {
+            self.calls.push(Call::Truncate { fd, len });
+            Ok(())
+        }
+        fn fcntl(&mut self, fd: i32, cmd: i32, arg: i64) -> io::Result<i64> {
+            self.calls.push(Call::Fcntl { fd, cmd, arg });
+            Ok(0)
+        }
+        fn lock(&mut self, fd: i32, lock: &FileLock) -> io::Result<()> {
+            self.calls.push(Call::Lock { fd, lock: *lock });
+            Ok(())
+        }
+        fn eventfd(&mut self, count: u32, flags: i32) -> io::Result<i32> {
+            let fd = self.fd(0);
+            self.calls.push(Call::EventFd { count, flags, fd });
+            Ok(fd)
+        }
+        fn timerfd(&mut self, clock: i32, flags: i32, value_ns: u64, interval_ns: u64) -> io::Result<i32> {
+            let fd = self.fd(0);
+            self.calls.push(Call::TimerFd { clock, flags, value_ns, interval_ns, fd });
+            Ok(fd)
+        }
+        fn signalfd(&mut self, mask: u64, flags: i32) -> io::Result<i32> {
+            let fd = self.fd(0);
+            self.calls.push(Call::SignalFd { mask, flags, fd });
+            Ok(fd)
+        }
+        fn epoll(&mut self, flags: i32) -> io::Result<i32> {
+            let fd = self.fd(0);
+            self.calls.push(Call::Epoll { flags, fd });
+            Ok(fd)
+        }
+        fn epoll_add(&mut self, ep: i32, fd: i32, events: u32, data: u64) -> io::Result<()> {
+            self.calls.push(Call::EpollAdd { ep, fd, events, data });
+            Ok(())
+        }
+        fn memfd(&mut self, name: &str, _flags: u32) -> io::Result<i32> {
+            let fd = self.fd(0);
+            self.calls.push(Call::Memfd { name: name.into(), fd });
+            Ok(fd)
+        }
+        fn unlink(&mut self, path: &Path) -> io::Result<()> {
+            self.calls.push(Call::Unlink(path.into()));
+            Ok(())
+        }
+        fn tcsetattr(&mut self, fd: i32, _termios: &[u8]) -> io::Result<()> {
+            self.calls.push(Call::Tcsetattr(fd));
+            Ok(())
+        }
+        fn raise(&mut self, sig: i32, thread: bool) -> io::Result<()> {
+            self.calls.push(Call::Raise { sig, thread });
             Ok(())
         }
     }

@@ -13,7 +13,8 @@ use anyhow::{Context, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Maps every staged region; writable for now where pages must be filled.
-pub fn map(k: &mut impl Kernel, plan: &RestorePlan, p: &ProcessImage) -> Result<()> {
+/// `ghosts` are the fds of the recreated deleted files and memfds.
+pub fn map(k: &mut impl Kernel, plan: &RestorePlan, p: &ProcessImage, ghosts: &[i32]) -> Result<()> {
     for s in &plan.staged {
         let r = &p.regions[s.region];
         let prot = if r.chunks.is_empty() { r.prot } else { r.prot | libc::PROT_READ | libc::PROT_WRITE };
@@ -36,6 +37,9 @@ pub fn map(k: &mut impl Kernel, plan: &RestorePlan, p: &ProcessImage) -> Result<
                 let r2 = k.mmap(s.at, s.len, prot, flags, fd, *offset);
                 k.close(fd);
                 r2.with_context(what)?;
+            }
+            RegionKind::Ghost { ghost, offset } => {
+                k.mmap(s.at, s.len, prot, flags, ghosts[*ghost as usize], *offset).with_context(what)?
             }
             RegionKind::Stack => k
                 .mmap(s.at, s.len, prot, flags | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN, -1, 0)
@@ -123,7 +127,7 @@ mod tests {
         let p = process(vec![file, stack], &[100]);
         let plan = RestorePlan::build(&p, &parse_maps("1000-2000 r-xp 00000000 00:00 0 /ckrun\n").unwrap()).unwrap();
         let mut k = Recording::default();
-        map(&mut k, &plan, &p).unwrap();
+        map(&mut k, &plan, &p, &[]).unwrap();
         protect(&mut k, &plan, &p).unwrap();
         let (s0, s1) = (&plan.staged[0], &plan.staged[1]);
         assert_eq!(

@@ -4,15 +4,14 @@
 //! files it depends on) before anything runs, creates the restore child
 //! with the program's original PID (clone3 `set_tid`), and then
 //! coordinates the restored program like a freshly launched one. The
-//! restore child ([`child`]) stages memory ([`memory`]), fds ([`fds`]) and
+//! restore child ([`child`]) stages memory ([`memory`]), fds ([`crate::fdtypes`]) and
 //! settings ([`settings`]) following a [`plan::RestorePlan`], and hands over
 //! to the [`restorer`].
 
 pub mod child;
-mod fds;
-mod kernel;
+pub mod kernel;
 mod memory;
-mod plan;
+pub mod plan;
 mod restorer;
 mod settings;
 
@@ -80,26 +79,35 @@ fn check_compatible(m: &Manifest) -> Result<(), CkError> {
     Ok(())
 }
 
-/// The files the image maps must be unchanged; the files it had open must exist.
+/// The files the image maps must have their size (a mapping of a shorter
+/// file faults, of a longer one shows other data); code must be unchanged.
+/// Data files a program keeps writing through a shared mapping change
+/// after every checkpoint: they are used as they are now. The files it had
+/// open must exist.
 fn check_files(m: &Manifest) -> Result<(), CkError> {
     for p in &m.processes {
-        let mapped = std::iter::once(&p.exe).chain(p.regions.iter().filter_map(|r| match &r.kind {
-            RegionKind::File { file, .. } => Some(file),
+        let mapped = p.regions.iter().filter_map(|r| match &r.kind {
+            RegionKind::File { file, .. } => Some((file, r.prot & libc::PROT_EXEC != 0)),
             _ => None,
-        }));
-        for f in mapped {
+        });
+        for (f, code) in std::iter::once((&p.exe, true)).chain(mapped) {
             let (_, _, size, mtime) = file_stamp(&f.path).map_err(|e| {
                 CkError::Environment(format!(
                     "{}: the image maps this file, but it cannot be read: {e}",
                     f.path.display()
                 ))
             })?;
-            if size != f.size || mtime != f.mtime_ns {
+            if size != f.size {
                 return Err(CkError::Environment(format!(
-                    "{} changed since the checkpoint (size {} -> {size}, modified {}): restarting would run different code or data",
+                    "{} changed size since the checkpoint ({} -> {size} bytes); the program has it mapped in memory",
                     f.path.display(),
-                    f.size,
-                    if mtime != f.mtime_ns { "again" } else { "no" }
+                    f.size
+                )));
+            }
+            if code && mtime != f.mtime_ns {
+                return Err(CkError::Environment(format!(
+                    "{} was modified since the checkpoint; the program runs code from it",
+                    f.path.display()
                 )));
             }
         }
@@ -132,6 +140,7 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     }
     settings.trigger = opts.trigger.unwrap_or(settings.trigger);
     settings.frozen = opts.frozen.unwrap_or(settings.frozen);
+    settings.strict |= opts.strict;
     if dry_run {
         print!("{}", dry_run_text(&img)?);
         return Ok(0);

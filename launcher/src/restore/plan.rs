@@ -306,6 +306,9 @@ pub mod tests {
             regions,
             fds: vec![],
             files: vec![],
+            ghosts: vec![],
+            pipes: vec![],
+            pending: PendingSignals::default(),
             threads: tids
                 .iter()
                 .map(|&tid| ThreadImage {

@@ -1,0 +1,157 @@
+//! Ghost files: files that no path reaches any more but the process still
+//! uses, through an fd or a mapping: files deleted while open, and memfds.
+//! Their content is saved in the image (read through /proc/PID/fd/N or
+//! /proc/PID/map_files/...), and at restart they are recreated (memfd_create,
+//! or created at their old path and unlinked again), so that fds and shared
+//! mappings of one ghost still see one file.
+
+use super::{file, ProcFd};
+use crate::checkpoint::memory::CHUNK_PAGES;
+use crate::image::manifest::{ChunkRef, FileLock, GhostFile, OpenFile};
+use crate::image::{ImageReader, ImageWriter};
+use crate::restore::kernel::Kernel;
+use crate::sys::mem::is_zero_page;
+use crate::sys::procfs::MapEntry;
+use crate::sys::PAGE_SIZE;
+use anyhow::{Context, Result};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+const DELETED: &str = " (deleted)";
+
+/// Whether an fd target or mapping path names a ghost.
+pub fn is_ghost(path: &str) -> bool {
+    path.starts_with("/memfd:") || path.ends_with(DELETED)
+}
+
+pub fn capture_fd(f: &ProcFd, ghosts: &mut Vec<GhostFile>, out: &mut ImageWriter) -> Result<OpenFile> {
+    let g = find_or_save(&f.proc_path(), &f.target, ghosts, out)?;
+    Ok(OpenFile::Ghost { ghost: g, flags: f.flags, pos: f.pos, locks: file::locks(&f.info) })
+}
+
+/// The ghost behind a mapping (saved now if no fd showed it yet).
+pub fn capture_mapping(pid: i32, m: &MapEntry, ghosts: &mut Vec<GhostFile>, out: &mut ImageWriter) -> Result<u32> {
+    if let Some(i) = ghosts.iter().position(|g| g.dev == m.dev && g.inode == m.inode) {
+        return Ok(i as u32);
+    }
+    find_or_save(&format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end), &m.path, ghosts, out)
+}
+
+fn find_or_save(open_path: &str, shown: &str, ghosts: &mut Vec<GhostFile>, out: &mut ImageWriter) -> Result<u32> {
+    let meta = std::fs::metadata(open_path).with_context(|| format!("reaching {shown} through {open_path}"))?;
+    let dev = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    if let Some(i) = ghosts.iter().position(|g| g.dev == dev && g.inode == meta.ino()) {
+        return Ok(i as u32);
+    }
+    let memfd = shown.starts_with("/memfd:");
+    let path = PathBuf::from(shown.strip_suffix(DELETED).unwrap_or(shown));
+    let mut f = std::fs::File::open(open_path).with_context(|| format!("opening {open_path}"))?;
+    let seals = if memfd {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fcntl on an fd we own.
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) }.max(0)
+    } else {
+        0
+    };
+    let chunks = save_content(&mut f, meta.len(), out).with_context(|| format!("saving the content of {shown}"))?;
+    ghosts.push(GhostFile {
+        path,
+        memfd,
+        mode: meta.mode() & 0o7777,
+        size: meta.len(),
+        seals,
+        dev,
+        inode: meta.ino(),
+        chunks,
+    });
+    Ok((ghosts.len() - 1) as u32)
+}
+
+/// The file's bytes in page-padded, compressed pieces; all-zero pieces are
+/// left out (they come back as holes).
+fn save_content(f: &mut std::fs::File, size: u64, out: &mut ImageWriter) -> Result<Vec<ChunkRef>> {
+    let piece = CHUNK_PAGES as usize * PAGE_SIZE as usize;
+    let mut buf = vec![0u8; piece];
+    let mut chunks = Vec::new();
+    let mut off = 0u64;
+    while off < size {
+        let want = piece.min((size - off) as usize);
+        buf.fill(0);
+        f.read_exact(&mut buf[..want])?;
+        let padded = want.div_ceil(PAGE_SIZE as usize) * PAGE_SIZE as usize;
+        if !buf[..padded].chunks(PAGE_SIZE as usize).all(is_zero_page) {
+            let data = lz4_flex::block::compress(&buf[..padded]);
+            let (offset, checksum) = out.append_chunk(&data)?;
+            chunks.push(ChunkRef {
+                addr: off,
+                npages: (padded / PAGE_SIZE as usize) as u32,
+                clen: data.len() as u32,
+                offset,
+                checksum,
+            });
+        }
+        off += want as u64;
+    }
+    Ok(chunks)
+}
+
+/// A recreated ghost: its fd, and the path to unlink once everything that
+/// needs it is open.
+pub struct Recreated {
+    pub fd: i32,
+    pub unlink: Option<PathBuf>,
+}
+
+pub fn recreate(k: &mut impl Kernel, img: &ImageReader, g: &GhostFile) -> Result<Recreated> {
+    let (fd, unlink) = if g.memfd {
+        let name = g.path.to_string_lossy();
+        let name = name.strip_prefix("/memfd:").unwrap_or(&name);
+        (k.memfd(name, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)?, None)
+    } else {
+        create_unnamed(k, &g.path, g.mode)?
+    };
+    let mut buf = Vec::new();
+    let mut scratch = Vec::new();
+    for c in &g.chunks {
+        buf.resize(c.npages as usize * PAGE_SIZE as usize, 0);
+        img.read_chunk(c, &mut buf, &mut scratch)?;
+        k.pwrite_all(fd, &buf, c.addr)?;
+    }
+    k.truncate(fd, g.size)?;
+    if g.seals != 0 {
+        k.fcntl(fd, libc::F_ADD_SEALS, g.seals as i64).context("sealing a memfd")?;
+    }
+    Ok(Recreated { fd, unlink })
+}
+
+/// Creates the file where it was (to unlink it later, as the program had
+/// it: "/old/path (deleted)"), or, if that name is taken again, as an
+/// unnamed O_TMPFILE in the same directory.
+fn create_unnamed(k: &mut impl Kernel, path: &Path, mode: u32) -> Result<(i32, Option<PathBuf>)> {
+    match k.create(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, mode) {
+        Ok(fd) => Ok((fd, Some(path.to_owned()))),
+        Err(_) => {
+            let dir = path.parent().unwrap_or(Path::new("/tmp"));
+            let fd = k.create(dir, libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, mode).map_err(|e| {
+                crate::error::CkError::Environment(format!(
+                    "cannot recreate the deleted file {} (in {}): {e}",
+                    path.display(),
+                    dir.display()
+                ))
+            })?;
+            Ok((fd, None))
+        }
+    }
+}
+
+/// A new open file description of a recreated ghost, as the program had it.
+pub fn reopen(k: &mut impl Kernel, ghost_fd: i32, flags: i32, pos: u64, locks: &[FileLock]) -> Result<i32> {
+    let path = PathBuf::from(format!("/proc/self/fd/{ghost_fd}"));
+    let fd = k.open(&path, file::reopen_flags(flags)).context("reopening a recreated deleted file")?;
+    if pos != 0 {
+        k.seek(fd, pos)?;
+    }
+    file::take_locks(k, fd, locks, &path)?;
+    Ok(fd)
+}
