@@ -73,7 +73,6 @@ pub struct PageRun {
     pub region: usize,
     pub addr: u64,
     pub npages: u32,
-    pub readable: bool,
 }
 
 /// Which pages of the regions `which` picks must be saved, as runs of at
@@ -93,7 +92,6 @@ pub fn select_pages(mem: &RemoteMemory, regions: &[Region], which: impl Fn(&Regi
             RegionKind::Anon | RegionKind::Stack => Box::new(|e| e & (PM_PRESENT | PM_SWAP) != 0),
         };
         let pm = if matches!(r.kind, RegionKind::Detached) { Vec::new() } else { mem.pagemap(r.start, npages)? };
-        let readable = r.prot & libc::PROT_READ != 0;
         let mut p = 0;
         while p < npages {
             let take = |p: usize| pm.is_empty() || wanted(pm[p]);
@@ -109,7 +107,6 @@ pub fn select_pages(mem: &RemoteMemory, regions: &[Region], which: impl Fn(&Regi
                 region: i,
                 addr: r.start + begin as u64 * PAGE_SIZE,
                 npages: (p - begin) as u32,
-                readable,
             });
         }
     }
@@ -191,7 +188,7 @@ fn compress_run(
 ) -> Result<()> {
     let ps = PAGE_SIZE as usize;
     let data = &mut buf[..run.npages as usize * ps];
-    mem.read(run.addr, data, run.readable).with_context(|| format!("saving memory at {:#x}", run.addr))?;
+    mem.read(run.addr, data).with_context(|| format!("saving memory at {:#x}", run.addr))?;
     let mut p = 0usize;
     let n = run.npages as usize;
     while p < n {

@@ -35,19 +35,14 @@ impl RemoteMemory {
         Ok(raw.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect())
     }
 
-    /// Copies `buf.len()` bytes from `addr`. `readable` says whether the
-    /// mapping is readable by its owner (then the faster process_vm_readv).
-    pub fn read(&self, addr: u64, buf: &mut [u8], readable: bool) -> Result<()> {
-        if readable {
-            let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-            let remote = libc::iovec { iov_base: addr as *mut _, iov_len: buf.len() };
-            // SAFETY: local describes buf, which is writable for its length;
-            // the remote iovec is only interpreted in the target process.
-            let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
-            if n == buf.len() as isize {
-                return Ok(());
-            }
-        }
+    /// Copies `buf.len()` bytes from `addr`.
+    ///
+    /// Always through /proc/PID/mem: it reads with FOLL_FORCE (PROT_NONE
+    /// pages too) and, unlike process_vm_readv, does not pin the pages it
+    /// reads, which on a copy-on-write snapshot makes the kernel copy each
+    /// one (measured: 1 GiB snapshot, 1.5 s and +935 MiB of memory with
+    /// process_vm_readv, 0.64 s and +4 MiB with pread).
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
         self.mem
             .read_exact_at(buf, addr)
             .with_context(|| format!("reading {} bytes of process {} at {addr:#x}", buf.len(), self.pid))
@@ -79,7 +74,7 @@ mod tests {
         let data = vec![0x5au8; 3 * PAGE_SIZE as usize];
         let m = RemoteMemory::open(std::process::id() as i32).unwrap();
         let mut out = vec![0u8; 100];
-        m.read(data.as_ptr() as u64 + 10, &mut out, true).unwrap();
+        m.read(data.as_ptr() as u64 + 10, &mut out).unwrap();
         assert!(out.iter().all(|&b| b == 0x5a));
         let start = (data.as_ptr() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
         let pm = m.pagemap(start, 1).unwrap();

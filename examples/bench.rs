@@ -1,0 +1,1236 @@
+//! ckrun's benchmark: every performance target of issue 6, measured in one
+//! run on the current machine, printed as markdown tables with PASS/MISS.
+//!
+//! ```text
+//! cargo run --release --example bench                 # 64, 256 and 1024 MiB
+//! cargo run --release --example bench -- --quick      # 64 MiB only
+//! cargo run --release --example bench -- --sizes 128,512 [--tmp DIR] [--keep] [--no-build]
+//! ```
+//!
+//! It first runs `cargo build --release --workspace` (unless `--no-build` or
+//! `$CKRUN_BIN` is set), so that the numbers are those of the current code and
+//! not of a stale `target/release/ckrun`, and compiles `examples/memhog.c` and
+//! `examples/syscalls.c` with `cc -O2` into its temporary directory (so it does
+//! not depend on build.rs, which builds the test binaries with `-O1`).
+//!
+//! What it measures, for each memory size S (MiB):
+//! - `ckrun --dir IMG memhog S`, the program's stdout read line by line from a
+//!   pipe. After `ready` and 5 ticks, SIGUSR2 goes to ckrun, and the bench
+//!   polls the image directory every millisecond:
+//!   - *pause*: ckrun's own figure (`paused P ms` in its stderr report), the
+//!     time the program was stopped;
+//!   - *max tick gap*: the longest interval between two of the program's
+//!     output lines around the checkpoint (normally ~50 ms + its work), the
+//!     stall as the outside world sees it;
+//!   - *durable*: SIGUSR2 sent → the final `.ckimg` name exists. ckrun fsyncs
+//!     the image before renaming it, so this is the time to a durable image;
+//!   - *in page cache*: SIGUSR2 sent → the temporary image file first reached
+//!     its final length, i.e. every byte was written but not yet fsync'd.
+//!     ckrun does not report it; sampled from outside, ±1 ms;
+//!   - *image/memory*: image bytes / S MiB (the memory the program touched;
+//!     memhog's data compresses to 0.508 with `lz4 -1`).
+//! - The program is killed (SIGKILL) and `ckrun --restart IMAGE` started with
+//!   its stdout on a new pipe: *restart* is spawning ckrun → the restored
+//!   program's first `tick` line read from that pipe (warm page cache: no
+//!   drop_caches). Were the program to resume inside its 50 ms sleep, the rest
+//!   of the sleep would count too; in practice ckrun's suspend signal cuts the
+//!   sleep short, and the line follows ckrun's own `restarted ... in X ms`
+//!   within a few ms. The bench also checks that this line equals the line the
+//!   original program printed for the same tick.
+//! - Baseline: a file of S MiB (pseudo-random bytes, written and fsync'd
+//!   first) copied with `cp` (page cache only) and with `cp` + fsync of the
+//!   copy (durable, like `cp && sync DST`); median of 3 each, compared with the
+//!   checkpoint's two times.
+//!
+//! Interposition overhead of the LD_PRELOAD agent, bare vs under ckrun, runs
+//! interleaved: `syscalls getppid 2000000` (getppid + 1-byte write to
+//! /dev/null) and `syscalls open 200000` (open + close of /etc/hostname),
+//! which time their own loops (median of 7 runs, 5 with `--quick`); and
+//! start-up, `ckrun true` vs `true`, spawn → exit (median of 50).
+//!
+//! Every wait has a deadline and every child is killed and reaped, even after
+//! an error or Ctrl-C; the temporary directory is removed unless `--keep`.
+//! Missed targets are results, not failures: the exit status is 0 unless a
+//! measurement could not be made.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+type Res<T> = Result<T, String>;
+
+const MIB: u64 = 1 << 20;
+/// Deadline of each phase (filling 1 GiB, a checkpoint, a restart, a cp).
+const TIMEOUT: Duration = Duration::from_secs(180);
+/// Poll interval while a checkpoint runs: the resolution of the times the
+/// bench measures itself, and cheap enough not to steal ckrun's CPU.
+const POLL: Duration = Duration::from_millis(1);
+/// Ticks the program prints before the checkpoint (their gaps are the
+/// "normal" tick interval).
+const WARMUP_TICKS: u64 = 5;
+const CP_RUNS: usize = 3;
+const STARTUP_RUNS: usize = 50;
+const GETPPID_LOOPS: &str = "2000000";
+const OPEN_LOOPS: &str = "200000";
+
+const USAGE: &str = "\
+usage: cargo run --release --example bench -- [OPTIONS]
+  --sizes A,B,..  memory sizes in MiB (default 64,256,1024)
+  --quick         64 MiB only, 5 runs per syscall loop instead of 7
+  --tmp DIR       where the temporary directory goes (default $TMPDIR or /tmp)
+  --keep          keep the temporary directory
+  --no-build      use the existing target/release/ckrun as is
+  (set CKRUN_BIN=/path/to/ckrun to benchmark another build)";
+
+/// Set by SIGINT/SIGTERM. Every wait checks it, so an interrupted bench still
+/// kills its children and removes its (possibly multi-GiB) temporary files.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn check_interrupt() -> Res<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        Err("interrupted".into())
+    } else {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------
+
+struct Args {
+    sizes: Vec<u64>,
+    loop_runs: usize,
+    tmp_root: PathBuf,
+    keep: bool,
+    build: bool,
+}
+
+/// `Ok(None)` for `--help`.
+fn parse_args() -> Res<Option<Args>> {
+    let mut args = Args {
+        sizes: vec![64, 256, 1024],
+        loop_runs: 7,
+        tmp_root: std::env::temp_dir(),
+        keep: false,
+        build: std::env::var_os("CKRUN_BIN").is_none(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--quick" => {
+                args.sizes = vec![64];
+                args.loop_runs = 5;
+            }
+            "--sizes" => {
+                let v = it.next().ok_or("--sizes needs a value")?;
+                args.sizes = v
+                    .split(',')
+                    .map(|s| s.trim().parse::<u64>().ok().filter(|&n| n > 0))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| format!("--sizes: expected MiB numbers like 64,256,1024, got {v:?}"))?;
+            }
+            "--tmp" => args.tmp_root = it.next().ok_or("--tmp needs a value")?.into(),
+            "--keep" => args.keep = true,
+            "--no-build" => args.build = false,
+            _ => return Err(format!("unknown argument {a:?}\n{USAGE}")),
+        }
+    }
+    Ok(Some(args))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // SAFETY: the handler only stores to an atomic (async-signal-safe), and
+    // PR_SET_CHILD_SUBREAPER takes one integer. As subreaper, the bench
+    // inherits (and so can reap) a program whose ckrun died; a zombie would
+    // keep its pid taken, and a restart needs that very pid.
+    unsafe {
+        let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong);
+    }
+    let tmp = match TempDir::create(&args.tmp_root, args.keep) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = run(&args, &tmp.path);
+    kill_and_reap_all_children();
+    drop(tmp);
+    match result {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(n) => {
+            eprintln!("bench: {n} measurement(s) failed (see the tables)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("bench: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs everything and prints the tables; returns the number of
+/// measurements that failed.
+fn run(args: &Args, tmp: &Path) -> Res<usize> {
+    let tools = Tools::prepare(args, tmp)?;
+    println!("{}", machine_summary(&tools));
+
+    let mut sizes = Vec::new();
+    for &size in &args.sizes {
+        check_interrupt()?;
+        progress(&format!("{size} MiB: checkpoint and restart"));
+        let ckpt = checkpoint_and_restart(&tools, size);
+        if let Err(e) = &ckpt {
+            progress(&format!("{size} MiB: FAILED: {e}"));
+        }
+        check_interrupt()?;
+        progress(&format!("{size} MiB: cp baseline"));
+        let cp = cp_baseline(tmp, size);
+        if let Err(e) = &cp {
+            progress(&format!("{size} MiB: cp FAILED: {e}"));
+        }
+        sizes.push((size, ckpt, cp));
+    }
+
+    check_interrupt()?;
+    progress("interposition: getppid+write loop");
+    let getppid = syscall_loop(&tools, "getppid", GETPPID_LOOPS, args.loop_runs);
+    progress("interposition: open+close loop");
+    let open = syscall_loop(&tools, "open", OPEN_LOOPS, args.loop_runs);
+    progress("start-up: ckrun true vs true");
+    let startup = startup(&tools);
+
+    let report = Report { sizes, getppid, open, startup };
+    report.print();
+    Ok(report.failures())
+}
+
+fn progress(msg: &str) {
+    eprintln!("bench: {msg}");
+}
+
+// ---------------------------------------------------------------------------
+// Set-up
+// ---------------------------------------------------------------------------
+
+/// The temporary directory, removed on drop unless `--keep`.
+struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempDir {
+    fn create(root: &Path, keep: bool) -> Res<TempDir> {
+        let path = root.join(format!("ckrun-bench.{}", std::process::id()));
+        fs::create_dir_all(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
+        Ok(TempDir { path, keep })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("bench: kept {}", self.path.display());
+        } else if let Err(e) = fs::remove_dir_all(&self.path) {
+            eprintln!("bench: could not remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// The binaries the bench runs.
+struct Tools {
+    ckrun: PathBuf,
+    memhog: PathBuf,
+    syscalls: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Tools {
+    fn prepare(args: &Args, tmp: &Path) -> Res<Tools> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let ckrun = match std::env::var_os("CKRUN_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => release_dir(root).join("ckrun"),
+        };
+        if args.build {
+            progress("cargo build --release --workspace (so that the numbers are the current code's)");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--release", "--workspace", "-q"]).current_dir(root);
+            let (status, _) = run_timed(&mut cmd, Duration::from_secs(1800))?;
+            if !status.success() {
+                return Err(format!(
+                    "cargo build --release --workspace failed ({status}); fix the build or rerun with --no-build"
+                ));
+            }
+        }
+        if !ckrun.is_file() || !ckrun.with_file_name("libckpt.so").is_file() {
+            return Err(format!(
+                "{} (or libckpt.so next to it) is missing: run `cargo build --release --workspace` first",
+                ckrun.display()
+            ));
+        }
+        let bin = tmp.join("bin");
+        fs::create_dir_all(&bin).map_err(|e| format!("create {}: {e}", bin.display()))?;
+        let memhog = compile_c(&root.join("examples/memhog.c"), &bin)?;
+        let syscalls = compile_c(&root.join("examples/syscalls.c"), &bin)?;
+        Ok(Tools { ckrun, memhog, syscalls, tmp: tmp.to_path_buf() })
+    }
+}
+
+/// `target/release`, where `target` is the directory cargo built this example
+/// in (`$CARGO_TARGET_DIR` may move it): the bench runs as
+/// `target/<profile>/examples/bench`, and benchmarks the release build even
+/// when it was itself built without `--release`.
+fn release_dir(root: &Path) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let examples = exe.parent()?;
+            (examples.file_name()? == "examples").then(|| Some(examples.parent()?.parent()?.join("release")))?
+        })
+        .unwrap_or_else(|| root.join("target/release"))
+}
+
+/// `cc -O2` (`$CC` if set): the bench measures ckrun, not a debug build of
+/// the examples.
+fn compile_c(src: &Path, bin_dir: &Path) -> Res<PathBuf> {
+    let stem = src.file_stem().and_then(|s| s.to_str()).ok_or("bad example name")?;
+    let out = bin_dir.join(stem);
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let output = Command::new(&cc)
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(src)
+        .output()
+        .map_err(|e| format!("cannot run the C compiler {cc:?}: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("compiling {} failed:\n{}", src.display(), String::from_utf8_lossy(&output.stderr)));
+    }
+    Ok(out)
+}
+
+/// One line about the machine and the build, since every number depends on them.
+fn machine_summary(t: &Tools) -> String {
+    let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map_or("?", |l| l.trim_start_matches([' ', '\t', ':']));
+    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = read("/proc/meminfo");
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let version = Command::new(&t.ckrun)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "# ckrun benchmark (issue 6)\n\n\
+         - machine: {cpu}, {cpus} CPUs, {:.1} GiB RAM, Linux {}\n\
+         - ckrun: {version} ({})\n\
+         - files: {} on {}; warm page cache (no drop_caches)\n\
+         - load average at start: {} (other work on the machine makes the numbers noisy)",
+        mem_kib as f64 / (1 << 20) as f64,
+        read("/proc/sys/kernel/osrelease").trim(),
+        t.ckrun.display(),
+        t.tmp.display(),
+        fs_type(&t.tmp),
+        load_average()
+    )
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    let l = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// File-system type of `dir`: a tmpfs would make fsync free and flatter the
+/// durable times.
+fn fs_type(dir: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return "?".into() };
+    // SAFETY: `c` is a valid C string and `st` a writable statfs.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return "?".into();
+    }
+    match st.f_type as u64 {
+        0xEF53 => "ext2/3/4".into(),
+        0x0102_1994 => "tmpfs (fsync is free: durable times are flattered)".into(),
+        0x5846_5342 => "xfs".into(),
+        0x9123_683E => "btrfs".into(),
+        0x794C_7630 => "overlayfs".into(),
+        m => format!("fs type {m:#x}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+/// One line of a child's output and when the bench read it.
+#[derive(Clone, Debug)]
+struct Line {
+    at: Instant,
+    text: String,
+}
+
+/// Reads `r` line by line in a thread, so that the bench can wait on output
+/// with a deadline and timestamp every line as it arrives. Lines also go to
+/// `log` (when given), for error messages.
+fn line_reader(r: impl Read + Send + 'static, log: Option<Arc<Mutex<Vec<String>>>>) -> Receiver<Line> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut r = BufReader::new(r);
+        let mut buf = String::new();
+        loop {
+            buf.clear();
+            match r.read_line(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = Line { at: Instant::now(), text: buf.trim_end_matches('\n').to_string() };
+                    if let Some(log) = &log {
+                        if let Ok(mut l) = log.lock() {
+                            l.push(line.text.clone());
+                        }
+                    }
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// A ckrun process with its stdout and stderr read line by line. Dropping it
+/// kills (SIGKILL) and reaps whatever is left of it and of its program.
+struct Job {
+    label: String,
+    child: Child,
+    pid: i32,
+    out: Receiver<Line>,
+    err: Receiver<Line>,
+    err_log: Arc<Mutex<Vec<String>>>,
+    /// The program ckrun runs, once known.
+    program: Option<i32>,
+}
+
+impl Job {
+    fn spawn(label: String, cmd: &mut Command) -> Res<Job> {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("spawn {label}: {e}"))?;
+        let err_log = Arc::new(Mutex::new(Vec::new()));
+        let out = line_reader(child.stdout.take().ok_or("no stdout pipe")?, None);
+        let err = line_reader(child.stderr.take().ok_or("no stderr pipe")?, Some(err_log.clone()));
+        Ok(Job { label, pid: child.id() as i32, child, out, err, err_log, program: None })
+    }
+
+    /// An error message ending with ckrun's stderr so far.
+    fn fail(&self, msg: &str) -> String {
+        // ckrun's last words may still be in the pipe: let the reader
+        // thread log them (it stops at EOF, which disconnects the channel).
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if let Err(RecvTimeoutError::Disconnected) = self.err.recv_timeout(left) {
+                break;
+            }
+        }
+        let log = self.err_log.lock().map(|l| l.join("\n    ")).unwrap_or_default();
+        format!("{}: {msg}; ckrun's stderr:\n    {log}", self.label)
+    }
+
+    /// The next line of the program's stdout.
+    fn next_out(&self, what: &str, deadline: Instant) -> Res<Line> {
+        loop {
+            check_interrupt()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.fail(&format!("timed out waiting for {what}")));
+            }
+            match self.out.recv_timeout(left.min(Duration::from_millis(50))) {
+                Ok(line) => return Ok(line),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(self.fail(&format!("the program's stdout closed before {what}")))
+                }
+            }
+        }
+    }
+
+    /// The next stderr line containing `needle`, or `None` after `wait`.
+    fn err_line(&self, needle: &str, wait: Duration) -> Option<Line> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.err.recv_timeout(left.min(Duration::from_millis(50))) {
+                Ok(l) if l.text.contains(needle) => return Some(l),
+                Ok(_) | Err(RecvTimeoutError::Timeout) if !left.is_zero() && !INTERRUPTED.load(Ordering::Relaxed) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// The program's pid: ckrun's (only) child.
+    fn find_program(&mut self, deadline: Instant) -> Res<i32> {
+        loop {
+            if let Some(&p) = children_of(self.pid).first() {
+                self.program = Some(p);
+                return Ok(p);
+            }
+            check_interrupt()?;
+            if Instant::now() > deadline {
+                return Err(self.fail("ckrun has no child process"));
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Waits for ckrun to exit.
+    fn wait_exit(&mut self, timeout: Duration) -> Res<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().map_err(|e| format!("wait for {}: {e}", self.label))? {
+                return Ok(st);
+            }
+            check_interrupt()?;
+            if Instant::now() > deadline {
+                return Err(self.fail("ckrun did not exit"));
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        let ckrun_alive = matches!(self.child.try_wait(), Ok(None));
+        // The program only while it is still ours: ckrun's child, or ours
+        // once orphaned. A reaped pid might already be someone else's.
+        let program =
+            self.program.filter(|&p| ppid_of(p).is_some_and(|pp| pp == self.pid || pp == std::process::id() as i32));
+        if let Some(p) = program {
+            signal(p, libc::SIGKILL);
+        }
+        if ckrun_alive {
+            signal(self.pid, libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+        if let Some(p) = program {
+            let _ = wait_gone(p, Duration::from_secs(10));
+        }
+    }
+}
+
+fn signal(pid: i32, sig: libc::c_int) -> bool {
+    // SAFETY: kill(2) takes plain integers.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Parent pid from /proc/PID/stat (the name may hold spaces and parentheses).
+fn ppid_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Children of `pid`, over all its threads.
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut kids = Vec::new();
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(list) = fs::read_to_string(t.path().join("children")) {
+                kids.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    kids
+}
+
+/// Waits until `pid` no longer exists, reaping it if it became our child.
+/// A restart needs the pid free.
+fn wait_gone(pid: i32, timeout: Duration) -> Res<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid c_int; WNOHANG never blocks.
+        unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("process {pid} still exists {timeout:?} after SIGKILL"));
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Last-resort cleanup: anything still our child (e.g. a snapshot process
+/// orphaned by a killed ckrun) is killed and reaped.
+fn kill_and_reap_all_children() {
+    for pid in children_of(std::process::id() as i32) {
+        signal(pid, libc::SIGKILL);
+        let _ = wait_gone(pid, Duration::from_secs(10));
+    }
+}
+
+/// Runs `cmd` to its end (stdio as set by the caller), killing it after
+/// `timeout`. Returns its status and the time from spawn to exit, taken by a
+/// thread blocked in wait(), so polling does not blur short runs.
+fn run_timed(cmd: &mut Command, timeout: Duration) -> Res<(ExitStatus, Duration)> {
+    check_interrupt()?;
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
+    let pid = child.id() as i32;
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let r = child.wait();
+        let _ = tx.send((r, Instant::now()));
+    });
+    match rx.recv_timeout(timeout) {
+        Ok((Ok(status), end)) => Ok((status, end - start)),
+        Ok((Err(e), _)) => Err(format!("wait for {cmd:?}: {e}")),
+        Err(_) => {
+            signal(pid, libc::SIGKILL);
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+            Err(format!("{cmd:?} did not finish within {timeout:?}"))
+        }
+    }
+}
+
+/// Runs `cmd` to its end and returns its stdout; fails on a non-zero exit.
+fn run_output(cmd: &mut Command, timeout: Duration) -> Res<String> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
+    let out = line_reader(child.stdout.take().ok_or("no stdout pipe")?, None);
+    let _err = line_reader(child.stderr.take().ok_or("no stderr pipe")?, Some(log.clone()));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(|e| format!("wait for {cmd:?}: {e}"))? {
+            break st;
+        }
+        if Instant::now() > deadline || INTERRUPTED.load(Ordering::Relaxed) {
+            let _ = child.kill();
+            let _ = child.wait();
+            check_interrupt()?;
+            return Err(format!("{cmd:?} did not finish within {timeout:?}"));
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let mut text = String::new();
+    while let Ok(l) = out.recv_timeout(Duration::from_secs(5)) {
+        text.push_str(&l.text);
+        text.push('\n');
+    }
+    if !status.success() {
+        let err = log.lock().map(|l| l.join("\n")).unwrap_or_default();
+        return Err(format!("{cmd:?} failed ({status}): {err}"));
+    }
+    Ok(text)
+}
+
+// ---------------------------------------------------------------------------
+// Checkpoint and restart
+// ---------------------------------------------------------------------------
+
+/// Everything measured for one memory size (times in seconds unless `_ms`).
+struct Ckpt {
+    pause_ms: f64,
+    normal_gap_ms: f64,
+    max_gap_ms: f64,
+    /// SIGUSR2 → the temporary image file appeared.
+    created: Option<f64>,
+    /// SIGUSR2 → the temporary file reached its final length (not yet fsync'd).
+    in_cache: Option<f64>,
+    /// SIGUSR2 → the final name exists (fsync'd).
+    durable: f64,
+    ckrun_total: f64,
+    image_bytes: u64,
+    /// ckrun's "memory X" figure: all the memory it saved.
+    ckrun_memory: String,
+    restart: f64,
+    ckrun_restore_ms: Option<f64>,
+    /// Whether the restored program's first line equals the original's for
+    /// the same tick (`None`: the original never printed that tick).
+    same_output: Option<bool>,
+    resumed_tick: u64,
+}
+
+/// `tick N ...` → N.
+fn tick_of(line: &str) -> Option<u64> {
+    line.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()
+}
+
+/// Files a `tick N` line under N; other lines are the program's business.
+fn record_tick(ticks: &mut BTreeMap<u64, Line>, l: Line) {
+    if let Some(n) = tick_of(&l.text) {
+        ticks.insert(n, l);
+    }
+}
+
+/// The number right after the last `key` in `line` (`paused 6.6 ms` → 6.6).
+fn number_after(line: &str, key: &str) -> Option<f64> {
+    let rest = &line[line.rfind(key)? + key.len()..];
+    rest.split([' ', ',', ')']).next()?.parse().ok()
+}
+
+/// The text after `key` up to the next `,` or `)` (`memory 256.1 MiB`).
+fn field_after(line: &str, key: &str) -> Option<String> {
+    let rest = &line[line.rfind(key)? + key.len()..];
+    Some(rest.split([',', ')']).next()?.to_string())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn checkpoint_and_restart(t: &Tools, size: u64) -> Res<Ckpt> {
+    let imgdir = t.tmp.join(format!("img-{size}"));
+    fs::create_dir_all(&imgdir).map_err(|e| format!("create {}: {e}", imgdir.display()))?;
+    let deadline = Instant::now() + TIMEOUT;
+    let mut cmd = Command::new(&t.ckrun);
+    cmd.arg("--dir").arg(&imgdir).arg(&t.memhog).arg(size.to_string()).current_dir(&t.tmp);
+    let mut job = Job::spawn(format!("ckrun memhog {size}"), &mut cmd)?;
+
+    // The program's lines by tick number, to compare with the restored run.
+    let mut ticks: BTreeMap<u64, Line> = BTreeMap::new();
+    while job.next_out("`ready`", deadline)?.text != "ready" {}
+    while ticks.keys().next_back().copied().unwrap_or(0) < WARMUP_TICKS {
+        let l = job.next_out("the first ticks", deadline)?;
+        record_tick(&mut ticks, l);
+    }
+    let program = job.find_program(deadline)?;
+
+    // Flush others' dirty data, so that the checkpoint's fsync pays for its
+    // own writes only.
+    // SAFETY: sync(2) has no arguments.
+    unsafe { libc::sync() };
+    let t0 = Instant::now();
+    if !signal(job.pid, libc::SIGUSR2) {
+        return Err(job.fail("cannot signal ckrun"));
+    }
+    let mut created: Option<Instant> = None;
+    let mut sizes: Vec<(Instant, u64)> = Vec::new();
+    let mut renamed: Option<(Instant, PathBuf)> = None;
+    let mut report: Option<Line> = None;
+    while renamed.is_none() || report.is_none() {
+        check_interrupt()?;
+        if Instant::now() > deadline {
+            return Err(job.fail("timed out waiting for checkpoint 1"));
+        }
+        while let Ok(l) = job.out.try_recv() {
+            record_tick(&mut ticks, l);
+        }
+        loop {
+            match job.err.try_recv() {
+                Ok(l) if l.text.starts_with("ckrun: checkpoint 1:") => report = Some(l),
+                Ok(l) if l.text.contains("checkpoint failed") => return Err(job.fail("the checkpoint failed")),
+                Ok(_) => {}
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) if report.is_some() => break,
+                Err(TryRecvError::Disconnected) => return Err(job.fail("ckrun exited during the checkpoint")),
+            }
+        }
+        if renamed.is_none() {
+            let now = Instant::now();
+            for e in fs::read_dir(&imgdir).map_err(|e| format!("read {}: {e}", imgdir.display()))?.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".ckimg") {
+                    renamed = Some((now, e.path()));
+                } else if name.contains(".ckimg.tmp.") {
+                    created.get_or_insert(now);
+                    if let Ok(m) = e.metadata() {
+                        sizes.push((now, m.len()));
+                    }
+                }
+            }
+        }
+        thread::sleep(POLL);
+    }
+    let (renamed_at, image) = renamed.ok_or("unreachable: no image")?;
+    let report = report.ok_or("unreachable: no report")?;
+    let image_bytes = fs::metadata(&image).map_err(|e| format!("stat {}: {e}", image.display()))?.len();
+    let secs = |at: Instant| (at - t0).as_secs_f64();
+
+    // Two more ticks: the program runs on, and the gaps around the
+    // checkpoint are complete.
+    let last = ticks.keys().next_back().copied().unwrap_or(0);
+    while ticks.keys().next_back().copied().unwrap_or(0) < last + 2 {
+        let l = job.next_out("ticks after the checkpoint", deadline)?;
+        record_tick(&mut ticks, l);
+    }
+    let timeline: Vec<&Line> = ticks.values().collect();
+    let gaps = timeline.windows(2).map(|w| (w[1].at, (w[1].at - w[0].at).as_secs_f64() * 1000.0));
+    let normal_gap_ms = median(gaps.clone().filter(|(at, _)| *at < t0).map(|(_, g)| g).collect());
+    let max_gap_ms = gaps.filter(|(at, _)| *at >= t0).map(|(_, g)| g).fold(0.0, f64::max);
+
+    // Kill the program; ckrun reaps it and exits, freeing the pid.
+    signal(program, libc::SIGKILL);
+    job.wait_exit(Duration::from_secs(30))?;
+    wait_gone(program, Duration::from_secs(10))?;
+    drop(job);
+
+    let deadline = Instant::now() + TIMEOUT;
+    let t1 = Instant::now();
+    let mut cmd = Command::new(&t.ckrun);
+    cmd.arg("--restart").arg(&image).current_dir(&t.tmp);
+    let mut rjob = Job::spawn(format!("ckrun --restart ({size} MiB)"), &mut cmd)?;
+    rjob.program = Some(program); // a restart restores the same pid
+    let first = loop {
+        let l = rjob.next_out("the restored program's first tick", deadline)?;
+        if tick_of(&l.text).is_some() {
+            break l;
+        }
+    };
+    let restart = (first.at - t1).as_secs_f64();
+    let ckrun_restore_ms =
+        rjob.err_line("restarted process", Duration::from_secs(5)).and_then(|l| number_after(&l.text, " in "));
+    let resumed_tick = tick_of(&first.text).unwrap_or(0);
+    let same_output = ticks.get(&resumed_tick).map(|l| l.text == first.text);
+    signal(program, libc::SIGKILL);
+    rjob.wait_exit(Duration::from_secs(30))?;
+    drop(rjob);
+    let _ = fs::remove_file(&image);
+
+    Ok(Ckpt {
+        pause_ms: number_after(&report.text, "paused ").ok_or_else(|| format!("no pause in {:?}", report.text))?,
+        normal_gap_ms,
+        max_gap_ms,
+        created: created.map(secs),
+        in_cache: sizes.iter().find(|(_, len)| *len == image_bytes).map(|&(at, _)| secs(at)),
+        durable: secs(renamed_at),
+        ckrun_total: number_after(&report.text, "total ").map_or(f64::NAN, |ms| ms / 1000.0),
+        image_bytes,
+        ckrun_memory: field_after(&report.text, "(memory ").unwrap_or_default(),
+        restart,
+        ckrun_restore_ms,
+        same_output,
+        resumed_tick,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// cp baseline
+// ---------------------------------------------------------------------------
+
+struct Cp {
+    /// `cp` alone: the copy is in the page cache.
+    cache: f64,
+    /// `cp` then fsync of the copy.
+    durable: f64,
+}
+
+/// splitmix64, for incompressible file contents.
+fn next_rand(s: &mut u64) -> u64 {
+    *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *s;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn cp_baseline(tmp: &Path, size: u64) -> Res<Cp> {
+    let src = tmp.join("cp-src");
+    let dst = tmp.join("cp-dst");
+    let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+    {
+        let mut f = File::create(&src).map_err(|e| io("create", &src, e))?;
+        let mut buf = vec![0u8; 4 << 20];
+        let mut seed = size;
+        for _ in 0..(size * MIB).div_ceil(buf.len() as u64) {
+            check_interrupt()?;
+            for c in buf.chunks_exact_mut(8) {
+                c.copy_from_slice(&next_rand(&mut seed).to_le_bytes());
+            }
+            f.write_all(&buf).map_err(|e| io("write", &src, e))?;
+        }
+        f.set_len(size * MIB).map_err(|e| io("truncate", &src, e))?;
+        f.sync_all().map_err(|e| io("fsync", &src, e))?;
+    }
+    let mut cache = Vec::new();
+    let mut durable = Vec::new();
+    for _ in 0..CP_RUNS {
+        for fsync in [true, false] {
+            // SAFETY: sync(2) has no arguments.
+            unsafe { libc::sync() };
+            let mut cmd = Command::new("cp");
+            cmd.arg(&src).arg(&dst).stdin(Stdio::null());
+            let (status, copy) = run_timed(&mut cmd, TIMEOUT)?;
+            if !status.success() {
+                return Err(format!("cp failed: {status}"));
+            }
+            let t = Instant::now();
+            File::open(&dst).and_then(|f| f.sync_all()).map_err(|e| io("fsync", &dst, e))?;
+            if fsync {
+                durable.push((copy + t.elapsed()).as_secs_f64());
+            } else {
+                cache.push(copy.as_secs_f64());
+            }
+            fs::remove_file(&dst).map_err(|e| io("remove", &dst, e))?;
+        }
+    }
+    fs::remove_file(&src).map_err(|e| io("remove", &src, e))?;
+    Ok(Cp { cache: median(cache), durable: median(durable) })
+}
+
+// ---------------------------------------------------------------------------
+// Interposition overhead
+// ---------------------------------------------------------------------------
+
+/// Times in milliseconds of every run, bare and under ckrun.
+struct Overhead {
+    bare: Vec<f64>,
+    ckrun: Vec<f64>,
+}
+
+impl Overhead {
+    fn bare_ms(&self) -> f64 {
+        median(self.bare.clone())
+    }
+
+    fn ckrun_ms(&self) -> f64 {
+        median(self.ckrun.clone())
+    }
+
+    /// Overhead of the medians, in percent.
+    fn percent(&self) -> f64 {
+        (self.ckrun_ms() - self.bare_ms()) / self.bare_ms() * 100.0
+    }
+
+    /// Overhead of the fastest runs, in percent: less sensitive to other
+    /// load on the machine, so a large difference from [`Self::percent`]
+    /// means the medians are noise.
+    fn percent_of_min(&self) -> f64 {
+        let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+        (min(&self.ckrun) - min(&self.bare)) / min(&self.bare) * 100.0
+    }
+
+    /// `median (min–max)`.
+    fn spread(v: &[f64]) -> String {
+        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = v.iter().copied().fold(0.0, f64::max);
+        format!("{:.2} ({min:.2}–{max:.2})", median(v.to_vec()))
+    }
+}
+
+/// `syscalls MODE N` bare and under ckrun, interleaved so that drift in the
+/// machine's speed hits both alike; the program times its own loop.
+fn syscall_loop(t: &Tools, mode: &str, n: &str, runs: usize) -> Res<Overhead> {
+    let imgdir = t.tmp.join("img-syscalls");
+    fs::create_dir_all(&imgdir).map_err(|e| format!("create {}: {e}", imgdir.display()))?;
+    let parse = |out: String| -> Res<f64> {
+        out.lines()
+            .find_map(|l| l.strip_prefix("ns ")?.trim().parse::<f64>().ok())
+            .map(|ns| ns / 1e6)
+            .ok_or_else(|| format!("no `ns` line in {out:?}"))
+    };
+    let (mut bare, mut under) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let out = run_output(Command::new(&t.syscalls).args([mode, n]).current_dir(&t.tmp), TIMEOUT)?;
+        bare.push(parse(out)?);
+        let mut cmd = Command::new(&t.ckrun);
+        cmd.arg("--dir").arg(&imgdir).arg(&t.syscalls).args([mode, n]).current_dir(&t.tmp);
+        under.push(parse(run_output(&mut cmd, TIMEOUT)?)?);
+    }
+    Ok(Overhead { bare, ckrun: under })
+}
+
+/// `true` vs `ckrun true`, spawn → exit, interleaved.
+fn startup(t: &Tools) -> Res<Overhead> {
+    let (mut bare, mut under) = (Vec::new(), Vec::new());
+    for _ in 0..STARTUP_RUNS {
+        for with_ckrun in [false, true] {
+            let mut cmd = if with_ckrun {
+                let mut c = Command::new(&t.ckrun);
+                c.arg("--dir").arg(&t.tmp).arg("true");
+                c
+            } else {
+                Command::new("true")
+            };
+            cmd.current_dir(&t.tmp).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            let (status, took) = run_timed(&mut cmd, Duration::from_secs(30))?;
+            if !status.success() {
+                return Err(format!("{cmd:?} failed: {status}"));
+            }
+            let ms = took.as_secs_f64() * 1000.0;
+            if with_ckrun {
+                under.push(ms)
+            } else {
+                bare.push(ms)
+            }
+        }
+    }
+    Ok(Overhead { bare, ckrun: under })
+}
+
+// ---------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------
+
+struct Report {
+    sizes: Vec<(u64, Res<Ckpt>, Res<Cp>)>,
+    getppid: Res<Overhead>,
+    open: Res<Overhead>,
+    startup: Res<Overhead>,
+}
+
+/// One target of issue 6 and how the run did.
+struct Target {
+    what: String,
+    goal: &'static str,
+    measured: String,
+    pass: Option<bool>,
+}
+
+fn mark(pass: Option<bool>) -> &'static str {
+    match pass {
+        Some(true) => "PASS",
+        Some(false) => "MISS",
+        None => "n/a",
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".into(), |v| format!("{v:.digits$}"))
+}
+
+impl Report {
+    fn failures(&self) -> usize {
+        let sizes = self.sizes.iter().map(|(_, c, p)| c.is_err() as usize + p.is_err() as usize).sum::<usize>();
+        sizes + [&self.getppid, &self.open, &self.startup].iter().filter(|r| r.is_err()).count()
+    }
+
+    fn print(&self) {
+        let mut o = String::new();
+        self.print_checkpoints(&mut o);
+        self.print_overheads(&mut o);
+        self.print_targets(&mut o);
+        print!("{o}");
+        let _ = std::io::stdout().flush();
+    }
+
+    fn print_checkpoints(&self, o: &mut String) {
+        o.push_str(
+            "\n## Checkpoint and restart\n\n\
+             One checkpoint (SIGUSR2 to ckrun) of `memhog SIZE`, which keeps running; then SIGKILL and \
+             `ckrun --restart`. Times from SIGUSR2 (restart: from spawning ckrun).\n\n\
+             | size | pause ms | tick gap ms (normal) | ckpt in page cache s | ckpt durable s | ckrun total s \
+             | image MiB | image/memory | ckrun memory | restart s | ckrun restore ms | restored output |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for (size, c, _) in &self.sizes {
+            match c {
+                Ok(c) => o.push_str(&format!(
+                    "| {size} MiB | {:.1} | {:.0} ({:.0}) | {} | {:.3} | {:.3} | {:.1} | {:.3} | {} | {:.3} | {} | {} |\n",
+                    c.pause_ms,
+                    c.max_gap_ms,
+                    c.normal_gap_ms,
+                    opt(c.in_cache, 3),
+                    c.durable,
+                    c.ckrun_total,
+                    c.image_bytes as f64 / MIB as f64,
+                    c.image_bytes as f64 / (size * MIB) as f64,
+                    c.ckrun_memory,
+                    c.restart,
+                    opt(c.ckrun_restore_ms, 1),
+                    match c.same_output {
+                        Some(true) => format!("same as original (tick {})", c.resumed_tick),
+                        Some(false) => format!("DIFFERS at tick {}", c.resumed_tick),
+                        None => format!("tick {} (not compared)", c.resumed_tick),
+                    }
+                )),
+                Err(e) => o.push_str(&format!("| {size} MiB | FAILED: {} |\n", one_line(e))),
+            }
+        }
+
+        o.push_str(
+            "\n## Where the checkpoint time goes (seen from outside, ±1 ms)\n\n\
+             | size | SIGUSR2 → image file created s | → all bytes written s | → fsync'd and renamed s |\n\
+             |---|---|---|---|\n",
+        );
+        for (size, c, _) in &self.sizes {
+            match c {
+                Ok(c) => o.push_str(&format!(
+                    "| {size} MiB | {} | {} | {:.3} |\n",
+                    opt(c.created, 3),
+                    opt(c.in_cache, 3),
+                    c.durable
+                )),
+                Err(_) => o.push_str(&format!("| {size} MiB | failed (see above) |\n")),
+            }
+        }
+
+        o.push_str(&format!(
+            "\n## Baseline: cp of a file as large as the memory (median of {CP_RUNS})\n\n\
+             | size | cp s (page cache) | cp + fsync s (durable) | ckpt/cp (page cache) | ckpt/cp (durable) |\n\
+             |---|---|---|---|---|\n"
+        ));
+        for (size, c, p) in &self.sizes {
+            match p {
+                Ok(p) => {
+                    let (cache, durable) = match c {
+                        Ok(c) => (c.in_cache.map(|s| s / p.cache), Some(c.durable / p.durable)),
+                        Err(_) => (None, None),
+                    };
+                    o.push_str(&format!(
+                        "| {size} MiB | {:.3} | {:.3} | {} | {} |\n",
+                        p.cache,
+                        p.durable,
+                        opt(cache, 2),
+                        opt(durable, 2)
+                    ));
+                }
+                Err(e) => o.push_str(&format!("| {size} MiB | FAILED: {} |\n", one_line(e))),
+            }
+        }
+    }
+
+    fn print_overheads(&self, o: &mut String) {
+        o.push_str(
+            "\n## Interposition overhead (LD_PRELOAD agent)\n\n\
+             Runs alternate bare / under ckrun. Times in ms: median (min–max). The overhead of the fastest runs \
+             is less sensitive to other load on the machine.\n\n\
+             | test | runs | bare ms | under ckrun ms | overhead (medians) | overhead (fastest runs) |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        let rows: [(&str, &Res<Overhead>); 3] = [
+            ("2,000,000 x getppid + write(/dev/null, 1 byte): loop time", &self.getppid),
+            ("200,000 x open + close of /etc/hostname: loop time", &self.open),
+            ("`ckrun true` vs `true`: spawn → exit", &self.startup),
+        ];
+        for (i, (what, r)) in rows.iter().enumerate() {
+            match r {
+                Ok(r) => {
+                    let (diff, diff_min) = if i == 2 {
+                        let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+                        (
+                            format!("{:+.2} ms ({:+.0}%)", r.ckrun_ms() - r.bare_ms(), r.percent()),
+                            format!("{:+.2} ms", min(&r.ckrun) - min(&r.bare)),
+                        )
+                    } else {
+                        (format!("{:+.2}%", r.percent()), format!("{:+.2}%", r.percent_of_min()))
+                    };
+                    o.push_str(&format!(
+                        "| {what} | {} | {} | {} | {diff} | {diff_min} |\n",
+                        r.bare.len(),
+                        Overhead::spread(&r.bare),
+                        Overhead::spread(&r.ckrun)
+                    ));
+                }
+                Err(e) => o.push_str(&format!("| {what} | FAILED: {} |\n", one_line(e))),
+            }
+        }
+    }
+
+    fn print_targets(&self, o: &mut String) {
+        // The checkpoint targets are for 1 GiB; without it, the largest size
+        // measured stands in (and says so).
+        let pick = self
+            .sizes
+            .iter()
+            .filter(|(_, c, _)| c.is_ok())
+            .max_by_key(|(s, _, _)| (*s == 1024, *s))
+            .and_then(|(s, c, _)| c.as_ref().ok().map(|c| (*s, c)));
+        let at = match pick {
+            Some((1024, _)) => "1 GiB".to_string(),
+            Some((s, _)) => format!("{s} MiB (target is for 1 GiB)"),
+            None => "1 GiB".to_string(),
+        };
+        let ck = pick.map(|(_, c)| c);
+        let size = pick.map_or(1024, |(s, _)| s);
+        let mut t = Vec::new();
+        let mut add = |what: String, goal, value: Option<(String, bool)>| {
+            let (measured, pass) = value.map_or(("not measured".into(), None), |(m, p)| (m, Some(p)));
+            t.push(Target { what, goal, measured, pass });
+        };
+        add(format!("pause, {at}"), "< 20 ms", ck.map(|c| (format!("{:.1} ms", c.pause_ms), c.pause_ms < 20.0)));
+        add(
+            format!("checkpoint, image in page cache, {at}"),
+            "< 0.7 s",
+            ck.and_then(|c| c.in_cache).map(|s| (format!("{s:.3} s"), s < 0.7)),
+        );
+        add(
+            format!("checkpoint, durable image (incl. fsync), {at}"),
+            "< 1.2 s",
+            ck.map(|c| (format!("{:.3} s", c.durable), c.durable < 1.2)),
+        );
+        add(
+            format!("image size / touched memory, {at}"),
+            "≤ 0.55",
+            ck.map(|c| {
+                let r = c.image_bytes as f64 / (size * MIB) as f64;
+                (format!("{r:.3}"), r <= 0.55)
+            }),
+        );
+        add(
+            format!("restart to next output, {at}"),
+            "< 0.4 s",
+            ck.map(|c| (format!("{:.3} s", c.restart), c.restart < 0.4 && c.same_output != Some(false))),
+        );
+        let pct = |r: &Res<Overhead>, limit: f64| {
+            r.as_ref().ok().map(|r| (format!("{:+.2}%", r.percent()), r.percent() < limit))
+        };
+        add("getppid + write overhead".into(), "< 2%", pct(&self.getppid, 2.0));
+        add("open + close overhead".into(), "< 5%", pct(&self.open, 5.0));
+        add(
+            "`ckrun true` start-up over `true`".into(),
+            "< 5 ms",
+            self.startup.as_ref().ok().map(|r| {
+                let d = r.ckrun_ms() - r.bare_ms();
+                (format!("+{d:.2} ms"), d < 5.0)
+            }),
+        );
+
+        o.push_str("\n## Targets (issue 6)\n\n| target | goal | measured | result |\n|---|---|---|---|\n");
+        for x in &t {
+            o.push_str(&format!("| {} | {} | {} | {} |\n", x.what, x.goal, x.measured, mark(x.pass)));
+        }
+        let passed = t.iter().filter(|x| x.pass == Some(true)).count();
+        o.push_str(&format!("\n{passed} of {} targets met. Load average at the end: {}.\n", t.len(), load_average()));
+    }
+}
+
+/// An error on one table row.
+fn one_line(s: &str) -> String {
+    s.replace('\n', " ").replace('|', "/")
+}
