@@ -103,11 +103,7 @@ pub fn select_pages(mem: &RemoteMemory, regions: &[Region], which: impl Fn(&Regi
             while p < npages && take(p) && (p - begin) < CHUNK_PAGES as usize {
                 p += 1;
             }
-            runs.push(PageRun {
-                region: i,
-                addr: r.start + begin as u64 * PAGE_SIZE,
-                npages: (p - begin) as u32,
-            });
+            runs.push(PageRun { region: i, addr: r.start + begin as u64 * PAGE_SIZE, npages: (p - begin) as u32 });
         }
     }
     Ok(runs)
