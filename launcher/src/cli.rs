@@ -33,11 +33,11 @@ pub enum Command {
         image: PathBuf,
         json: bool,
     },
-    /// Internal: the process that becomes the restored program.
+    /// Internal: the process that becomes process `index` of the image.
     RestoreChild {
-        image_fd: i32,
+        image: PathBuf,
         index: usize,
-        ctl_fd: i32,
+        socket: String,
     },
     Help,
     Version,
@@ -104,13 +104,11 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, CkError> {
             "--json" => json = true,
             "--dry-run" => dry_run = true,
             "--restore-child" => {
-                let mut num = |n: &str| -> Result<i64, CkError> {
-                    value(n)?.to_string_lossy().parse().map_err(|_| usage(format!("{n}: not a number")))
-                };
-                let image_fd = num("image fd")? as i32;
-                let index = num("index")? as usize;
-                let ctl_fd = num("ctl fd")? as i32;
-                return Ok(Command::RestoreChild { image_fd, index, ctl_fd });
+                let image = PathBuf::from(value("image")?);
+                let index =
+                    value("index")?.to_string_lossy().parse().map_err(|_| usage("index: not a number".into()))?;
+                let socket = value("socket")?.to_string_lossy().into_owned();
+                return Ok(Command::RestoreChild { image, index, socket });
             }
             _ => return Err(usage(format!("unknown option {s}"))),
         }

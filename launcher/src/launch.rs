@@ -53,6 +53,7 @@ pub fn run(program: OsString, args: Vec<OsString>, opts: Overrides) -> Result<i3
         .env("LD_PRELOAD", preload)
         .env(ENV_SOCKET, &settings.socket_name)
         .env(ENV_TRIGGER, settings.trigger.to_string())
+        .env(ckrun_proto::ENV_COORDINATOR, std::process::id().to_string())
         .spawn()
         .map_err(|e| CkError::Environment(format!("cannot start {}: {e}", path.display())))?;
     let command: Vec<String> = std::env::args().collect();

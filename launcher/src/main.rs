@@ -50,6 +50,6 @@ fn run() -> anyhow::Result<i32> {
         cli::Command::Run { program, args, opts } => launch::run(program, args, opts),
         cli::Command::Restart { image, opts, dry_run } => restore::restart(&image, opts, dry_run),
         cli::Command::Inspect { image, json } => restore::inspect(&image, json),
-        cli::Command::RestoreChild { image_fd, index, ctl_fd } => restore::child::main(image_fd, index, ctl_fd),
+        cli::Command::RestoreChild { image, index, socket } => restore::child::main(&image, index, &socket),
     }
 }

@@ -20,6 +20,7 @@ pub mod signals;
 pub mod state;
 pub mod suspend;
 pub mod sys;
+pub mod tree;
 
 use ckrun_proto::{
     kind, Hello, AGENT_FD_MIN, DEFAULT_TRIGGER, ENV_SOCKET, ENV_TRIGGER, PROTOCOL_VERSION, SUSPEND_SIGNAL,
@@ -39,7 +40,7 @@ extern "C" fn agent_init() {
         .and_then(|s| core::str::from_utf8(s).ok()?.parse::<i32>().ok())
         .filter(|s| (1..=64).contains(s) && *s != SUSPEND_SIGNAL)
         .unwrap_or(DEFAULT_TRIGGER);
-    let Some(fd) = connect(name) else {
+    let Some(fd) = connect_at(name, -1) else {
         warn(b"ckrun agent: cannot reach the coordinator; running without checkpoints\n");
         return;
     };
@@ -53,10 +54,24 @@ extern "C" fn agent_init() {
         sys::close(fd);
         return;
     }
+    let coordinator = getenv(ckrun_proto::ENV_COORDINATOR)
+        .and_then(|s| core::str::from_utf8(s).ok()?.parse::<i32>().ok())
+        .unwrap_or(0);
+    state::COORDINATOR.store(coordinator, Relaxed);
+    tree::remember_env(name, trigger, coordinator);
     // Whatever mask the program inherited, the agent's signals get through.
     let reserved = state::reserved_mask();
     sys::sigprocmask(libc::SIG_UNBLOCK, Some(&reserved), None);
-    let hello = Hello { version: PROTOCOL_VERSION, pid: sys::getpid(), agent_fd: fd, trigger };
+    hello();
+}
+
+/// Tells the coordinator who we are.
+pub(crate) fn hello() {
+    let fd = CTL_FD.load(Relaxed);
+    if fd < 0 {
+        return;
+    }
+    let hello = Hello { version: PROTOCOL_VERSION, pid: sys::getpid(), agent_fd: fd, trigger: TRIGGER.load(Relaxed) };
     channel::send_msg(kind::HELLO, &[hello]);
 }
 
@@ -74,8 +89,11 @@ fn getenv(name: &str) -> Option<&'static [u8]> {
 }
 
 /// Connects to the coordinator's abstract socket and moves the connection
-/// to a high fd, close-on-exec (a program exec'd from here reconnects).
-fn connect(name: &[u8]) -> Option<i32> {
+/// to a high fd, close-on-exec (a program exec'd from here reconnects):
+/// onto `at` if it is an fd number already (after fork), else the first
+/// free one from AGENT_FD_MIN. Plain syscalls only: it also runs in a child
+/// right after fork.
+pub(crate) fn connect_at(name: &[u8], at: i32) -> Option<i32> {
     // SAFETY: plain socket calls on locals.
     unsafe {
         let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
@@ -95,6 +113,11 @@ fn connect(name: &[u8]) -> Option<i32> {
         if libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
             libc::close(fd);
             return None;
+        }
+        if at >= 0 {
+            let r = libc::dup3(fd, at, libc::O_CLOEXEC);
+            libc::close(fd);
+            return (r >= 0).then_some(at);
         }
         let mut lim: libc::rlimit = core::mem::zeroed();
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);

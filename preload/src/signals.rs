@@ -305,7 +305,7 @@ pub(crate) extern "C" fn on_trigger(sig: c_int, info: *mut libc::siginfo_t, uc: 
     // SAFETY: the kernel passes a valid siginfo; si_code at byte 8, si_pid at 16.
     let (code, sender): (i32, i32) = unsafe { (sys::siginfo_word(info, 8), sys::siginfo_word(info, 16)) };
     let from_user = code <= 0; // SI_USER, SI_QUEUE, SI_TKILL...
-    if !from_user || sender == sys::getpid() || !active() {
+    if !from_user || !active() || crate::suspend::in_tree(sender) {
         deliver_to_program(sig, info, uc);
         return;
     }

@@ -9,6 +9,8 @@ use core::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, Ordering::Relaxed};
 pub static CTL_FD: AtomicI32 = AtomicI32::new(-1);
 /// The checkpoint trigger signal (SIGUSR2 unless `--signal`).
 pub static TRIGGER: AtomicI32 = AtomicI32::new(0);
+/// ckrun's pid: the processes below it are the tree.
+pub static COORDINATOR: AtomicI32 = AtomicI32::new(0);
 /// glibc's `__rseq_offset` (from the thread pointer) and `__rseq_size`;
 /// size 0 when glibc does not register rseq.
 pub static RSEQ_OFFSET: AtomicI64 = AtomicI64::new(0);

@@ -15,6 +15,8 @@
 pub const ENV_SOCKET: &str = "CKRUN_SOCKET";
 /// Environment: number of the signal that requests a checkpoint.
 pub const ENV_TRIGGER: &str = "CKRUN_SIGNAL";
+/// Environment: the coordinator's pid (the root of the tree).
+pub const ENV_COORDINATOR: &str = "CKRUN_COORDINATOR";
 /// Environment: explicit path of `libckpt.so`.
 pub const ENV_PRELOAD: &str = "CKRUN_PRELOAD";
 
@@ -186,7 +188,8 @@ pub struct Resume {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub trigger: i32,
-    pub _pad: u32,
+    /// The new coordinator's pid.
+    pub coordinator: i32,
 }
 
 /// Plain old data: `#[repr(C)]`, no padding bytes, no pointers, every bit

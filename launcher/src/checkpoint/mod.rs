@@ -16,8 +16,9 @@ pub mod memory;
 pub mod process;
 
 use crate::coordinator::agent::{kind_of, Agent};
+use crate::coordinator::tree;
 use crate::fdtypes;
-use crate::image::manifest::{ImageInfo, Manifest, ProcessImage, Settings, ThreadImage};
+use crate::image::manifest::{FdImage, GhostFile, ImageInfo, Manifest, ProcessImage, Settings, ThreadImage, Zombie};
 use crate::image::ImageWriter;
 use crate::sys::mem::RemoteMemory;
 use crate::sys::{machine, proc::sigqueue};
@@ -92,46 +93,66 @@ impl Drop for ResumeGuard<'_, '_> {
     }
 }
 
-/// Checkpoints the processes behind `agents` into image number `sequence`.
-pub fn take(agents: &[Agent], settings: &Settings, command: &[String], sequence: u32) -> Result<Outcome> {
+/// The tree changed (a process forked or exited) while it was being
+/// stopped; the checkpoint is abandoned and may be tried again at once.
+#[derive(Debug, thiserror::Error)]
+#[error("the process tree changed during the checkpoint")]
+pub struct TreeChanged;
+
+/// What to checkpoint: the live processes of the tree (parents first) with
+/// their agents, and the zombies among them.
+pub struct Tree<'a> {
+    pub live: Vec<&'a Agent>,
+    pub zombies: Vec<Zombie>,
+    /// The program ckrun started (its pid names the image).
+    pub root: i32,
+}
+
+/// Checkpoints `tree` into image number `sequence`.
+pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32) -> Result<Outcome> {
     let t0 = Instant::now();
-    let root = agents.first().ok_or_else(|| anyhow!("the program has not started its agent yet"))?;
-    if agents.len() > 1 {
-        bail!("the program runs {} processes; checkpointing process trees is not supported yet", agents.len());
-    }
-    let path = settings.dir.join(format!("{}.{}.{}.ckimg", settings.image_name, root.pid, sequence));
+    let path = settings.dir.join(format!("{}.{}.{}.ckimg", settings.image_name, tree.root, sequence));
     let mut out = ImageWriter::create(&path)?;
     let mut merged_requests = 0;
 
-    // 1. Suspend.
+    // 1. Suspend every process, then check nobody forked meanwhile.
     let value = SUSPEND_MAGIC | SUSPEND_LEAD | (settings.frozen as u64) << 8;
     let mut stopped = Vec::new();
     let mut guard = ResumeGuard { stopped: &mut stopped, resumed: false };
-    for a in agents {
+    for a in &tree.live {
         sigqueue(a.pid, SUSPEND_SIGNAL, value).with_context(|| format!("signalling process {}", a.pid))?;
+    }
+    for a in &tree.live {
         let s = wait_suspended(a, &mut merged_requests)?;
         guard.stopped.push(s);
     }
+    let snapshots: Vec<i32> = guard.stopped.iter().map(|s| s.head.snapshot_pid).filter(|&p| p > 0).collect();
+    let now: Vec<i32> =
+        tree::descendants(std::process::id() as i32, &snapshots).iter().filter(|m| !m.zombie).map(|m| m.pid).collect();
+    if now.len() != tree.live.len() || tree.live.iter().any(|a| !now.contains(&a.pid)) {
+        return Err(TreeChanged.into());
+    }
 
     // 2. What changes once the program runs again, and shared memory.
-    let mut images = Vec::new();
-    let mut warnings = Vec::new();
-    let mut memory_bytes = 0;
     let frozen = guard.stopped.iter().any(|s| s.head.snapshot_pid <= 0);
     // The agent's own signals are never pending for the program.
     let reserved = 1u64 << (SUSPEND_SIGNAL - 1) | 1u64 << (settings.trigger - 1);
-    for s in guard.stopped.iter() {
-        let pid = s.agent.pid;
-        let img = capture_stopped(s, &mut out, frozen, reserved, &mut memory_bytes)?;
-        let what: Vec<String> = img.1.iter().map(|u| format!("process {pid}: {u}")).collect();
-        if settings.strict && !what.is_empty() {
-            bail!("{} cannot be restored (--strict)", what.join(", "));
-        }
-        warnings.extend(what.into_iter().map(|w| format!("{w} cannot be restored; it will be closed after a restart")));
-        images.push(img.0);
+    let procs: Vec<(i32, i32)> = guard.stopped.iter().map(|s| (s.agent.pid, s.agent.agent_fd)).collect();
+    let mut fds = fdtypes::capture(&procs, &mut out)?;
+    let what: Vec<String> = fds.unsupported.clone();
+    if settings.strict && !what.is_empty() {
+        bail!("{} cannot be restored (--strict)", what.join(", "));
+    }
+    let warnings: Vec<String> =
+        what.into_iter().map(|w| format!("{w} cannot be restored; it will be closed after a restart")).collect();
+    let mut images = Vec::new();
+    let mut memory_bytes = 0;
+    for (i, s) in guard.stopped.iter().enumerate() {
+        let table = std::mem::take(&mut fds.fds[i]);
+        images.push(capture_stopped(s, table, &mut fds.ghosts, &mut out, frozen, reserved, &mut memory_bytes)?);
     }
 
-    // 3./4. Resume; private memory from the snapshot.
+    // 3./4. Resume; private memory from the snapshots.
     guard.resume(false);
     let paused = t0.elapsed();
     if !frozen {
@@ -161,7 +182,12 @@ pub fn take(agents: &[Agent], settings: &Settings, command: &[String], sequence:
             memory_bytes,
         },
         settings: settings.clone(),
+        root: tree.root,
         processes: images,
+        zombies: tree.zombies.clone(),
+        files: fds.files,
+        ghosts: fds.ghosts,
+        pipes: fds.pipes,
     };
     let image_bytes = out.finish(&manifest)?;
     Ok(Outcome { path, memory_bytes, image_bytes, paused, total: t0.elapsed(), warnings, merged_requests })
@@ -172,21 +198,22 @@ pub fn take(agents: &[Agent], settings: &Settings, command: &[String], sequence:
 /// `frozen` all of its memory. Returns the image and the unrestorable fds.
 fn capture_stopped(
     s: &Stopped,
+    fds: Vec<FdImage>,
+    ghosts: &mut Vec<GhostFile>,
     out: &mut ImageWriter,
     frozen: bool,
     reserved: u64,
     saved: &mut u64,
-) -> Result<(ProcessImage, Vec<String>)> {
+) -> Result<ProcessImage> {
     let pid = s.agent.pid;
     let st = process::capture_state(pid)?;
-    let mut fds = fdtypes::capture(pid, s.agent.agent_fd, out)?;
     let layout = process::capture_layout(pid, s.head.brk)?;
-    let mut regions = memory::classify(&layout.maps, |m| fdtypes::ghost::capture_mapping(pid, m, &mut fds.ghosts, out))
+    let mut regions = memory::classify(&layout.maps, |m| fdtypes::ghost::capture_mapping(pid, m, ghosts, out))
         .with_context(|| format!("process {pid}"))?;
     let mem = RemoteMemory::open(pid)?;
     let runs = memory::select_pages(&mem, &regions, |r| frozen || r.shared)?;
     *saved += memory::save_pages(&mem, &runs, &mut regions, out)?;
-    let img = ProcessImage {
+    Ok(ProcessImage {
         pid,
         ppid: st.stat.ppid,
         pgid: st.stat.pgrp,
@@ -199,15 +226,11 @@ fn capture_stopped(
         mm: layout.mm,
         auxv: layout.auxv,
         regions,
-        fds: fds.fds,
-        files: fds.files,
-        ghosts: fds.ghosts,
-        pipes: fds.pipes,
+        fds,
         pending: process::pending_signals(pid, reserved)?,
         threads: s.threads.iter().map(ThreadImage::from).collect(),
         agent_fd: s.agent.agent_fd,
-    };
-    Ok((img, fds.unsupported))
+    })
 }
 
 /// Collects an agent's SUSPENDED report and its thread records.

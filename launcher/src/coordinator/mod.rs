@@ -5,10 +5,14 @@
 
 pub mod agent;
 pub mod socket;
+pub mod tree;
 
 use crate::checkpoint;
+use crate::error::EXIT_FAILURE;
 use crate::image::inspect::bytes;
 use crate::image::manifest::Settings;
+use crate::image::manifest::Zombie;
+use crate::restore::transfer;
 use agent::{kind_of, Agent};
 use anyhow::{Context, Result};
 use ckrun_proto::{decode, kind, Config, Hello, PROTOCOL_VERSION};
@@ -33,11 +37,43 @@ impl Ending {
     }
 }
 
-/// A restored process whose agent has not reported back yet.
-pub struct PendingRestore {
-    pub pid: i32,
-    pub started: Instant,
+/// A restart in progress: the restore children connect, get their share
+/// of the tree's objects, and report ready; once all are, they all go.
+pub struct RestoreSession {
     pub image: std::path::PathBuf,
+    pub started: Instant,
+    /// What each process of the image receives: (tags, fds).
+    pub sends: Vec<(Vec<u32>, Vec<i32>)>,
+    /// The image's pids, and each process's agent fd.
+    pub pids: Vec<i32>,
+    pub agent_fds: Vec<i32>,
+    /// The objects' fds, closed once everyone has them.
+    pub objects: Vec<i32>,
+    ready: Vec<i32>,
+    restored: Vec<i32>,
+    go: bool,
+}
+
+impl RestoreSession {
+    pub fn new(
+        image: std::path::PathBuf,
+        sends: Vec<(Vec<u32>, Vec<i32>)>,
+        pids: Vec<i32>,
+        agent_fds: Vec<i32>,
+        objects: Vec<i32>,
+    ) -> Self {
+        RestoreSession {
+            image,
+            started: Instant::now(),
+            sends,
+            pids,
+            agent_fds,
+            objects,
+            ready: vec![],
+            restored: vec![],
+            go: false,
+        }
+    }
 }
 
 pub struct Coordinator {
@@ -49,7 +85,7 @@ pub struct Coordinator {
     program: i32,
     /// Number of the last image written (the next is sequence + 1).
     sequence: u32,
-    pending: Vec<PendingRestore>,
+    restore: Option<RestoreSession>,
     /// The program's end, when seen outside the main loop's own check.
     ended: Option<Ending>,
 }
@@ -94,15 +130,14 @@ impl Coordinator {
             agents: Vec::new(),
             program,
             sequence,
-            pending: Vec::new(),
+            restore: None,
             ended: None,
         }
     }
 
-    /// Registers a restored process's connection, made before it existed.
-    pub fn add_restored(&mut self, agent: Agent, image: std::path::PathBuf) {
-        self.pending.push(PendingRestore { pid: agent.pid, started: Instant::now(), image });
-        self.agents.push(agent);
+    /// Coordinates a restart: restore children will connect.
+    pub fn start_restore(&mut self, r: RestoreSession) {
+        self.restore = Some(r);
     }
 
     /// Runs until the program ends; returns how it ended.
@@ -191,8 +226,9 @@ impl Coordinator {
                 } else {
                     Ending::Exited(libc::WEXITSTATUS(status))
                 };
-                if let Some(p) = self.pending.iter().find(|p| p.pid == pid) {
-                    return Some(restore_failure(p, &end));
+                if self.restore.is_some() {
+                    self.abort_restore();
+                    return Some(restore_failure(&end));
                 }
                 return Some(end);
             }
@@ -207,6 +243,9 @@ impl Coordinator {
         let Ok(Some(msg)) = probe.recv_within(Duration::from_secs(5)) else {
             return;
         };
+        if kind_of(&msg) == transfer::RESTORE_HELLO {
+            return self.on_restore_child(probe, &msg);
+        }
         let Some((_, v)) = decode::<Hello>(&msg) else {
             return;
         };
@@ -228,46 +267,126 @@ impl Coordinator {
             Ok(Some(msg)) => match kind_of(&msg) {
                 kind::CHECKPOINT_REQUEST => self.checkpoint(),
                 kind::RESTORED => self.on_restored(i),
-                kind::RESTORE_FAILED => self.on_restore_failed(i, &msg),
+                kind::RESTORE_FAILED => {
+                    if let Some((_, v)) = decode::<ckrun_proto::RestoreFailure>(&msg) {
+                        if let Some(f) = v.first() {
+                            eprintln!("ckrun: {}", crate::restore::describe_failure(f));
+                        }
+                    }
+                }
+                transfer::READY => self.on_ready(pid),
+                transfer::FAILED => {
+                    let code = msg.get(8..12).map_or(EXIT_FAILURE, |c| i32::from_ne_bytes(c.try_into().unwrap()));
+                    eprintln!("ckrun: process {pid}: {}", String::from_utf8_lossy(msg.get(12..).unwrap_or_default()));
+                    self.abort_restore();
+                    self.ended = Some(Ending::Exited(code));
+                }
                 _ => {}
             },
             Ok(None) => {}
             Err(_) => {
                 self.agents.remove(i);
+                if self.restore.as_ref().is_some_and(|r| !r.go) && self.ended.is_none() {
+                    eprintln!("ckrun: restore failed: process {pid} ended before it was restored");
+                    self.abort_restore();
+                    self.ended = Some(Ending::Exited(EXIT_FAILURE));
+                }
+            }
+        }
+    }
+
+    /// A restore child connected: send it what it needs.
+    fn on_restore_child(&mut self, conn: Agent, msg: &[u8]) {
+        let Some(r) = self.restore.as_mut() else { return };
+        let Some(h) = msg.get(8..).and_then(ckrun_proto::read_pod::<transfer::Hello>) else { return };
+        let i = h.index as usize;
+        if r.pids.get(i) != Some(&h.pid) {
+            return;
+        }
+        let (tags, fds) = &r.sends[i];
+        if transfer::send_fds(conn.conn.as_raw_fd(), tags, fds).is_err() {
+            return;
+        }
+        let agent_fd = r.agent_fds[i];
+        self.agents.retain(|a| a.pid != h.pid);
+        self.agents.push(Agent { pid: h.pid, agent_fd, running: false, ..conn });
+    }
+
+    fn on_ready(&mut self, pid: i32) {
+        let Some(r) = self.restore.as_mut() else { return };
+        if !r.ready.contains(&pid) {
+            r.ready.push(pid);
+        }
+        if r.ready.len() == r.pids.len() && !r.go {
+            r.go = true;
+            for a in self.agents.iter().filter(|a| r.pids.contains(&a.pid)) {
+                let _ = transfer::send(a.conn.as_raw_fd(), transfer::GO, &[]);
+            }
+            for fd in r.objects.drain(..) {
+                // SAFETY: the objects' fds are ours; every process has its copies.
+                unsafe { libc::close(fd) };
             }
         }
     }
 
     fn on_restored(&mut self, i: usize) {
         let pid = self.agents[i].pid;
-        let _ = self.agents[i].send(kind::CONFIG, &[Config { trigger: self.settings.trigger, _pad: 0 }]);
+        let config = Config { trigger: self.settings.trigger, coordinator: std::process::id() as i32 };
+        let _ = self.agents[i].send(kind::CONFIG, &[config]);
         self.agents[i].running = true;
-        if let Some(k) = self.pending.iter().position(|p| p.pid == pid) {
-            let p = self.pending.remove(k);
-            eprintln!(
-                "ckrun: restarted process {pid} from {} in {:.1} ms",
-                p.image.display(),
-                p.started.elapsed().as_secs_f64() * 1000.0
-            );
+        let Some(r) = self.restore.as_mut() else { return };
+        if !r.restored.contains(&pid) {
+            r.restored.push(pid);
+        }
+        if r.restored.len() == r.pids.len() {
+            let n = r.pids.len();
+            let what = if n == 1 { format!("process {pid}") } else { format!("{n} processes") };
+            let ms = r.started.elapsed().as_secs_f64() * 1000.0;
+            eprintln!("ckrun: restarted {what} from {} in {ms:.1} ms", r.image.display());
+            self.restore = None;
         }
     }
 
-    fn on_restore_failed(&mut self, i: usize, msg: &[u8]) {
-        if let Some((_, v)) = decode::<ckrun_proto::RestoreFailure>(msg) {
-            if let Some(f) = v.first() {
-                eprintln!("ckrun: {}", crate::restore::describe_failure(f));
-            }
+    /// Calls a restart off. Nothing of the new tree reached the restorer
+    /// without the go, so every process of it is still ckrun code: killing
+    /// them leaves nothing half-restored.
+    fn abort_restore(&mut self) {
+        let Some(r) = self.restore.take() else { return };
+        if r.go {
+            return;
         }
-        let _ = i;
+        for m in tree::descendants(std::process::id() as i32, &[]) {
+            // SAFETY: plain kill of our own descendants.
+            unsafe { libc::kill(m.pid, libc::SIGKILL) };
+        }
+        for fd in r.objects {
+            // SAFETY: closing our own fds.
+            unsafe { libc::close(fd) };
+        }
     }
 
     fn checkpoint(&mut self) {
-        if !self.pending.is_empty() || self.agents.iter().any(|a| !a.running) {
+        if self.restore.is_some() || self.agents.iter().any(|a| !a.running) {
             eprintln!("ckrun: the program is still being restored; checkpoint request ignored");
             return;
         }
         let seq = self.sequence + 1;
-        match checkpoint::take(&self.agents, &self.settings, &self.command, seq) {
+        let mut result = Err(anyhow::anyhow!("no attempt"));
+        for _ in 0..5 {
+            result = match self.await_agents() {
+                Ok(zombies) => {
+                    let live = self.live_agents();
+                    let tree = checkpoint::Tree { live, zombies, root: self.program };
+                    checkpoint::take(&tree, &self.settings, &self.command, seq)
+                }
+                Err(e) => Err(e),
+            };
+            // A process forked or exited while the tree was being stopped: again.
+            if !matches!(&result, Err(e) if e.is::<checkpoint::TreeChanged>()) {
+                break;
+            }
+        }
+        match result {
             Ok(o) => {
                 self.sequence = seq;
                 for w in &o.warnings {
@@ -293,6 +412,44 @@ impl Coordinator {
         self.drain_requests();
     }
 
+    /// Waits (briefly) until every live process of the tree has its agent
+    /// connected: one that just forked or exec'd is about to check in.
+    /// Returns the tree's zombies.
+    fn await_agents(&mut self) -> Result<Vec<Zombie>> {
+        let me = std::process::id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let members = tree::descendants(me, &[]);
+            let missing = members.iter().find(|m| !m.zombie && !self.agents.iter().any(|a| a.pid == m.pid));
+            let Some(m) = missing else {
+                return Ok(members
+                    .iter()
+                    .filter(|m| m.zombie)
+                    .map(|m| Zombie { pid: m.pid, ppid: m.ppid, status: tree::exit_status(m.pid) })
+                    .collect());
+            };
+            if Instant::now() > deadline {
+                let comm = crate::sys::procfs::read(m.pid, "comm").unwrap_or_default();
+                anyhow::bail!(
+                    "process {} ({}) of the tree runs without ckrun's agent (a static binary?); it cannot be checkpointed",
+                    m.pid,
+                    comm.trim()
+                );
+            }
+            let mut p = libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut p, 1, 20) } > 0 {
+                self.on_connection();
+            }
+        }
+    }
+
+    /// The agents of the tree's live processes, parents first.
+    fn live_agents(&self) -> Vec<&Agent> {
+        let members = tree::descendants(std::process::id() as i32, &[]);
+        members.iter().filter(|m| !m.zombie).filter_map(|m| self.agents.iter().find(|a| a.pid == m.pid)).collect()
+    }
+
     /// Requests that queued up while a checkpoint ran are merged into it.
     fn drain_requests(&mut self) {
         let mut merged = 0;
@@ -316,15 +473,15 @@ impl Coordinator {
     }
 }
 
-/// A restored process died before its agent reported back.
-fn restore_failure(p: &PendingRestore, end: &Ending) -> Ending {
+/// The program died before the restart completed.
+fn restore_failure(end: &Ending) -> Ending {
     match *end {
         // The restorer reported the failed step over the agent connection.
         Ending::Exited(crate::restore::RESTORER_FAILED) => Ending::Exited(crate::error::EXIT_FAILURE),
         // The restore child reports its own errors and exits with ckrun's codes.
         Ending::Exited(c) if c != 0 => Ending::Exited(c),
         Ending::Signaled(s) => {
-            eprintln!("ckrun: the process restored from {} died of signal {s} before it resumed", p.image.display());
+            eprintln!("ckrun: restore failed: the program died of signal {s} before it resumed");
             Ending::Exited(crate::error::EXIT_FAILURE)
         }
         Ending::Exited(c) => Ending::Exited(c),

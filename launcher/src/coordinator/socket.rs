@@ -36,6 +36,38 @@ pub fn listen(name: &str) -> io::Result<OwnedFd> {
     }
 }
 
+/// Connects to the coordinator listening on `name`.
+pub fn connect(name: &str) -> io::Result<OwnedFd> {
+    let (addr, len) = abstract_addr(name)?;
+    // SAFETY: plain socket calls; the fd is owned right away.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        if libc::connect(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
+
+/// The abstract name of the socket `fd` is connected to.
+pub fn name_of(fd: std::os::fd::RawFd) -> io::Result<String> {
+    // SAFETY: sockaddr_un is plain data; getpeername fills at most len bytes.
+    unsafe {
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        if libc::getpeername(fd, &mut addr as *mut _ as *mut libc::sockaddr, &mut len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = len as usize - std::mem::size_of::<libc::sa_family_t>();
+        let bytes: Vec<u8> = addr.sun_path[1..n].iter().map(|&c| c as u8).collect();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
 pub fn accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
     // SAFETY: accept4 with null address arguments; the fd is owned right away.
     let fd =
@@ -48,6 +80,7 @@ pub fn accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
     }
 }
 
+#[cfg(test)]
 /// A connected pair; the second end is inheritable (no CLOEXEC), for a child.
 pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];

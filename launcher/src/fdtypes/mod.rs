@@ -26,12 +26,13 @@ pub mod signalfd;
 pub mod timerfd;
 pub mod tty;
 
-use crate::image::manifest::{FdImage, GhostFile, OpenFile, PipeImage, ProcessImage};
+use crate::image::manifest::{FdImage, FileLock, GhostFile, LockKind, OpenFile, PipeImage, ProcessImage};
 use crate::image::{ImageReader, ImageWriter};
 use crate::restore::kernel::Kernel;
 use crate::sys::proc::same_file_description;
 use crate::sys::procfs::{parse_fdinfo, read, read_link, status_field};
 use anyhow::{Context, Result};
+use std::collections::HashMap;
 use std::os::unix::fs::FileTypeExt;
 
 /// One fd as /proc shows it.
@@ -54,72 +55,75 @@ impl ProcFd {
     }
 }
 
-/// The fd table of one process, as stored in the image.
+/// The fd tables of a tree of processes, as stored in the image.
 #[derive(Default)]
-pub struct FdTable {
-    pub fds: Vec<FdImage>,
+pub struct FdTables {
+    /// One table per process, in the order they were given.
+    pub fds: Vec<Vec<FdImage>>,
+    /// Open file descriptions, shared across the tree.
     pub files: Vec<OpenFile>,
     pub ghosts: Vec<GhostFile>,
     pub pipes: Vec<PipeImage>,
-    /// "fd N (kind)" of each fd that cannot be restored.
+    /// "process P: fd N (kind)" of each fd that cannot be restored.
     pub unsupported: Vec<String>,
 }
 
-/// Captures the fds of `pid` except the agent's own connection. Deleted
-/// files' contents go to `out`.
-pub fn capture(pid: i32, agent_fd: i32, out: &mut ImageWriter) -> Result<FdTable> {
-    let mut nums: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .with_context(|| format!("listing /proc/{pid}/fd"))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&fd| fd != agent_fd)
-        .collect();
-    nums.sort_unstable();
-    let mut procfds = Vec::new();
-    for fd in nums {
-        let (Ok(target), Ok(info)) = (read_link(pid, &format!("fd/{fd}")), read(pid, &format!("fdinfo/{fd}"))) else {
-            continue; // closed meanwhile (a thread between syscalls)
-        };
-        let fi = parse_fdinfo(&info)?;
-        procfds.push((
-            fi.flags & libc::O_CLOEXEC != 0,
-            ProcFd {
-                pid,
-                fd,
-                target: target.to_string_lossy().into_owned(),
-                info,
-                flags: fi.flags & !libc::O_CLOEXEC,
-                pos: fi.pos,
-            },
-        ));
+/// Captures the fds of processes `(pid, agent fd)` (the agent's own
+/// connection left out), grouping them by open file description across
+/// the whole tree. Deleted files' contents go to `out`.
+pub fn capture(procs: &[(i32, i32)], out: &mut ImageWriter) -> Result<FdTables> {
+    let mut all: Vec<(usize, bool, ProcFd)> = Vec::new();
+    for (pi, &(pid, agent_fd)) in procs.iter().enumerate() {
+        let mut nums: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .with_context(|| format!("listing /proc/{pid}/fd"))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&fd| fd != agent_fd)
+            .collect();
+        nums.sort_unstable();
+        for fd in nums {
+            let (Ok(target), Ok(info)) = (read_link(pid, &format!("fd/{fd}")), read(pid, &format!("fdinfo/{fd}")))
+            else {
+                continue; // closed meanwhile
+            };
+            let fi = parse_fdinfo(&info)?;
+            let target = target.to_string_lossy().into_owned();
+            let flags = fi.flags & !libc::O_CLOEXEC;
+            all.push((pi, fi.flags & libc::O_CLOEXEC != 0, ProcFd { pid, fd, target, info, flags, pos: fi.pos }));
+        }
     }
 
-    // Group by open file description: one representative each.
-    let mut t = FdTable::default();
+    // Group by open file description (only fds showing the same target can
+    // share one): one representative each.
     let mut reps: Vec<usize> = Vec::new();
-    let mut desc_of = Vec::with_capacity(procfds.len());
-    for (i, (_, f)) in procfds.iter().enumerate() {
-        let d = reps.iter().position(|&r| same_file_description(pid, procfds[r].1.fd, pid, f.fd).unwrap_or(false));
-        desc_of.push(d.unwrap_or_else(|| {
+    let mut desc_of = Vec::with_capacity(all.len());
+    for (i, (_, _, f)) in all.iter().enumerate() {
+        let same = |&&r: &&usize| {
+            let g = &all[r].2;
+            g.target == f.target && same_file_description(g.pid, g.fd, f.pid, f.fd).unwrap_or(false)
+        };
+        desc_of.push(reps.iter().position(|r| same(&r)).unwrap_or_else(|| {
             reps.push(i);
             reps.len() - 1
         }));
     }
-    let ends = pipe::Ends::of(procfds.iter().map(|(_, f)| f));
+    let mut t = FdTables { fds: vec![Vec::new(); procs.len()], ..Default::default() };
+    let ends = pipe::Ends::of(all.iter().map(|(_, _, f)| f));
     for &r in &reps {
-        let f = &procfds[r].1;
-        let file = classify(f, &ends, &mut t, out).with_context(|| format!("fd {} ({})", f.fd, f.target))?;
+        let f = &all[r].2;
+        let file =
+            classify(f, &ends, &mut t, out).with_context(|| format!("process {} fd {} ({})", f.pid, f.fd, f.target))?;
         if let OpenFile::Unsupported { what } = &file {
-            t.unsupported.push(format!("fd {} ({what})", f.fd));
+            t.unsupported.push(format!("process {}: fd {} ({what})", f.pid, f.fd));
         }
         t.files.push(file);
     }
-    for (i, (cloexec, f)) in procfds.iter().enumerate() {
-        t.fds.push(FdImage { fd: f.fd, cloexec: *cloexec, desc: desc_of[i] as u32 });
+    for (i, (pi, cloexec, f)) in all.iter().enumerate() {
+        t.fds[*pi].push(FdImage { fd: f.fd, cloexec: *cloexec, desc: desc_of[i] as u32 });
     }
     Ok(t)
 }
 
-fn classify(f: &ProcFd, ends: &pipe::Ends, t: &mut FdTable, out: &mut ImageWriter) -> Result<OpenFile> {
+fn classify(f: &ProcFd, ends: &pipe::Ends, t: &mut FdTables, out: &mut ImageWriter) -> Result<OpenFile> {
     let target = f.target.as_str();
     let stdio = (0..=2).contains(&f.fd);
     if let Some(ino) = target.strip_prefix("pipe:[").and_then(|s| s.strip_suffix(']')).and_then(|s| s.parse().ok()) {
@@ -172,120 +176,135 @@ pub fn info_u64(info: &str, key: &str, radix: u32) -> Option<u64> {
     u64::from_str_radix(status_field(info, key)?.trim(), radix).ok()
 }
 
-/// Restores every fd of `p`; `ctl` is the restore child's connection to
-/// the coordinator, which becomes the agent's fd; `ghosts` are the fds of
-/// the recreated ghost files. Returns the fds the program now has.
-pub fn restore(k: &mut impl Kernel, p: &ProcessImage, ctl: i32, ghosts: &[i32]) -> Result<Vec<i32>> {
-    // Temporaries go above every number the program uses, so that placing
-    // one fd never clobbers a source still needed.
-    let high =
-        p.fds.iter().map(|f| f.fd).chain([p.agent_fd, ctl, 2]).chain(ghosts.iter().copied()).max().unwrap_or(2) + 1;
-    let used = |d: usize| p.fds.iter().any(|x| x.desc as usize == d);
-    let mut pipes = pipe::Restored::default();
-    let mut temp: Vec<Option<i32>> = vec![None; p.files.len()];
-    for (d, f) in p.files.iter().enumerate() {
-        if !used(d) || matches!(f, OpenFile::Epoll { .. }) {
-            continue;
+/// The objects a restart makes once, in the coordinator, for the whole
+/// tree: one fd per open file description (epoll aside: each process makes
+/// its own) and one per ghost file. Restore children receive the ones they
+/// use over their connection (SCM_RIGHTS), so that descriptions shared
+/// between processes are shared again.
+#[derive(Default)]
+pub struct Objects {
+    pub files: Vec<Option<i32>>,
+    pub ghosts: Vec<i32>,
+}
+
+/// Makes the tree's objects. POSIX locks are left to the processes that
+/// own them ([`place`]); flock and OFD locks belong to the description and
+/// are taken here.
+pub fn create_objects(k: &mut impl Kernel, img: &ImageReader) -> Result<Objects> {
+    let m = &img.manifest;
+    let mut o = Objects::default();
+    for g in &m.ghosts {
+        let r = ghost::recreate(k, img, g)?;
+        if let Some(p) = &r.unlink {
+            let _ = k.unlink(p);
         }
-        let fd = match f {
-            OpenFile::Path { path, flags, pos, kind, locks } => {
-                Some(file::restore(k, path, *flags, *pos, *kind, locks)?)
+        o.ghosts.push(r.fd);
+    }
+    let used: Vec<bool> =
+        (0..m.files.len()).map(|d| m.processes.iter().any(|p| p.fds.iter().any(|f| f.desc as usize == d))).collect();
+    let shared_locks =
+        |l: &[FileLock]| -> Vec<FileLock> { l.iter().filter(|l| l.kind != LockKind::Posix).copied().collect() };
+    let mut pipes = pipe::Restored::default();
+    for (d, f) in m.files.iter().enumerate() {
+        let fd = if !used[d] {
+            None
+        } else {
+            match f {
+                OpenFile::Path { path, flags, pos, kind, locks } => {
+                    Some(file::restore(k, path, *flags, *pos, *kind, &shared_locks(locks))?)
+                }
+                OpenFile::Inherited { fd, termios, .. } => {
+                    let mine = k.dup_above(*fd, 3)?;
+                    if let Some(t) = termios {
+                        tty::apply(k, mine, t);
+                    }
+                    Some(mine)
+                }
+                OpenFile::Ghost { ghost, flags, pos, locks } => {
+                    Some(ghost::reopen(k, o.ghosts[*ghost as usize], *flags, *pos, &shared_locks(locks))?)
+                }
+                OpenFile::Pipe { pipe, write, flags } => {
+                    Some(pipes.end(k, &m.pipes[*pipe as usize], *pipe, *write, *flags)?)
+                }
+                OpenFile::EventFd { count, flags } => Some(eventfd::restore(k, *count, *flags)?),
+                OpenFile::TimerFd { clock, flags, value_ns, interval_ns, ticks } => {
+                    Some(timerfd::restore(k, *clock, *flags, *value_ns, *interval_ns, *ticks)?)
+                }
+                OpenFile::SignalFd { mask, flags } => Some(signalfd::restore(k, *mask, *flags)?),
+                OpenFile::Epoll { .. } | OpenFile::Unsupported { .. } => None,
             }
-            OpenFile::Inherited { fd, .. } => Some(k.dup_above(*fd, high)?),
-            OpenFile::Ghost { ghost, flags, pos, locks } => {
-                Some(ghost::reopen(k, ghosts[*ghost as usize], *flags, *pos, locks)?)
-            }
-            OpenFile::Pipe { pipe, write, flags } => {
-                Some(pipes.end(k, &p.pipes[*pipe as usize], *pipe, *write, *flags)?)
-            }
-            OpenFile::EventFd { count, flags } => Some(eventfd::restore(k, *count, *flags)?),
-            OpenFile::TimerFd { clock, flags, value_ns, interval_ns, ticks } => {
-                Some(timerfd::restore(k, *clock, *flags, *value_ns, *interval_ns, *ticks)?)
-            }
-            OpenFile::SignalFd { mask, flags } => Some(signalfd::restore(k, *mask, *flags)?),
-            OpenFile::Epoll { .. } | OpenFile::Unsupported { .. } => None,
         };
-        temp[d] = match fd {
-            Some(fd) if fd >= high => Some(fd),
-            Some(fd) => {
-                let hi = k.dup_above(fd, high)?;
-                k.close(fd);
-                Some(hi)
-            }
-            None => None,
-        };
+        o.files.push(fd);
     }
     pipes.finish(k);
+    Ok(o)
+}
+
+/// In a restore child: puts the received descriptions (`received[desc]`)
+/// at the fd numbers process `p` had, takes its POSIX locks, makes its
+/// epoll instances, and puts `ctl` (the connection to the coordinator) at
+/// the agent's fd. Returns the fds the program now has.
+pub fn place(
+    k: &mut impl Kernel,
+    p: &ProcessImage,
+    files: &[OpenFile],
+    received: &HashMap<u32, i32>,
+    ctl: i32,
+) -> Result<Vec<i32>> {
+    // Work above every number the program uses, so that placing one fd
+    // never replaces a source still needed.
+    let high =
+        p.fds.iter().map(|f| f.fd).chain([p.agent_fd, ctl, 2]).chain(received.values().copied()).max().unwrap_or(2) + 1;
+    let mut temp: HashMap<u32, i32> = HashMap::new();
+    for (&d, &fd) in received {
+        temp.insert(d, k.dup_above(fd, high)?);
+        k.close(fd);
+    }
     let ctl_hi = k.dup_above(ctl, high)?;
     let mut have = Vec::new();
-    for (d, src) in temp.iter().enumerate() {
-        place(k, p, d, *src, &mut have)?;
+    for f in &p.fds {
+        if let Some(&src) = temp.get(&f.desc) {
+            k.dup_to(src, f.fd, f.cloexec)?;
+            have.push(f.fd);
+        }
+    }
+    // The process's own locks, on one of its fds of each file.
+    for f in &p.fds {
+        let locks = match &files[f.desc as usize] {
+            OpenFile::Path { locks, .. } | OpenFile::Ghost { locks, .. } => locks,
+            _ => continue,
+        };
+        if p.fds.iter().find(|x| x.desc == f.desc).map(|x| x.fd) != Some(f.fd) {
+            continue;
+        }
+        let own: Vec<FileLock> = locks.iter().filter(|l| l.kind == LockKind::Posix).copied().collect();
+        file::take_locks(k, f.fd, &own, std::path::Path::new(&format!("fd {}", f.fd)))?;
     }
     // epoll last: its interest list names the other fds by their numbers.
-    for (d, f) in p.files.iter().enumerate() {
-        if let OpenFile::Epoll { flags, items } = f {
-            if used(d) {
-                let ep = epoll::restore(k, *flags, items, &have)?;
-                let hi = k.dup_above(ep, high)?;
-                k.close(ep);
-                temp[d] = Some(hi);
-                place(k, p, d, Some(hi), &mut have)?;
-            }
+    let mut made = Vec::new();
+    for f in &p.fds {
+        if let OpenFile::Epoll { flags, items } = &files[f.desc as usize] {
+            let ep = match made.iter().find(|(d, _)| *d == f.desc) {
+                Some(&(_, ep)) => ep,
+                None => {
+                    let ep = epoll::restore(k, *flags, items, &have)?;
+                    let hi = k.dup_above(ep, high)?;
+                    k.close(ep);
+                    made.push((f.desc, hi));
+                    hi
+                }
+            };
+            k.dup_to(ep, f.fd, f.cloexec)?;
+            have.push(f.fd);
         }
     }
     k.dup_to(ctl_hi, p.agent_fd, true)?;
     have.push(p.agent_fd);
-    // Terminal settings once the terminal is in place.
-    for (d, f) in p.files.iter().enumerate() {
-        if let OpenFile::Inherited { termios: Some(t), .. } = f {
-            for x in p.fds.iter().filter(|x| x.desc as usize == d) {
-                tty::apply(k, x.fd, t);
-            }
-        }
-    }
-    for t in temp.into_iter().flatten().chain([ctl_hi]) {
+    for t in temp.into_values().chain(made.into_iter().map(|(_, ep)| ep)).chain([ctl_hi]) {
         k.close(t);
     }
     have.sort_unstable();
     Ok(have)
-}
-
-/// Puts description `desc` at each fd number that had it.
-fn place(k: &mut impl Kernel, p: &ProcessImage, desc: usize, src: Option<i32>, have: &mut Vec<i32>) -> Result<()> {
-    let Some(src) = src else { return Ok(()) };
-    for f in p.fds.iter().filter(|f| f.desc as usize == desc) {
-        k.dup_to(src, f.fd, f.cloexec)?;
-        have.push(f.fd);
-    }
-    Ok(())
-}
-
-/// Makes the image's ghost files exist again (before memory is staged:
-/// mappings of them need them). Returns one fd per ghost.
-pub fn recreate_ghosts(k: &mut impl Kernel, img: &ImageReader, p: &ProcessImage) -> Result<Vec<ghost::Recreated>> {
-    // Above every fd number the program uses: placing its fds must not
-    // replace them.
-    let high = p.fds.iter().map(|f| f.fd).chain([p.agent_fd, 2]).max().unwrap_or(2) + 1;
-    let mut out = Vec::new();
-    for g in &p.ghosts {
-        let mut r = ghost::recreate(k, img, g)?;
-        let hi = k.dup_above(r.fd, high)?;
-        k.close(r.fd);
-        r.fd = hi;
-        out.push(r);
-    }
-    Ok(out)
-}
-
-/// Once every fd and mapping of the ghosts exists: unlink the names they
-/// were recreated under and close ckrun's own fds of them.
-pub fn settle_ghosts(k: &mut impl Kernel, ghosts: Vec<ghost::Recreated>) {
-    for g in ghosts {
-        if let Some(p) = &g.unlink {
-            let _ = k.unlink(p);
-        }
-        k.close(g.fd);
-    }
 }
 
 #[cfg(test)]
@@ -296,16 +315,19 @@ mod tests {
     use crate::restore::plan::tests::process;
 
     #[test]
-    fn shared_descriptions_are_opened_once_and_duplicated() {
+    fn descriptions_are_placed_at_every_number_that_had_them() {
         let mut p = process(vec![], &[100]);
-        p.files = vec![
+        let files = vec![
             OpenFile::Inherited { fd: 0, what: "terminal".into(), termios: None },
             OpenFile::Path {
                 path: "/tmp/out".into(),
-                flags: libc::O_WRONLY | libc::O_TRUNC,
+                flags: libc::O_WRONLY,
                 pos: 42,
                 kind: PathKind::Regular,
-                locks: vec![FileLock { kind: LockKind::Flock, write: true, start: 0, len: 0 }],
+                locks: vec![
+                    FileLock { kind: LockKind::Flock, write: true, start: 0, len: 0 },
+                    FileLock { kind: LockKind::Posix, write: true, start: 10, len: 5 },
+                ],
             },
             OpenFile::Unsupported { what: "socket".into() },
         ];
@@ -315,26 +337,55 @@ mod tests {
             FdImage { fd: 5, cloexec: true, desc: 1 },
             FdImage { fd: 7, cloexec: false, desc: 2 },
         ];
+        let received: HashMap<u32, i32> = [(1, 4)].into_iter().collect();
         let mut k = Recording::default();
-        let have = restore(&mut k, &p, 3, &[]).unwrap();
-        assert_eq!(have, vec![0, 1, 5, 1000]);
-        // Terminal copied from our own fd 0; the file opened once (without
-        // O_TRUNC!), positioned, locked, then both fds 1 and 5 made from it.
+        let have = place(&mut k, &p, &files, &received, 3).unwrap();
+        assert_eq!(have, vec![1, 5, 1000]);
         assert_eq!(
             k.calls,
             vec![
-                Call::DupAbove { fd: 0, min: 1001, got: 1001 },
-                Call::Open { path: "/tmp/out".into(), flags: libc::O_WRONLY | libc::O_CLOEXEC, fd: 1002 },
-                Call::Seek { fd: 1002, pos: 42 },
-                Call::Lock { fd: 1002, lock: FileLock { kind: LockKind::Flock, write: true, start: 0, len: 0 } },
-                Call::DupAbove { fd: 3, min: 1001, got: 1003 },
-                Call::DupTo { from: 1001, to: 0, cloexec: false },
-                Call::DupTo { from: 1002, to: 1, cloexec: false },
-                Call::DupTo { from: 1002, to: 5, cloexec: true },
-                Call::DupTo { from: 1003, to: 1000, cloexec: true },
+                Call::DupAbove { fd: 4, min: 1001, got: 1001 },
+                Call::Close(4),
+                Call::DupAbove { fd: 3, min: 1001, got: 1002 },
+                // One description, both numbers.
+                Call::DupTo { from: 1001, to: 1, cloexec: false },
+                Call::DupTo { from: 1001, to: 5, cloexec: true },
+                // The process's own lock; the flock came with the description.
+                Call::Lock { fd: 1, lock: FileLock { kind: LockKind::Posix, write: true, start: 10, len: 5 } },
+                Call::DupTo { from: 1002, to: 1000, cloexec: true },
                 Call::Close(1001),
                 Call::Close(1002),
-                Call::Close(1003),
+            ]
+        );
+    }
+
+    #[test]
+    fn objects_are_made_once_for_the_tree() {
+        let file = OpenFile::Path {
+            path: "/tmp/out".into(),
+            flags: libc::O_WRONLY | libc::O_TRUNC,
+            pos: 42,
+            kind: PathKind::Regular,
+            locks: vec![FileLock { kind: LockKind::Flock, write: true, start: 0, len: 0 }],
+        };
+        let mut k = Recording::default();
+        let fd = file::restore(
+            &mut k,
+            std::path::Path::new("/tmp/out"),
+            libc::O_WRONLY | libc::O_TRUNC,
+            42,
+            PathKind::Regular,
+            &[FileLock { kind: LockKind::Flock, write: true, start: 0, len: 0 }],
+        )
+        .unwrap();
+        let _ = file;
+        // Reopened without O_TRUNC, positioned, locked.
+        assert_eq!(
+            k.calls,
+            vec![
+                Call::Open { path: "/tmp/out".into(), flags: libc::O_WRONLY | libc::O_CLOEXEC, fd },
+                Call::Seek { fd, pos: 42 },
+                Call::Lock { fd, lock: FileLock { kind: LockKind::Flock, write: true, start: 0, len: 0 } },
             ]
         );
     }

@@ -38,12 +38,15 @@ pub fn human(img: &ImageReader) -> String {
         if s.frozen { "program frozen while copied" } else { "copy-on-write snapshot" }
     );
     for p in &m.processes {
-        process(&mut o, p);
+        process(&mut o, m, p);
+    }
+    for z in &m.zombies {
+        let _ = writeln!(o, "\nzombie {} (child of {}, exit status {:#x})", z.pid, z.ppid, z.status);
     }
     o
 }
 
-fn process(o: &mut String, p: &ProcessImage) {
+fn process(o: &mut String, m: &Manifest, p: &ProcessImage) {
     let _ = writeln!(o, "\nprocess {} ({}), parent {}, {} thread(s)", p.pid, p.program_name(), p.ppid, p.threads.len());
     let _ = writeln!(o, "  exe   {}", p.exe.path.display());
     let _ = writeln!(o, "  cwd   {}   umask {:03o}", p.cwd.display(), p.umask);
@@ -70,7 +73,7 @@ fn process(o: &mut String, p: &ProcessImage) {
     }
     let _ = writeln!(o, "  file descriptors:");
     for f in &p.fds {
-        let what = p.files.get(f.desc as usize).map_or_else(|| "?".into(), |d| describe_file(p, d));
+        let what = m.files.get(f.desc as usize).map_or_else(|| "?".into(), |d| describe_file(m, d));
         let _ = writeln!(o, "    {:>4}{} {}", f.fd, if f.cloexec { "*" } else { " " }, what);
     }
     let _ = writeln!(o, "  threads:");
@@ -113,7 +116,7 @@ pub fn json(img: &ImageReader) -> String {
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
-fn describe_file(p: &ProcessImage, f: &OpenFile) -> String {
+fn describe_file(p: &Manifest, f: &OpenFile) -> String {
     let locks = |l: &[crate::image::manifest::FileLock]| {
         if l.is_empty() {
             String::new()

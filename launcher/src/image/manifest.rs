@@ -11,7 +11,28 @@ use std::path::PathBuf;
 pub struct Manifest {
     pub info: ImageInfo,
     pub settings: Settings,
+    /// The program ckrun started.
+    pub root: i32,
+    /// Parents before their children.
     pub processes: Vec<ProcessImage>,
+    /// Exited children not yet reaped by their parent.
+    pub zombies: Vec<Zombie>,
+    /// Open file descriptions of the whole tree; `FdImage::desc` indexes
+    /// this, so that processes that shared one (fork, SCM_RIGHTS) share it
+    /// again.
+    pub files: Vec<OpenFile>,
+    /// Deleted files, memfds and shared anonymous memory of the tree.
+    pub ghosts: Vec<GhostFile>,
+    /// Pipes and FIFOs of the tree, with the bytes in flight.
+    pub pipes: Vec<PipeImage>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Zombie {
+    pub pid: i32,
+    pub ppid: i32,
+    /// As wait() reports it.
+    pub status: i32,
 }
 
 /// Where and when the image was made.
@@ -67,13 +88,8 @@ pub struct ProcessImage {
     /// /proc/PID/auxv words, AT_NULL pair included.
     pub auxv: Vec<u64>,
     pub regions: Vec<Region>,
+    /// Descriptors; `desc` indexes `Manifest::files`.
     pub fds: Vec<FdImage>,
-    /// Open file descriptions; `FdImage::desc` indexes this.
-    pub files: Vec<OpenFile>,
-    /// Deleted files and memfds the process still uses (fd or mapping).
-    pub ghosts: Vec<GhostFile>,
-    /// Pipes and FIFOs, with the bytes in flight at the checkpoint.
-    pub pipes: Vec<PipeImage>,
     /// Signals pending at the checkpoint (kernel sigset bits).
     pub pending: PendingSignals,
     pub threads: Vec<ThreadImage>,
@@ -148,11 +164,11 @@ pub enum RegionKind {
         file: FileRef,
         offset: u64,
     },
-    /// Memory with no file to come back from (shared anonymous, SysV
-    /// shared memory): every page is in the image.
+    /// Memory with no file to come back from (a file replaced since it was
+    /// mapped): every page is in the image.
     Detached,
-    /// A mapping of a deleted file or memfd, restored from the image's copy
-    /// of its content (`ProcessImage::ghosts[ghost]`).
+    /// A mapping of a deleted file, memfd or shared anonymous memory,
+    /// restored from the image's copy of its content (`Manifest::ghosts`).
     Ghost {
         ghost: u32,
         offset: u64,
@@ -210,7 +226,7 @@ pub enum OpenFile {
         pos: u64,
         locks: Vec<FileLock>,
     },
-    /// One end of `ProcessImage::pipes[pipe]`.
+    /// One end of `Manifest::pipes[pipe]`.
     Pipe {
         pipe: u32,
         write: bool,
@@ -269,7 +285,8 @@ pub struct EpollItem {
     pub data: u64,
 }
 
-/// A file that no path reaches any more: deleted while open, or a memfd.
+/// A file that no path reaches any more: deleted while open, a memfd, or
+/// shared anonymous memory (recreated as a memfd).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GhostFile {
     /// The path it had (recreated there, then unlinked), or the memfd name.

@@ -1,43 +1,74 @@
-//! The restore child: a fresh ckrun process (exec'd into the PID of the
-//! program it restores) that stages the image's memory, rebuilds the fd
-//! table and settings, and hands over to the restorer, becoming the
-//! program. Until that hand-over nothing of the program runs, so any error
-//! here leaves no half-restored process behind.
+//! The restore child: a fresh ckrun process, created with the PID of the
+//! process it restores (by the coordinator for the tree's roots, by its
+//! restored parent for the others), that
+//!
+//! 1. connects to the coordinator, receives the tree objects it uses;
+//! 2. takes its session and process group, creates its own children
+//!    (and zombies) with their PIDs, each a restore child in turn;
+//! 3. stages its memory, places its fds, takes its settings;
+//! 4. reports ready, waits for the whole tree to be, and hands over to the
+//!    restorer, becoming the program.
+//!
+//! Until step 4 nothing of the program runs, so any error leaves no
+//! half-restored process: the coordinator aborts the whole tree.
 
 use super::kernel::{Kernel, Linux};
 use super::plan::RestorePlan;
+use super::transfer::{self, GHOST};
 use super::{memory, restorer, settings};
+use crate::error::exit_code_of;
 use crate::fdtypes;
-use crate::image::manifest::PendingSignals;
+use crate::image::manifest::{Manifest, PendingSignals, ProcessImage};
 use crate::image::ImageReader;
-use crate::sys::procfs;
-use anyhow::{anyhow, Context, Result};
-use std::fs::File;
-use std::os::fd::FromRawFd;
+use crate::sys::{proc::fork_with_pid, procfs};
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
-pub fn main(image_fd: i32, index: usize, ctl_fd: i32) -> Result<i32> {
-    restore(image_fd, index, ctl_fd).context("restore failed")
+pub fn main(image: &Path, index: usize, socket: &str) -> Result<i32> {
+    let conn = crate::coordinator::socket::connect(socket).context("restore failed: cannot reach the coordinator")?;
+    let fd = conn.as_raw_fd();
+    match restore(image, index, fd) {
+        Ok(never) => match never {},
+        Err(e) => {
+            let e = e.context("restore failed");
+            let code = exit_code_of(&e);
+            let mut body = code.to_ne_bytes().to_vec();
+            body.extend_from_slice(format!("{e:#}").as_bytes());
+            let _ = transfer::send(fd, transfer::FAILED, &body);
+            Err(e)
+        }
+    }
 }
 
-fn restore(image_fd: i32, index: usize, ctl_fd: i32) -> Result<i32> {
-    let path = std::fs::read_link(format!("/proc/self/fd/{image_fd}")).unwrap_or_else(|_| "image".into());
-    // SAFETY: the coordinator passed us this fd, open on the image, for us to own.
-    let file = unsafe { File::from_raw_fd(image_fd) };
-    let img = ImageReader::from_file(file, &path)?;
-    let p = img.manifest.processes.get(index).ok_or_else(|| anyhow!("the image has no process #{index}"))?.clone();
+fn restore(image: &Path, index: usize, ctl: i32) -> Result<std::convert::Infallible> {
+    let img = ImageReader::open(image)?;
+    let m = &img.manifest;
+    let p = m.processes.get(index).ok_or_else(|| anyhow!("the image has no process #{index}"))?.clone();
+    let hello = transfer::Hello { index: index as u32, pid: p.pid };
+    transfer::send(ctl, transfer::RESTORE_HELLO, ckrun_proto::bytes_of(&hello))?;
+    let (files, ghosts) = receive_objects(ctl, m)?;
+
+    join_session_and_group(m, &p);
+    start_children(m, &p, image, ctl)?;
+
     let plan = RestorePlan::build(&p, &procfs::maps(std::process::id() as i32)?)?;
     let mut k = Linux;
-
-    let ghosts = fdtypes::recreate_ghosts(&mut k, &img, &p)?;
-    let ghost_fds: Vec<i32> = ghosts.iter().map(|g| g.fd).collect();
-    memory::map(&mut k, &plan, &p, &ghost_fds)?;
+    memory::map(&mut k, &plan, &p, &ghosts)?;
     memory::fill(&img, &plan, &p)?;
     memory::protect(&mut k, &plan, &p)?;
-    drop(img);
+    for g in ghosts.iter().filter(|&&g| g >= 0) {
+        k.close(*g);
+    }
 
+    // Nothing of ours may stay at a number the program's fds take.
+    let descriptions = m.files.clone();
+    drop(img);
     settings::apply(&mut k, &p)?;
-    let have = fdtypes::restore(&mut k, &p, ctl_fd, &ghost_fds)?;
-    fdtypes::settle_ghosts(&mut k, ghosts);
+    let have = fdtypes::place(&mut k, &p, &descriptions, &files, ctl)?;
     let exe = k
         .open(&p.exe.path, libc::O_RDONLY | libc::O_CLOEXEC)
         .with_context(|| format!("opening {}", p.exe.path.display()))?;
@@ -46,12 +77,102 @@ fn restore(image_fd: i32, index: usize, ctl_fd: i32) -> Result<i32> {
     let enc = restorer::encode(&plan, &p, exe_fd, p.agent_fd)?;
     close_other_fds(&have, exe_fd)?;
 
+    // Wait for the whole tree, on the connection now at the agent's fd.
+    transfer::send(p.agent_fd, transfer::READY, &[])?;
+    match transfer::recv(p.agent_fd) {
+        Ok((transfer::GO, _, _)) => {}
+        _ => bail!("the restart was called off"),
+    }
     block_all_signals();
     raise_pending(&mut k, &p.pending);
     unregister_rseq();
     // SAFETY: single-threaded (the fill threads were joined), all signals
     // blocked, rseq unregistered: the restorer may take the process over.
-    match unsafe { restorer::launch(&plan, &enc) }? {}
+    unsafe { restorer::launch(&plan, &enc) }
+}
+
+/// The descriptions (by id) and ghost fds (by index; -1 if not sent) the
+/// coordinator sends this process.
+fn receive_objects(ctl: i32, m: &Manifest) -> Result<(HashMap<u32, i32>, Vec<i32>)> {
+    let mut files = HashMap::new();
+    let mut ghosts = vec![-1; m.ghosts.len()];
+    loop {
+        let (kind, body, fds) = transfer::recv(ctl).context("receiving fds from the coordinator")?;
+        match kind {
+            transfer::FDS_END => return Ok((files, ghosts)),
+            transfer::FDS => {
+                let tags = body.chunks_exact(4).map(|c| u32::from_ne_bytes(c.try_into().unwrap()));
+                for (tag, fd) in tags.zip(fds) {
+                    if tag & GHOST != 0 {
+                        ghosts[(tag & !GHOST) as usize] = fd;
+                    } else {
+                        files.insert(tag, fd);
+                    }
+                }
+            }
+            _ => bail!("unexpected message {kind} from the coordinator"),
+        }
+    }
+}
+
+/// Session and group as the image had them: a session or group leader
+/// makes its own again; a member joins its group if its parent was not in
+/// it (the group's leader, an older sibling, exists by then).
+fn join_session_and_group(m: &Manifest, p: &ProcessImage) {
+    let parent = m.processes.iter().find(|q| q.pid == p.ppid);
+    // SAFETY: setsid and setpgid take integers only.
+    unsafe {
+        if p.sid == p.pid {
+            libc::setsid();
+        } else if p.pgid == p.pid {
+            libc::setpgid(0, 0);
+        } else if parent.is_some_and(|q| q.pgid != p.pgid) && libc::setpgid(0, p.pgid) != 0 {
+            eprintln!("ckrun: warning: process {} cannot join process group {}", p.pid, p.pgid);
+        }
+    }
+}
+
+/// Creates this process's children (restore children themselves) and its
+/// unreaped zombies, each with its PID, before this process restores
+/// anything (children are copies of it: better small).
+fn start_children(m: &Manifest, p: &ProcessImage, image: &Path, ctl: i32) -> Result<()> {
+    let exe = CString::new(std::env::current_exe()?.as_os_str().as_bytes())?;
+    let socket = crate::coordinator::socket::name_of(ctl).context("the coordinator socket's name")?;
+    for (i, q) in m.processes.iter().enumerate().filter(|(_, q)| q.ppid == p.pid) {
+        let args: Vec<CString> = [
+            "ckrun".as_bytes(),
+            b"--restore-child",
+            image.as_os_str().as_bytes(),
+            i.to_string().as_bytes(),
+            socket.as_bytes(),
+        ]
+        .iter()
+        .map(|a| CString::new(*a).unwrap())
+        .collect();
+        let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        fork_with_pid(q.pid, || {
+            // SAFETY: execv with NUL-terminated strings prepared before the
+            // fork; async-signal-safe.
+            unsafe { libc::execv(exe.as_ptr(), argv.as_ptr()) };
+        })
+        .map_err(|e| crate::restore::pid_error(q.pid, e))?;
+    }
+    for z in m.zombies.iter().filter(|z| z.ppid == p.pid) {
+        let status = z.status;
+        fork_with_pid(z.pid, || {
+            // SAFETY: ends this new process the way the zombie ended.
+            unsafe {
+                if libc::WIFSIGNALED(status) {
+                    libc::signal(libc::WTERMSIG(status), libc::SIG_DFL);
+                    libc::kill(libc::getpid(), libc::WTERMSIG(status));
+                }
+                libc::_exit(libc::WEXITSTATUS(status));
+            }
+        })
+        .map_err(|e| crate::restore::pid_error(z.pid, e))?;
+    }
+    Ok(())
 }
 
 /// Closes every fd that is neither the program's nor needed by the restorer.

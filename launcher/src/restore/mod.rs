@@ -14,20 +14,22 @@ mod memory;
 pub mod plan;
 mod restorer;
 mod settings;
+pub mod transfer;
 
 pub use restorer::RESTORER_FAILED;
 
 use crate::cli::Overrides;
-use crate::coordinator::{self, agent::Agent, socket, Coordinator};
+use crate::coordinator::{self, socket, Coordinator, RestoreSession};
 use crate::error::CkError;
+use crate::fdtypes;
 use crate::image::inspect;
-use crate::image::manifest::{Manifest, OpenFile, RegionKind};
+use crate::image::manifest::{Manifest, OpenFile, ProcessImage, RegionKind};
 use crate::image::ImageReader;
 use crate::launch::{become_subreaper, image_dir};
 use crate::sys::{machine, proc::fork_with_pid, procfs::file_stamp};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use kernel::Linux;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -111,15 +113,14 @@ fn check_files(m: &Manifest) -> Result<(), CkError> {
                 )));
             }
         }
-        for f in &p.files {
-            if let OpenFile::Path { path, .. } = f {
-                if !path.exists() {
-                    return Err(CkError::Environment(format!(
-                        "{}: process {} had this file open, and it is gone",
-                        path.display(),
-                        p.pid
-                    )));
-                }
+    }
+    for f in &m.files {
+        if let OpenFile::Path { path, .. } = f {
+            if !path.exists() {
+                return Err(CkError::Environment(format!(
+                    "{}: the program had this file open, and it is gone",
+                    path.display()
+                )));
             }
         }
     }
@@ -145,11 +146,6 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
         print!("{}", dry_run_text(&img)?);
         return Ok(0);
     }
-    if m.processes.len() != 1 {
-        bail!("the image holds {} processes; restoring process trees is not supported yet", m.processes.len());
-    }
-    let p = &m.processes[0];
-
     let listener = match socket::listen(&settings.socket_name) {
         Ok(l) => l,
         Err(_) => {
@@ -162,63 +158,91 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     let sigfd = coordinator::signal_fd(settings.trigger)?;
     become_subreaper();
 
-    let (ours, theirs) = socket::pair().context("socketpair")?;
-    let image_file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let image_fd = image_file.into_raw_fd();
-    // Inherited by the restore child (std opened it close-on-exec).
-    // SAFETY: fcntl on our own fd.
-    unsafe { libc::fcntl(image_fd, libc::F_SETFD, 0) };
-    let exe = CString::new(std::env::current_exe()?.as_os_str().as_bytes())?;
-    let args: Vec<CString> = [
-        "ckrun".to_string(),
-        "--restore-child".into(),
-        image_fd.to_string(),
-        "0".into(),
-        theirs.as_raw_fd().to_string(),
-    ]
-    .into_iter()
-    .map(|s| CString::new(s).unwrap())
-    .collect();
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
+    // The tree's shared objects, made once here and handed out.
+    let objects = fdtypes::create_objects(&mut Linux, &img)?;
+    let sends: Vec<(Vec<u32>, Vec<i32>)> = m.processes.iter().map(|p| share_of(p, &objects)).collect();
+    let all_fds: Vec<i32> = objects.files.iter().flatten().copied().chain(objects.ghosts.iter().copied()).collect();
+    let session = RestoreSession::new(
+        path.clone(),
+        sends,
+        m.processes.iter().map(|p| p.pid).collect(),
+        m.processes.iter().map(|p| p.agent_fd).collect(),
+        all_fds,
+    );
 
-    let pid = fork_with_pid(p.pid, || {
-        // In the child: async-signal-safe calls only, then exec.
-        // SAFETY: sigset on the stack; execv with NUL-terminated strings
-        // prepared before the fork; _exit if exec fails.
-        unsafe {
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-            libc::execv(exe.as_ptr(), argv.as_ptr());
-        }
-    });
-    // SAFETY: closing our copy of the fd the child inherited.
-    unsafe { libc::close(image_fd) };
-    drop(theirs);
-    let pid = match pid {
-        Ok(pid) => pid,
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-            return Err(CkError::Environment(format!(
-                "PID {} is in use by another process (is the original program still running?); cannot restore it with its PID",
-                p.pid
-            ))
-            .into())
-        }
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            return Err(CkError::Environment(format!(
-                "choosing PID {} needs CAP_SYS_ADMIN (run ckrun --restart as root)",
-                p.pid
-            ))
-            .into())
-        }
-        Err(e) => return Err(e).context("creating the process to restore"),
-    };
-    let mut c = Coordinator::new(settings, m.info.command.clone(), listener, sigfd, pid, m.info.sequence);
-    c.add_restored(Agent { pid, agent_fd: p.agent_fd, conn: ours, running: false }, path.clone());
+    // The roots of the tree are ckrun's children; each restores its own.
+    let pids: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
+    let exe = CString::new(std::env::current_exe()?.as_os_str().as_bytes())?;
+    let image_arg = CString::new(path.canonicalize()?.as_os_str().as_bytes())?;
+    let socket_arg = CString::new(settings.socket_name.clone())?;
+    for (i, p) in m.processes.iter().enumerate().filter(|(_, p)| !pids.contains(&p.ppid)) {
+        let index = CString::new(i.to_string())?;
+        let argv = [
+            c"ckrun".as_ptr(),
+            c"--restore-child".as_ptr(),
+            image_arg.as_ptr(),
+            index.as_ptr(),
+            socket_arg.as_ptr(),
+            std::ptr::null(),
+        ];
+        fork_with_pid(p.pid, || {
+            // In the child: async-signal-safe calls only, then exec.
+            // SAFETY: sigset on the stack; execv with NUL-terminated strings
+            // prepared before the fork.
+            unsafe {
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+                libc::execv(exe.as_ptr(), argv.as_ptr());
+            }
+        })
+        .map_err(|e| pid_error(p.pid, e))?;
+    }
+    let root = if pids.contains(&m.root) { m.root } else { pids[0] };
+    let mut c = Coordinator::new(settings, m.info.command.clone(), listener, sigfd, root, m.info.sequence);
+    c.start_restore(session);
     drop(img);
     let end = c.run()?;
     Ok(end.exit_code())
+}
+
+/// The objects process `p` receives: the descriptions its fds use, the
+/// ghosts it maps.
+fn share_of(p: &ProcessImage, o: &fdtypes::Objects) -> (Vec<u32>, Vec<i32>) {
+    let mut tags = Vec::new();
+    let mut fds = Vec::new();
+    for f in &p.fds {
+        if let Some(Some(fd)) = o.files.get(f.desc as usize) {
+            if !tags.contains(&f.desc) {
+                tags.push(f.desc);
+                fds.push(*fd);
+            }
+        }
+    }
+    for r in &p.regions {
+        if let RegionKind::Ghost { ghost, .. } = r.kind {
+            let tag = ghost | transfer::GHOST;
+            if !tags.contains(&tag) {
+                tags.push(tag);
+                fds.push(o.ghosts[ghost as usize]);
+            }
+        }
+    }
+    (tags, fds)
+}
+
+/// A clone3 `set_tid` failure, for people.
+pub fn pid_error(pid: i32, e: std::io::Error) -> anyhow::Error {
+    match e.raw_os_error() {
+        Some(libc::EEXIST) => CkError::Environment(format!(
+            "PID {pid} is in use by another process (is the original program still running?); cannot restore it with its PID"
+        ))
+        .into(),
+        Some(libc::EPERM) => {
+            CkError::Environment(format!("choosing PID {pid} needs CAP_SYS_ADMIN (run ckrun --restart as root)")).into()
+        }
+        _ => anyhow::Error::new(e).context(format!("creating process {pid}")),
+    }
 }
 
 /// What a restore would do, computed against this process's own layout.

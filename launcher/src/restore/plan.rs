@@ -305,9 +305,6 @@ pub mod tests {
             auxv: vec![0, 0],
             regions,
             fds: vec![],
-            files: vec![],
-            ghosts: vec![],
-            pipes: vec![],
             pending: PendingSignals::default(),
             threads: tids
                 .iter()

@@ -21,6 +21,7 @@
 
 mod forkpoint;
 mod kstate;
+mod snapshot;
 mod tasks;
 
 use crate::channel::{recv_msg, send_msg};
@@ -198,7 +199,7 @@ extern "C" fn leader_checkpoint(arg: u64) {
     let epoch = arg as u32;
     let frozen = arg >> 32 & 1 != 0;
     let brk = kstate::capture_process();
-    let snapshot_pid = if frozen { 0 } else { fork_snapshot().max(0) };
+    let snapshot_pid = if frozen { 0 } else { snapshot::fork_snapshot().max(0) };
     let nthreads = NSLOTS.load(Acquire).min(MAX_THREADS as u32);
     let head = Suspended { epoch: epoch as u64, snapshot_pid, nthreads, brk };
     if send_msg(kind::SUSPENDED, &[head]) {
@@ -220,38 +221,6 @@ extern "C" fn leader_checkpoint(arg: u64) {
     }
 }
 
-/// Forks the copy-on-write snapshot. `CLONE_PARENT` makes it a child of
-/// ckrun, not of the program: the program's wait() and SIGCHLD never see
-/// it. Returns its pid, or a negative errno.
-fn fork_snapshot() -> i32 {
-    // SAFETY: getppid takes no arguments.
-    let coordinator = unsafe { sys::syscall1(libc::SYS_getppid, 0) };
-    // SAFETY: a fork-like clone (no CLONE_VM): the child continues here on a
-    // private copy of this stack.
-    let r = unsafe { sys::syscall6(sys::SYS_clone, libc::CLONE_PARENT as u64, 0, 0, 0, 0, 0) };
-    if r == 0 {
-        snapshot_child(coordinator);
-    }
-    r as i32
-}
-
-/// The snapshot child: holds still until the coordinator, done copying its
-/// memory, kills it. Dies with the coordinator too.
-fn snapshot_child(coordinator: i64) -> ! {
-    let all = !0u64;
-    sys::sigprocmask(libc::SIG_SETMASK, Some(&all), None);
-    // SAFETY: integer arguments only.
-    unsafe { sys::syscall2(sys::SYS_prctl, libc::PR_SET_PDEATHSIG as u64, libc::SIGKILL as u64) };
-    // SAFETY: getppid takes no arguments.
-    if unsafe { sys::syscall1(libc::SYS_getppid, 0) } != coordinator {
-        sys::exit_group(0);
-    }
-    loop {
-        // SAFETY: pause takes no arguments.
-        unsafe { sys::syscall1(sys::SYS_pause, 0) };
-    }
-}
-
 /// Second life of the leader's fork point, in the restarted process.
 extern "C" fn leader_restarted(_arg: u64, restorer: u64) {
     let others = NSLOTS.load(Acquire).saturating_sub(1);
@@ -269,6 +238,7 @@ extern "C" fn leader_restarted(_arg: u64, restorer: u64) {
             if let Some(c) = ckrun_proto::read_pod::<Config>(body) {
                 let ours = kstate::captured_action(TRIGGER.load(Relaxed));
                 crate::signals::move_trigger(c.trigger, &ours);
+                crate::state::COORDINATOR.store(c.coordinator, Relaxed);
             }
         }
     }
@@ -290,6 +260,13 @@ fn unmap_restorer(header: u64) {
         let len = *h.add(rh::OFF_BLOB_LEN / 8);
         sys::syscall2(sys::SYS_munmap, base, len);
     }
+}
+
+/// Whether `pid` is this process or another process of the tree (a
+/// descendant of the coordinator): its trigger signals are the program's
+/// own business, not checkpoint requests.
+pub fn in_tree(pid: i32) -> bool {
+    pid == sys::getpid() || tasks::descends_from(pid, crate::state::COORDINATOR.load(Relaxed))
 }
 
 // ---- parked threads ---------------------------------------------------

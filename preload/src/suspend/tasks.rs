@@ -82,6 +82,46 @@ pub fn thread_alive(tid: i32) -> bool {
     }
 }
 
+/// Reads field `ppid` of /proc/PID/stat; None if the process is gone.
+fn parent_of(pid: i32) -> Option<i32> {
+    let mut path = *b"/proc/0000000000/stat\0\0\0\0\0";
+    let digits = format_decimal(pid as u32, &mut path[6..16]);
+    let tail = *b"/stat\0";
+    path[6 + digits..6 + digits + tail.len()].copy_from_slice(&tail);
+    let fd = sys::open(&path[..6 + digits + tail.len()], libc::O_RDONLY | libc::O_CLOEXEC);
+    if fd < 0 {
+        return None;
+    }
+    let mut buf = [0u8; 512];
+    let n = sys::read(fd as i32, &mut buf);
+    sys::close(fd as i32);
+    if n <= 0 {
+        return None;
+    }
+    let s = &buf[..n as usize];
+    // "pid (comm) S ppid ...": the ppid follows the state after the last ')'.
+    let after = &s[s.iter().rposition(|&c| c == b')')? + 1..];
+    let mut fields = after.split(|&c| c == b' ').filter(|f| !f.is_empty());
+    fields.next()?;
+    parse_decimal(fields.next()?)
+}
+
+/// Whether `ancestor` is an ancestor of `pid`. Raw syscalls only.
+pub fn descends_from(pid: i32, ancestor: i32) -> bool {
+    if ancestor <= 1 || pid <= 1 {
+        return false;
+    }
+    let mut p = pid;
+    for _ in 0..64 {
+        match parent_of(p) {
+            Some(pp) if pp == ancestor => return true,
+            Some(pp) if pp > 1 => p = pp,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Writes `v` in decimal at the start of `out`; returns the digit count.
 fn format_decimal(mut v: u32, out: &mut [u8]) -> usize {
     let mut tmp = [0u8; 10];
@@ -122,5 +162,15 @@ mod tests {
         assert!(seen);
         assert!(thread_alive(me));
         assert!(!thread_alive(i32::MAX - 1));
+    }
+
+    #[test]
+    fn ancestry() {
+        let me = sys::getpid();
+        // SAFETY: getppid takes no arguments.
+        let parent = unsafe { libc::getppid() };
+        assert_eq!(parent_of(me), Some(parent));
+        assert!(descends_from(me, parent));
+        assert!(!descends_from(me, me + 1_000_000));
     }
 }

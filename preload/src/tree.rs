@@ -1,0 +1,308 @@
+//! Keeping every process of the tree under the agent: a forked child gets
+//! its own connection to the coordinator (`pthread_atfork`), and a program
+//! exec'd from here gets the agent again even if it was given an
+//! environment without it (the exec wrappers put `LD_PRELOAD` and the
+//! `CKRUN_*` variables back).
+
+use crate::real::real;
+use crate::state::{active, RacyCell, CTL_FD};
+use core::ffi::{c_char, c_int};
+use core::sync::atomic::Ordering::Relaxed;
+
+/// The environment entries every process of the tree must have, NUL
+/// terminated, written once at start-up.
+struct AgentEnv {
+    preload: [u8; 4096],
+    socket: [u8; 256],
+    trigger: [u8; 64],
+    coordinator: [u8; 64],
+    lib: [u8; 4096],
+}
+
+static ENV: RacyCell<AgentEnv> = RacyCell::new(AgentEnv {
+    preload: [0; 4096],
+    socket: [0; 256],
+    trigger: [0; 64],
+    coordinator: [0; 64],
+    lib: [0; 4096],
+});
+
+fn copy_z(dst: &mut [u8], parts: &[&[u8]]) -> bool {
+    let mut n = 0;
+    for p in parts {
+        if n + p.len() + 1 > dst.len() {
+            return false;
+        }
+        dst[n..n + p.len()].copy_from_slice(p);
+        n += p.len();
+    }
+    dst[n] = 0;
+    true
+}
+
+/// Records what exec wrappers must put back. Called once from the
+/// constructor, before the program runs.
+pub fn remember_env(socket_name: &[u8], trigger: i32, coordinator: i32) {
+    // SAFETY: the constructor runs before any other thread of the program.
+    let e = unsafe { &mut *ENV.get() };
+    let lib = own_path();
+    copy_z(&mut e.lib, &[lib]);
+    copy_z(&mut e.preload, &[b"LD_PRELOAD=", lib]);
+    copy_z(&mut e.socket, &[ckrun_proto::ENV_SOCKET.as_bytes(), b"=", socket_name]);
+    let mut num = [0u8; 12];
+    let t = fmt_i32(trigger, &mut num);
+    copy_z(&mut e.trigger, &[ckrun_proto::ENV_TRIGGER.as_bytes(), b"=", t]);
+    let c = fmt_i32(coordinator, &mut num);
+    copy_z(&mut e.coordinator, &[ckrun_proto::ENV_COORDINATOR.as_bytes(), b"=", c]);
+    // SAFETY: registering plain extern "C" functions.
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
+}
+
+fn fmt_i32(v: i32, out: &mut [u8; 12]) -> &[u8] {
+    let mut tmp = [0u8; 12];
+    let mut n = 0;
+    let mut x = v.unsigned_abs();
+    loop {
+        tmp[n] = b'0' + (x % 10) as u8;
+        n += 1;
+        x /= 10;
+        if x == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        out[i] = tmp[n - 1 - i];
+    }
+    &out[..n]
+}
+
+/// This library's own path, as the dynamic loader knows it.
+fn own_path() -> &'static [u8] {
+    // SAFETY: dladdr fills `info` for an address inside this library; the
+    // path it points to lives as long as the library.
+    unsafe {
+        let mut info: libc::Dl_info = core::mem::zeroed();
+        if libc::dladdr(own_path as *const libc::c_void, &mut info) != 0 && !info.dli_fname.is_null() {
+            return core::ffi::CStr::from_ptr(info.dli_fname).to_bytes();
+        }
+    }
+    b""
+}
+
+/// In a forked child: the inherited connection is the parent's; open our own.
+extern "C" fn after_fork_child() {
+    if !active() {
+        return;
+    }
+    let old = CTL_FD.load(Relaxed);
+    // SAFETY: ENV was written before the program started.
+    let e = unsafe { &*ENV.get() };
+    let name = &e.socket[ckrun_proto::ENV_SOCKET.len() + 1..];
+    let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(0)];
+    match crate::connect_at(name, old) {
+        Some(fd) => CTL_FD.store(fd, Relaxed),
+        None => {
+            CTL_FD.store(-1, Relaxed);
+            crate::sys::close(old);
+        }
+    }
+    crate::hello();
+}
+
+/// Whether `entry` (NUL-terminated) starts with `key=`.
+///
+/// # Safety
+/// `entry` must be a NUL-terminated string.
+unsafe fn is_var(entry: *const c_char, key: &str) -> bool {
+    // SAFETY: entry is NUL-terminated per the contract.
+    let s = unsafe { core::ffi::CStr::from_ptr(entry) }.to_bytes();
+    s.len() > key.len() && s.starts_with(key.as_bytes()) && s[key.len()] == b'='
+}
+
+/// Most environment entries handled without allocating (a vfork child may
+/// not allocate); larger environments are passed on unchanged.
+const MAX_ENV: usize = 4096;
+
+/// Calls `f` with `envp` plus the agent's variables. Everything lives on
+/// this stack frame: exec wrappers may run in a vfork child.
+///
+/// # Safety
+/// `envp` must be null or a valid NULL-terminated environment array.
+unsafe fn with_agent_env<R>(envp: *const *const c_char, f: impl FnOnce(*const *const c_char) -> R) -> R {
+    if !active() {
+        return f(envp);
+    }
+    // SAFETY: ENV was written before the program started.
+    let e = unsafe { &*ENV.get() };
+    let mut out: [*const c_char; MAX_ENV + 5] = [core::ptr::null(); MAX_ENV + 5];
+    let mut preload_buf = [0u8; 8192];
+    let mut n = 0;
+    let mut had_preload = false;
+    if !envp.is_null() {
+        let mut i = 0;
+        loop {
+            // SAFETY: envp is NULL-terminated per the contract.
+            let entry = unsafe { *envp.add(i) };
+            if entry.is_null() {
+                break;
+            }
+            i += 1;
+            if n >= MAX_ENV {
+                return f(envp);
+            }
+            // SAFETY: entries are NUL-terminated strings.
+            unsafe {
+                if is_var(entry, ckrun_proto::ENV_SOCKET)
+                    || is_var(entry, ckrun_proto::ENV_TRIGGER)
+                    || is_var(entry, ckrun_proto::ENV_COORDINATOR)
+                {
+                    continue; // ours are added below
+                }
+                if is_var(entry, "LD_PRELOAD") {
+                    had_preload = true;
+                    let cur = core::ffi::CStr::from_ptr(entry).to_bytes();
+                    let lib = &e.lib[..e.lib.iter().position(|&b| b == 0).unwrap_or(0)];
+                    let value = &cur[b"LD_PRELOAD=".len()..];
+                    if !lib.is_empty()
+                        && !contains_word(value, lib)
+                        && copy_z(&mut preload_buf, &[b"LD_PRELOAD=", lib, b":", value])
+                    {
+                        out[n] = preload_buf.as_ptr().cast();
+                        n += 1;
+                        continue;
+                    }
+                }
+            }
+            out[n] = entry;
+            n += 1;
+        }
+    }
+    if !had_preload {
+        out[n] = e.preload.as_ptr().cast();
+        n += 1;
+    }
+    out[n] = e.socket.as_ptr().cast();
+    out[n + 1] = e.trigger.as_ptr().cast();
+    out[n + 2] = e.coordinator.as_ptr().cast();
+    f(out.as_ptr())
+}
+
+/// Whether the colon- or space-separated list `list` names `item`.
+fn contains_word(list: &[u8], item: &[u8]) -> bool {
+    list.split(|&c| c == b':' || c == b' ').any(|w| w == item)
+}
+
+extern "C" {
+    static environ: *const *const c_char;
+}
+
+/// # Safety
+/// As glibc's `execve`.
+#[no_mangle]
+pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    let next = real!(execve: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int);
+    // SAFETY: forwarded with an environment that is valid for the call.
+    unsafe { with_agent_env(envp, |env| next(path, argv, env)) }
+}
+
+/// # Safety
+/// As glibc's `execv`.
+#[no_mangle]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: forwarded with the process environment.
+    unsafe { execve(path, argv, environ) }
+}
+
+/// # Safety
+/// As glibc's `execvpe`.
+#[no_mangle]
+pub unsafe extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    let next = real!(execvpe: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int);
+    // SAFETY: forwarded with an environment that is valid for the call.
+    unsafe { with_agent_env(envp, |env| next(file, argv, env)) }
+}
+
+/// # Safety
+/// As glibc's `execvp`.
+#[no_mangle]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: forwarded with the process environment.
+    unsafe { execvpe(file, argv, environ) }
+}
+
+/// # Safety
+/// As glibc's `fexecve`.
+#[no_mangle]
+pub unsafe extern "C" fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    let next = real!(fexecve: fn(c_int, *const *const c_char, *const *const c_char) -> c_int);
+    // SAFETY: forwarded with an environment that is valid for the call.
+    unsafe { with_agent_env(envp, |env| next(fd, argv, env)) }
+}
+
+type SpawnFn = unsafe extern "C" fn(
+    *mut libc::pid_t,
+    *const c_char,
+    *const libc::posix_spawn_file_actions_t,
+    *const libc::posix_spawnattr_t,
+    *const *mut c_char,
+    *const *mut c_char,
+) -> c_int;
+
+/// # Safety
+/// As glibc's `posix_spawn`.
+#[no_mangle]
+pub unsafe extern "C" fn posix_spawn(
+    pid: *mut libc::pid_t,
+    path: *const c_char,
+    actions: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    let next: SpawnFn = real!(posix_spawn: fn(
+        *mut libc::pid_t,
+        *const c_char,
+        *const libc::posix_spawn_file_actions_t,
+        *const libc::posix_spawnattr_t,
+        *const *mut c_char,
+        *const *mut c_char
+    ) -> c_int);
+    // SAFETY: forwarded with an environment that is valid for the call.
+    unsafe { with_agent_env(envp.cast(), |env| next(pid, path, actions, attr, argv, env.cast())) }
+}
+
+/// # Safety
+/// As glibc's `posix_spawnp`.
+#[no_mangle]
+pub unsafe extern "C" fn posix_spawnp(
+    pid: *mut libc::pid_t,
+    file: *const c_char,
+    actions: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    let next: SpawnFn = real!(posix_spawnp: fn(
+        *mut libc::pid_t,
+        *const c_char,
+        *const libc::posix_spawn_file_actions_t,
+        *const libc::posix_spawnattr_t,
+        *const *mut c_char,
+        *const *mut c_char
+    ) -> c_int);
+    // SAFETY: forwarded with an environment that is valid for the call.
+    unsafe { with_agent_env(envp.cast(), |env| next(pid, file, actions, attr, argv, env.cast())) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_and_numbers() {
+        assert!(contains_word(b"/a/libckpt.so:/b/x.so", b"/a/libckpt.so"));
+        assert!(!contains_word(b"/a/libckpt.so.1", b"/a/libckpt.so"));
+        let mut b = [0u8; 12];
+        assert_eq!(fmt_i32(12, &mut b), b"12");
+    }
+}
