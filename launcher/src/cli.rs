@@ -15,6 +15,8 @@ pub struct Overrides {
     pub frozen: Option<bool>,
     /// Refuse to checkpoint an fd that cannot be restored.
     pub strict: bool,
+    /// With --restart: a PID in use is an error (no PID namespace).
+    pub no_pidns: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -62,6 +64,8 @@ options:
   --strict         fail a checkpoint when an fd cannot be restored
                    (default: it comes back closed, with a warning)
   --dry-run        with --restart: print the restore plan, run nothing
+  --no-pidns       with --restart: fail if a PID of the image is in use
+                   (default: restart in a new PID namespace where it is free)
   --json           with --inspect: machine-readable output
   -h, --help       this text
   -V, --version    ckrun's version
@@ -98,6 +102,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, CkError> {
             }
             "--no-fork" => opts.frozen = Some(true),
             "--strict" => opts.strict = true,
+            "--no-pidns" => opts.no_pidns = true,
             "--fork" => opts.frozen = Some(false),
             "--restart" => restart = Some(PathBuf::from(value("--restart")?)),
             "--inspect" => inspect = Some(PathBuf::from(value("--inspect")?)),

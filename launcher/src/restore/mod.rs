@@ -11,6 +11,7 @@
 pub mod child;
 pub mod kernel;
 mod memory;
+mod pidns;
 pub mod plan;
 mod restorer;
 mod settings;
@@ -134,8 +135,8 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     check_files(&img.manifest)?;
     let m = &img.manifest;
     let mut settings = m.settings.clone();
-    if let Some(d) = opts.dir {
-        settings.dir = image_dir(Some(&d))?;
+    if let Some(d) = &opts.dir {
+        settings.dir = image_dir(Some(d))?;
     } else if !settings.dir.is_dir() {
         settings.dir = image_dir(None)?;
     }
@@ -145,6 +146,29 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     if dry_run {
         print!("{}", dry_run_text(&img)?);
         return Ok(0);
+    }
+    let taken: Vec<String> = m
+        .processes
+        .iter()
+        .map(|p| p.pid)
+        .chain(m.zombies.iter().map(|z| z.pid))
+        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        .map(|pid| pid.to_string())
+        .collect();
+    if !taken.is_empty() {
+        let which = taken.join(", ");
+        if opts.no_pidns {
+            return Err(CkError::Environment(format!(
+                "PID {which} is in use by another process (is the original program still running?); \
+                 cannot restore it with its PID (--no-pidns)"
+            ))
+            .into());
+        }
+        eprintln!("ckrun: PID {which} in use here: restarting in a new PID namespace, where the image's PIDs are free");
+        let trigger = settings.trigger;
+        drop(img);
+        let opts = Overrides { no_pidns: true, ..opts };
+        return pidns::run_in_new_namespace(trigger, || restart(&path, opts, false));
     }
     let listener = match socket::listen(&settings.socket_name) {
         Ok(l) => l,

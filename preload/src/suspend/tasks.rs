@@ -108,7 +108,8 @@ fn parent_of(pid: i32) -> Option<i32> {
 
 /// Whether `ancestor` is an ancestor of `pid`. Raw syscalls only.
 pub fn descends_from(pid: i32, ancestor: i32) -> bool {
-    if ancestor <= 1 || pid <= 1 {
+    // In a PID namespace ckrun is PID 1, the ancestor of everything.
+    if ancestor <= 0 || pid <= 1 {
         return false;
     }
     let mut p = pid;
