@@ -15,7 +15,7 @@ use crate::sys::PAGE_SIZE;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::Mutex;
 
 /// Largest run of pages compressed as one chunk (1 MiB): small enough to
 /// spread over all cores, large enough for lz4 to find its matches.
@@ -109,78 +109,58 @@ pub fn select_pages(mem: &RemoteMemory, regions: &[Region], which: impl Fn(&Regi
     Ok(runs)
 }
 
-/// A compressed piece of a run, ready to append.
-struct Compressed {
-    region: usize,
-    addr: u64,
-    npages: u32,
-    data: Vec<u8>,
-}
-
-/// Reads the runs from `mem` on all cores, drops zero pages, compresses,
-/// and appends the chunks to `out`, recording them in `regions`. Returns
-/// the bytes of page data saved (before compression).
-pub fn save_pages(mem: &RemoteMemory, runs: &[PageRun], regions: &mut [Region], out: &mut ImageWriter) -> Result<u64> {
+/// Reads the runs from `mem` on all cores, drops zero pages, compresses
+/// and appends the chunks to `out` (each worker writes its own chunks at
+/// reserved offsets), recording them in `regions`. Returns the bytes of
+/// page data saved (before compression).
+pub fn save_pages(mem: &RemoteMemory, runs: &[PageRun], regions: &mut [Region], out: &ImageWriter) -> Result<u64> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(16);
     let next = AtomicUsize::new(0);
-    let (tx, rx) = mpsc::sync_channel::<Result<Compressed>>(workers * 2);
-    let mut saved = 0u64;
-    std::thread::scope(|s| -> Result<()> {
+    let saved: Mutex<Vec<(usize, ChunkRef)>> = Mutex::new(Vec::new());
+    let first_err: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
         for _ in 0..workers {
-            let tx = tx.clone();
-            let next = &next;
-            s.spawn(move || {
+            s.spawn(|| {
                 let mut buf = vec![0u8; CHUNK_PAGES as usize * PAGE_SIZE as usize];
+                let mut packed = vec![0u8; lz4_flex::block::get_maximum_output_size(buf.len())];
+                let mut mine = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(run) = runs.get(i) else { break };
-                    let r = compress_run(mem, run, &mut buf, |c| tx.send(Ok(c)).is_ok());
-                    if let Err(e) = r {
-                        let _ = tx.send(Err(e));
+                    if let Err(e) = save_run(mem, run, &mut buf, &mut packed, out, &mut mine) {
+                        first_err.lock().unwrap().get_or_insert(e);
                         // Stop the others quickly.
                         next.store(runs.len(), Ordering::Relaxed);
                         break;
                     }
                 }
+                saved.lock().unwrap().extend(mine);
             });
         }
-        drop(tx);
-        let mut first_err = None;
-        for c in rx {
-            match c {
-                Ok(c) if first_err.is_none() => {
-                    let (offset, checksum) = out.append_chunk(&c.data)?;
-                    saved += c.npages as u64 * PAGE_SIZE;
-                    regions[c.region].chunks.push(ChunkRef {
-                        addr: c.addr,
-                        npages: c.npages,
-                        clen: c.data.len() as u32,
-                        offset,
-                        checksum,
-                    });
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                    next.store(runs.len(), Ordering::Relaxed);
-                }
-            }
-        }
-        first_err.map_or(Ok(()), Err)
-    })?;
+    });
+    if let Some(e) = first_err.into_inner().unwrap() {
+        return Err(e);
+    }
+    let mut bytes = 0;
+    for (region, c) in saved.into_inner().unwrap() {
+        bytes += c.npages as u64 * PAGE_SIZE;
+        regions[region].chunks.push(c);
+    }
     for r in regions.iter_mut() {
         r.chunks.sort_by_key(|c| c.addr);
     }
-    Ok(saved)
+    Ok(bytes)
 }
 
-/// Reads one run, splits it around zero pages, compresses the pieces and
-/// hands each to `emit` (false: stop).
-fn compress_run(
+/// Reads one run, splits it around zero pages, compresses each piece and
+/// writes it to the image.
+fn save_run(
     mem: &RemoteMemory,
     run: &PageRun,
     buf: &mut [u8],
-    mut emit: impl FnMut(Compressed) -> bool,
+    packed: &mut [u8],
+    out: &ImageWriter,
+    saved: &mut Vec<(usize, ChunkRef)>,
 ) -> Result<()> {
     let ps = PAGE_SIZE as usize;
     let data = &mut buf[..run.npages as usize * ps];
@@ -196,15 +176,11 @@ fn compress_run(
         while p < n && !is_zero_page(&data[p * ps..(p + 1) * ps]) {
             p += 1;
         }
-        let c = Compressed {
-            region: run.region,
-            addr: run.addr + (begin * ps) as u64,
-            npages: (p - begin) as u32,
-            data: lz4_flex::block::compress(&data[begin * ps..p * ps]),
-        };
-        if !emit(c) {
-            return Ok(());
-        }
+        let len = lz4_flex::block::compress_into(&data[begin * ps..p * ps], packed)
+            .map_err(|e| anyhow::anyhow!("compressing: {e}"))?;
+        let (offset, checksum) = out.append_chunk(&packed[..len])?;
+        let addr = run.addr + (begin * ps) as u64;
+        saved.push((run.region, ChunkRef { addr, npages: (p - begin) as u32, clen: len as u32, offset, checksum }));
     }
     Ok(())
 }

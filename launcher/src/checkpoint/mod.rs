@@ -112,7 +112,7 @@ pub struct Tree<'a> {
 pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32) -> Result<Outcome> {
     let t0 = Instant::now();
     let path = settings.dir.join(format!("{}.{}.{}.ckimg", settings.image_name, tree.root, sequence));
-    let mut out = ImageWriter::create(&path)?;
+    let out = ImageWriter::create(&path)?;
     let mut merged_requests = 0;
 
     // 1. Suspend every process, then check nobody forked meanwhile.
@@ -138,7 +138,7 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32)
     // The agent's own signals are never pending for the program.
     let reserved = 1u64 << (SUSPEND_SIGNAL - 1) | 1u64 << (settings.trigger - 1);
     let procs: Vec<(i32, i32)> = guard.stopped.iter().map(|s| (s.agent.pid, s.agent.agent_fd)).collect();
-    let mut fds = fdtypes::capture(&procs, &mut out)?;
+    let mut fds = fdtypes::capture(&procs, &out)?;
     let what: Vec<String> = fds.unsupported.clone();
     if settings.strict && !what.is_empty() {
         bail!("{} cannot be restored (--strict)", what.join(", "));
@@ -149,7 +149,7 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32)
     let mut memory_bytes = 0;
     for (i, s) in guard.stopped.iter().enumerate() {
         let table = std::mem::take(&mut fds.fds[i]);
-        images.push(capture_stopped(s, table, &mut fds.ghosts, &mut out, frozen, reserved, &mut memory_bytes)?);
+        images.push(capture_stopped(s, table, &mut fds.ghosts, &out, frozen, reserved, &mut memory_bytes)?);
     }
 
     // 3./4. Resume; private memory from the snapshots.
@@ -160,7 +160,7 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32)
             let mem = RemoteMemory::open(s.source())?;
             let runs = memory::select_pages(&mem, &img.regions, |r| !r.shared)
                 .map_err(|e| anyhow!("{e:#} (memory marked MADV_DONTFORK is not in the snapshot: use --no-fork)"))?;
-            memory_bytes += memory::save_pages(&mem, &runs, &mut img.regions, &mut out)?;
+            memory_bytes += memory::save_pages(&mem, &runs, &mut img.regions, &out)?;
         }
     }
     drop(guard); // reaps the snapshot children
@@ -200,7 +200,7 @@ fn capture_stopped(
     s: &Stopped,
     fds: Vec<FdImage>,
     ghosts: &mut Vec<GhostFile>,
-    out: &mut ImageWriter,
+    out: &ImageWriter,
     frozen: bool,
     reserved: u64,
     saved: &mut u64,

@@ -25,20 +25,20 @@ pub fn is_ghost(path: &str) -> bool {
     path.starts_with("/memfd:") || path.ends_with(DELETED)
 }
 
-pub fn capture_fd(f: &ProcFd, ghosts: &mut Vec<GhostFile>, out: &mut ImageWriter) -> Result<OpenFile> {
+pub fn capture_fd(f: &ProcFd, ghosts: &mut Vec<GhostFile>, out: &ImageWriter) -> Result<OpenFile> {
     let g = find_or_save(&f.proc_path(), &f.target, ghosts, out)?;
     Ok(OpenFile::Ghost { ghost: g, flags: f.flags, pos: f.pos, locks: file::locks(&f.info) })
 }
 
 /// The ghost behind a mapping (saved now if no fd showed it yet).
-pub fn capture_mapping(pid: i32, m: &MapEntry, ghosts: &mut Vec<GhostFile>, out: &mut ImageWriter) -> Result<u32> {
+pub fn capture_mapping(pid: i32, m: &MapEntry, ghosts: &mut Vec<GhostFile>, out: &ImageWriter) -> Result<u32> {
     if let Some(i) = ghosts.iter().position(|g| g.dev == m.dev && g.inode == m.inode) {
         return Ok(i as u32);
     }
     find_or_save(&format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end), &m.path, ghosts, out)
 }
 
-fn find_or_save(open_path: &str, shown: &str, ghosts: &mut Vec<GhostFile>, out: &mut ImageWriter) -> Result<u32> {
+fn find_or_save(open_path: &str, shown: &str, ghosts: &mut Vec<GhostFile>, out: &ImageWriter) -> Result<u32> {
     let meta = std::fs::metadata(open_path).with_context(|| format!("reaching {shown} through {open_path}"))?;
     let dev = (libc::major(meta.dev()), libc::minor(meta.dev()));
     if let Some(i) = ghosts.iter().position(|g| g.dev == dev && g.inode == meta.ino()) {
@@ -70,7 +70,7 @@ fn find_or_save(open_path: &str, shown: &str, ghosts: &mut Vec<GhostFile>, out: 
 
 /// The file's bytes in page-padded, compressed pieces; all-zero pieces are
 /// left out (they come back as holes).
-fn save_content(f: &mut std::fs::File, size: u64, out: &mut ImageWriter) -> Result<Vec<ChunkRef>> {
+fn save_content(f: &mut std::fs::File, size: u64, out: &ImageWriter) -> Result<Vec<ChunkRef>> {
     let piece = CHUNK_PAGES as usize * PAGE_SIZE as usize;
     let mut buf = vec![0u8; piece];
     let mut chunks = Vec::new();

@@ -71,7 +71,7 @@ pub struct FdTables {
 /// Captures the fds of processes `(pid, agent fd)` (the agent's own
 /// connection left out), grouping them by open file description across
 /// the whole tree. Deleted files' contents go to `out`.
-pub fn capture(procs: &[(i32, i32)], out: &mut ImageWriter) -> Result<FdTables> {
+pub fn capture(procs: &[(i32, i32)], out: &ImageWriter) -> Result<FdTables> {
     let mut all: Vec<(usize, bool, ProcFd)> = Vec::new();
     for (pi, &(pid, agent_fd)) in procs.iter().enumerate() {
         let mut nums: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -123,7 +123,7 @@ pub fn capture(procs: &[(i32, i32)], out: &mut ImageWriter) -> Result<FdTables> 
     Ok(t)
 }
 
-fn classify(f: &ProcFd, ends: &pipe::Ends, t: &mut FdTables, out: &mut ImageWriter) -> Result<OpenFile> {
+fn classify(f: &ProcFd, ends: &pipe::Ends, t: &mut FdTables, out: &ImageWriter) -> Result<OpenFile> {
     let target = f.target.as_str();
     let stdio = (0..=2).contains(&f.fd);
     if let Some(ino) = target.strip_prefix("pipe:[").and_then(|s| s.strip_suffix(']')).and_then(|s| s.parse().ok()) {

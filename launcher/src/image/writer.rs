@@ -1,20 +1,25 @@
 //! Writes an image: under a temporary name, synced, then renamed, so that
 //! the final name only ever holds a complete image and a crash at any
 //! moment leaves the previous images intact.
+//!
+//! Chunks are appended by many threads at once: each reserves its place
+//! (an atomic end offset) and writes it with pwrite, so compression and
+//! writing proceed on all cores with no writer thread in between.
 
 use super::manifest::Manifest;
 use super::{checksum, header_bytes, Trailer, HEADER_LEN};
 use anyhow::{Context, Result};
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub struct ImageWriter {
-    out: Option<BufWriter<File>>,
+    file: File,
     tmp: PathBuf,
     dest: PathBuf,
-    offset: u64,
+    end: AtomicU64,
+    finished: bool,
 }
 
 impl ImageWriter {
@@ -22,49 +27,44 @@ impl ImageWriter {
         let mut tmp = dest.as_os_str().to_owned();
         tmp.push(format!(".tmp.{}", std::process::id()));
         let tmp = PathBuf::from(tmp);
-        let f = OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
-        let mut out = BufWriter::with_capacity(4 << 20, f);
-        out.write_all(&header_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
-        Ok(ImageWriter { out: Some(out), tmp, dest: dest.to_owned(), offset: HEADER_LEN })
+        file.write_all_at(&header_bytes(), 0).with_context(|| format!("writing {}", tmp.display()))?;
+        Ok(ImageWriter { file, tmp, dest: dest.to_owned(), end: AtomicU64::new(HEADER_LEN), finished: false })
     }
 
-    /// Appends compressed chunk bytes; returns where they went and their checksum.
-    pub fn append_chunk(&mut self, data: &[u8]) -> Result<(u64, u64)> {
-        let off = self.offset;
-        self.out
-            .as_mut()
-            .expect("writer finished")
-            .write_all(data)
-            .with_context(|| format!("writing {}", self.tmp.display()))?;
-        self.offset += data.len() as u64;
-        Ok((off, checksum(data)))
+    /// Appends compressed chunk bytes (from any thread); returns where they
+    /// went and their checksum.
+    pub fn append_chunk(&self, data: &[u8]) -> Result<(u64, u64)> {
+        let sum = checksum(data);
+        let off = self.end.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.file.write_all_at(data, off).with_context(|| format!("writing {}", self.tmp.display()))?;
+        Ok((off, sum))
     }
 
     /// Writes the manifest and trailer, syncs, renames into place and syncs
     /// the directory. Returns the image size.
     pub fn finish(mut self, manifest: &Manifest) -> Result<u64> {
         let m = bincode::serialize(manifest).context("encoding the manifest")?;
+        let at = self.end.load(Ordering::Relaxed);
         let trailer = Trailer {
-            manifest_offset: self.offset,
+            manifest_offset: at,
             manifest_len: m.len() as u64,
             manifest_checksum: checksum(&m),
-            file_len: self.offset + m.len() as u64 + super::TRAILER_LEN,
+            file_len: at + m.len() as u64 + super::TRAILER_LEN,
         };
-        let mut out = self.out.take().expect("writer finished");
         let ctx = || format!("writing {}", self.tmp.display());
-        out.write_all(&m).with_context(ctx)?;
-        out.write_all(&trailer.to_bytes()).with_context(ctx)?;
-        let f = out.into_inner().map_err(|e| e.into_error()).with_context(ctx)?;
-        f.sync_all().with_context(|| format!("syncing {}", self.tmp.display()))?;
-        drop(f);
+        self.file.write_all_at(&m, at).with_context(ctx)?;
+        self.file.write_all_at(&trailer.to_bytes(), at + m.len() as u64).with_context(ctx)?;
+        self.file.sync_all().with_context(|| format!("syncing {}", self.tmp.display()))?;
         std::fs::rename(&self.tmp, &self.dest)
             .with_context(|| format!("renaming {} to {}", self.tmp.display(), self.dest.display()))?;
+        self.finished = true;
         if let Some(dir) = self.dest.parent() {
             let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
             File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
@@ -75,7 +75,7 @@ impl ImageWriter {
 
 impl Drop for ImageWriter {
     fn drop(&mut self) {
-        if self.out.is_some() {
+        if !self.finished {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
