@@ -16,7 +16,9 @@ pub fn capture(f: &ProcFd, meta: &std::fs::Metadata) -> Result<OpenFile> {
     } else {
         PathKind::CharDevice
     };
-    Ok(OpenFile::Path { path: PathBuf::from(&f.target), flags: f.flags, pos: f.pos, kind, locks: locks(&f.info) })
+    let writable = f.flags & libc::O_ACCMODE != libc::O_RDONLY;
+    let written_size = (kind == PathKind::Regular && writable).then_some(meta.len());
+    Ok(OpenFile::Path { path: PathBuf::from(&f.target), flags: f.flags, pos: f.pos, kind, locks: locks(&f.info), written_size })
 }
 
 /// The `lock:` lines of an fdinfo file: the locks held through this open
@@ -51,6 +53,7 @@ pub fn reopen_flags(flags: i32) -> i32 {
     flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) | libc::O_CLOEXEC
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn restore(
     k: &mut impl Kernel,
     path: &Path,
@@ -58,15 +61,34 @@ pub fn restore(
     pos: u64,
     kind: PathKind,
     locks: &[FileLock],
+    written_size: Option<u64>,
 ) -> Result<i32> {
     let fd = k
         .open(path, reopen_flags(flags))
         .map_err(|e| crate::error::CkError::Environment(format!("cannot reopen {}: {e}", path.display())))?;
+    if let Some(size) = written_size {
+        cut_back(k, fd, size, path)?;
+    }
     if kind == PathKind::Regular && pos != 0 {
         k.seek(fd, pos)?;
     }
     take_locks(k, fd, locks, path)?;
     Ok(fd)
+}
+
+/// Cuts a file the job writes back to its size at the checkpoint, if it
+/// grew since (only then: a file someone shortened meanwhile is left alone).
+fn cut_back(k: &mut impl Kernel, fd: i32, size: u64, path: &Path) -> Result<()> {
+    let now = k.file_size(fd)?;
+    if now > size {
+        k.truncate(fd, size).map_err(|e| {
+            crate::error::CkError::Environment(format!(
+                "cannot cut {} back to its size at the checkpoint ({size} bytes): {e}",
+                path.display()
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 pub fn take_locks(k: &mut impl Kernel, fd: i32, locks: &[FileLock], what: &Path) -> Result<()> {

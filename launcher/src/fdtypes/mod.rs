@@ -210,8 +210,8 @@ pub fn create_objects(k: &mut impl Kernel, img: &ImageReader) -> Result<Objects>
             None
         } else {
             match f {
-                OpenFile::Path { path, flags, pos, kind, locks } => {
-                    Some(file::restore(k, path, *flags, *pos, *kind, &shared_locks(locks))?)
+                OpenFile::Path { path, flags, pos, kind, locks, written_size } => {
+                    Some(file::restore(k, path, *flags, *pos, *kind, &shared_locks(locks), *written_size)?)
                 }
                 OpenFile::Inherited { fd, termios, .. } => {
                     let mine = k.dup_above(*fd, 3)?;
@@ -238,6 +238,24 @@ pub fn create_objects(k: &mut impl Kernel, img: &ImageReader) -> Result<Objects>
     }
     pipes.finish(k);
     Ok(o)
+}
+
+/// Takes the process's own (POSIX) locks, on one of its fds of each file.
+/// Last of all: closing any fd of a file drops the process's POSIX locks on
+/// it, so no temporary fd of it may be closed afterwards.
+pub fn take_own_locks(k: &mut impl Kernel, p: &ProcessImage, files: &[OpenFile]) -> Result<()> {
+    for f in &p.fds {
+        let locks = match &files[f.desc as usize] {
+            OpenFile::Path { locks, .. } | OpenFile::Ghost { locks, .. } => locks,
+            _ => continue,
+        };
+        if p.fds.iter().find(|x| x.desc == f.desc).map(|x| x.fd) != Some(f.fd) {
+            continue;
+        }
+        let own: Vec<FileLock> = locks.iter().filter(|l| l.kind == LockKind::Posix).copied().collect();
+        file::take_locks(k, f.fd, &own, std::path::Path::new(&format!("fd {}", f.fd)))?;
+    }
+    Ok(())
 }
 
 /// In a restore child: puts the received descriptions (`received[desc]`)
@@ -267,18 +285,6 @@ pub fn place(
             k.dup_to(src, f.fd, f.cloexec)?;
             have.push(f.fd);
         }
-    }
-    // The process's own locks, on one of its fds of each file.
-    for f in &p.fds {
-        let locks = match &files[f.desc as usize] {
-            OpenFile::Path { locks, .. } | OpenFile::Ghost { locks, .. } => locks,
-            _ => continue,
-        };
-        if p.fds.iter().find(|x| x.desc == f.desc).map(|x| x.fd) != Some(f.fd) {
-            continue;
-        }
-        let own: Vec<FileLock> = locks.iter().filter(|l| l.kind == LockKind::Posix).copied().collect();
-        file::take_locks(k, f.fd, &own, std::path::Path::new(&format!("fd {}", f.fd)))?;
     }
     // epoll last: its interest list names the other fds by their numbers.
     let mut made = Vec::new();
@@ -328,6 +334,7 @@ mod tests {
                     FileLock { kind: LockKind::Flock, write: true, start: 0, len: 0 },
                     FileLock { kind: LockKind::Posix, write: true, start: 10, len: 5 },
                 ],
+                written_size: None,
             },
             OpenFile::Unsupported { what: "socket".into() },
         ];
@@ -341,6 +348,15 @@ mod tests {
         let mut k = Recording::default();
         let have = place(&mut k, &p, &files, &received, 3).unwrap();
         assert_eq!(have, vec![1, 5, 1000]);
+        // The process's own lock comes last, once no temporary fd of the
+        // file remains to be closed; the flock came with the description.
+        let placed = k.calls.len();
+        take_own_locks(&mut k, &p, &files).unwrap();
+        assert_eq!(
+            k.calls[placed..],
+            [Call::Lock { fd: 1, lock: FileLock { kind: LockKind::Posix, write: true, start: 10, len: 5 } }]
+        );
+        k.calls.truncate(placed);
         assert_eq!(
             k.calls,
             vec![
@@ -350,8 +366,6 @@ mod tests {
                 // One description, both numbers.
                 Call::DupTo { from: 1001, to: 1, cloexec: false },
                 Call::DupTo { from: 1001, to: 5, cloexec: true },
-                // The process's own lock; the flock came with the description.
-                Call::Lock { fd: 1, lock: FileLock { kind: LockKind::Posix, write: true, start: 10, len: 5 } },
                 Call::DupTo { from: 1002, to: 1000, cloexec: true },
                 Call::Close(1001),
                 Call::Close(1002),
@@ -360,33 +374,27 @@ mod tests {
     }
 
     #[test]
-    fn objects_are_made_once_for_the_tree() {
-        let file = OpenFile::Path {
-            path: "/tmp/out".into(),
-            flags: libc::O_WRONLY | libc::O_TRUNC,
-            pos: 42,
-            kind: PathKind::Regular,
-            locks: vec![FileLock { kind: LockKind::Flock, write: true, start: 0, len: 0 }],
-        };
+    fn files_reopen_without_truncating_but_cut_back_what_was_written_after() {
         let mut k = Recording::default();
-        let fd = file::restore(
-            &mut k,
-            std::path::Path::new("/tmp/out"),
-            libc::O_WRONLY | libc::O_TRUNC,
-            42,
-            PathKind::Regular,
-            &[FileLock { kind: LockKind::Flock, write: true, start: 0, len: 0 }],
-        )
-        .unwrap();
-        let _ = file;
-        // Reopened without O_TRUNC, positioned, locked.
+        k.sizes = 500;
+        let flock = FileLock { kind: LockKind::Flock, write: true, start: 0, len: 0 };
+        let path = std::path::Path::new("/tmp/out");
+        let fd = file::restore(&mut k, path, libc::O_WRONLY | libc::O_TRUNC, 42, PathKind::Regular, &[flock], Some(420))
+            .unwrap();
         assert_eq!(
             k.calls,
             vec![
                 Call::Open { path: "/tmp/out".into(), flags: libc::O_WRONLY | libc::O_CLOEXEC, fd },
+                Call::FileSize(fd),
+                Call::Truncate { fd, len: 420 },
                 Call::Seek { fd, pos: 42 },
-                Call::Lock { fd, lock: FileLock { kind: LockKind::Flock, write: true, start: 0, len: 0 } },
+                Call::Lock { fd, lock: flock },
             ]
         );
+        // A file that did not grow is left as it is.
+        let mut k = Recording::default();
+        k.sizes = 300;
+        file::restore(&mut k, path, libc::O_WRONLY, 0, PathKind::Regular, &[], Some(420)).unwrap();
+        assert!(!k.calls.iter().any(|c| matches!(c, Call::Truncate { .. })));
     }
 }

@@ -210,6 +210,11 @@ pub enum OpenFile {
         pos: u64,
         kind: PathKind,
         locks: Vec<FileLock>,
+        /// Size at the checkpoint of a regular file open for writing: what
+        /// the job wrote after the checkpoint is cut off at restart (it
+        /// writes it again), so output files end as after an
+        /// uninterrupted run.
+        written_size: Option<u64>,
     },
     /// The terminal or a pipe/socket from outside the tree, on fd 0..2 of
     /// the program: at restart the program gets ckrun's own fd `fd` (with

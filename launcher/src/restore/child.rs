@@ -76,6 +76,7 @@ fn restore(image: &Path, index: usize, ctl: i32) -> Result<std::convert::Infalli
     k.close(exe);
     let enc = restorer::encode(&plan, &p, exe_fd, p.agent_fd)?;
     close_other_fds(&have, exe_fd)?;
+    fdtypes::take_own_locks(&mut k, &p, &descriptions)?;
 
     // Wait for the whole tree, on the connection now at the agent's fd.
     transfer::send(p.agent_fd, transfer::READY, &[])?;

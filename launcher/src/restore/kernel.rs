@@ -30,6 +30,7 @@ pub trait Kernel {
     fn write_all(&mut self, fd: i32, data: &[u8]) -> io::Result<()>;
     fn pwrite_all(&mut self, fd: i32, data: &[u8], offset: u64) -> io::Result<()>;
     fn truncate(&mut self, fd: i32, len: u64) -> io::Result<()>;
+    fn file_size(&mut self, fd: i32) -> io::Result<u64>;
     fn fcntl(&mut self, fd: i32, cmd: i32, arg: i64) -> io::Result<i64>;
     fn lock(&mut self, fd: i32, lock: &FileLock) -> io::Result<()>;
     fn eventfd(&mut self, count: u32, flags: i32) -> io::Result<i32>;
@@ -151,6 +152,13 @@ impl Kernel for Linux {
         // SAFETY: ftruncate on an fd we hold.
         cvt(unsafe { libc::ftruncate(fd, len as libc::off_t) } as _).map(drop)
     }
+    fn file_size(&mut self, fd: i32) -> io::Result<u64> {
+        // SAFETY: stat is plain data; fstat fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: st is a valid stat buffer.
+        cvt(unsafe { libc::fstat(fd, &mut st) } as _)?;
+        Ok(st.st_size as u64)
+    }
     fn fcntl(&mut self, fd: i32, cmd: i32, arg: i64) -> io::Result<i64> {
         // SAFETY: the commands used take an integer argument.
         cvt(unsafe { libc::fcntl(fd, cmd, arg as libc::c_long) } as _)
@@ -256,6 +264,7 @@ pub mod recording {
         Write { fd: i32, data: Vec<u8> },
         Pwrite { fd: i32, len: usize, offset: u64 },
         Truncate { fd: i32, len: u64 },
+        FileSize(i32),
         Fcntl { fd: i32, cmd: i32, arg: i64 },
         Lock { fd: i32, lock: FileLock },
         EventFd { count: u32, flags: i32, fd: i32 },
@@ -274,6 +283,8 @@ pub mod recording {
     pub struct Recording {
         pub calls: Vec<Call>,
         next_fd: i32,
+        /// What file_size answers.
+        pub sizes: u64,
     }
 
     impl Recording {
@@ -350,6 +361,10 @@ pub mod recording {
         fn truncate(&mut self, fd: i32, len: u64) -> io::Result<()> {
             self.calls.push(Call::Truncate { fd, len });
             Ok(())
+        }
+        fn file_size(&mut self, fd: i32) -> io::Result<u64> {
+            self.calls.push(Call::FileSize(fd));
+            Ok(self.sizes)
         }
         fn fcntl(&mut self, fd: i32, cmd: i32, arg: i64) -> io::Result<i64> {
             self.calls.push(Call::Fcntl { fd, cmd, arg });
