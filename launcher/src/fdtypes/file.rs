@@ -18,7 +18,14 @@ pub fn capture(f: &ProcFd, meta: &std::fs::Metadata) -> Result<OpenFile> {
     };
     let writable = f.flags & libc::O_ACCMODE != libc::O_RDONLY;
     let written_size = (kind == PathKind::Regular && writable).then_some(meta.len());
-    Ok(OpenFile::Path { path: PathBuf::from(&f.target), flags: f.flags, pos: f.pos, kind, locks: locks(&f.info), written_size })
+    Ok(OpenFile::Path {
+        path: PathBuf::from(&f.target),
+        flags: f.flags,
+        pos: f.pos,
+        kind,
+        locks: locks(&f.info),
+        written_size,
+    })
 }
 
 /// The `lock:` lines of an fdinfo file: the locks held through this open

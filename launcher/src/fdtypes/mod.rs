@@ -379,8 +379,9 @@ mod tests {
         k.sizes = 500;
         let flock = FileLock { kind: LockKind::Flock, write: true, start: 0, len: 0 };
         let path = std::path::Path::new("/tmp/out");
-        let fd = file::restore(&mut k, path, libc::O_WRONLY | libc::O_TRUNC, 42, PathKind::Regular, &[flock], Some(420))
-            .unwrap();
+        let fd =
+            file::restore(&mut k, path, libc::O_WRONLY | libc::O_TRUNC, 42, PathKind::Regular, &[flock], Some(420))
+                .unwrap();
         assert_eq!(
             k.calls,
             vec![
