@@ -59,20 +59,7 @@ pub fn remember_env(socket_name: &[u8], trigger: i32, coordinator: i32) {
 }
 
 fn fmt_i32(v: i32, out: &mut [u8; 12]) -> &[u8] {
-    let mut tmp = [0u8; 12];
-    let mut n = 0;
-    let mut x = v.unsigned_abs();
-    loop {
-        tmp[n] = b'0' + (x % 10) as u8;
-        n += 1;
-        x /= 10;
-        if x == 0 {
-            break;
-        }
-    }
-    for i in 0..n {
-        out[i] = tmp[n - 1 - i];
-    }
+    let n = crate::suspend::format_decimal(v.unsigned_abs(), &mut out[..]);
     &out[..n]
 }
 

@@ -17,16 +17,23 @@ fn abstract_addr(name: &str) -> io::Result<(libc::sockaddr_un, libc::socklen_t)>
     Ok((addr, (std::mem::size_of::<libc::sa_family_t>() + 1 + name.len()) as libc::socklen_t))
 }
 
-/// Listens on the abstract name `name`; `AddrInUse` if another process has it.
-pub fn listen(name: &str) -> io::Result<OwnedFd> {
-    let (addr, len) = abstract_addr(name)?;
-    // SAFETY: plain socket calls; the fd is owned right away.
+fn seqpacket() -> io::Result<OwnedFd> {
+    // SAFETY: socket takes integers; the fd is owned right away.
     unsafe {
         let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        let fd = OwnedFd::from_raw_fd(fd);
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Listens on the abstract name `name`; `AddrInUse` if another process has it.
+pub fn listen(name: &str) -> io::Result<OwnedFd> {
+    let (addr, len) = abstract_addr(name)?;
+    let fd = seqpacket()?;
+    // SAFETY: bind and listen on our socket with a valid address.
+    unsafe {
         if libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) != 0
             || libc::listen(fd.as_raw_fd(), 64) != 0
         {
@@ -39,13 +46,9 @@ pub fn listen(name: &str) -> io::Result<OwnedFd> {
 /// Connects to the coordinator listening on `name`.
 pub fn connect(name: &str) -> io::Result<OwnedFd> {
     let (addr, len) = abstract_addr(name)?;
-    // SAFETY: plain socket calls; the fd is owned right away.
+    let fd = seqpacket()?;
+    // SAFETY: connect our socket with a valid address.
     unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
         if libc::connect(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) != 0 {
             return Err(io::Error::last_os_error());
         }

@@ -24,6 +24,8 @@ mod kstate;
 mod snapshot;
 mod tasks;
 
+pub(crate) use tasks::format_decimal;
+
 use crate::channel::{recv_msg, send_msg};
 use crate::state::{RacyCell, TRIGGER};
 use crate::sys;

@@ -56,53 +56,44 @@ pub fn parse_decimal(name: &[u8]) -> Option<i32> {
     any.then_some(v)
 }
 
+/// The fields of `{prefix}{id}/stat` after the command name (which may
+/// hold spaces and parentheses), read into `buf`: "S ppid pgrp ...".
+fn stat_fields<'a>(prefix: &[u8], id: i32, buf: &'a mut [u8; 512]) -> Option<&'a [u8]> {
+    let mut path = [0u8; 64];
+    path[..prefix.len()].copy_from_slice(prefix);
+    let digits = format_decimal(id as u32, &mut path[prefix.len()..prefix.len() + 10]);
+    let end = prefix.len() + digits;
+    path[end..end + 6].copy_from_slice(b"/stat\0");
+    let fd = sys::open(&path[..end + 6], libc::O_RDONLY | libc::O_CLOEXEC);
+    if fd < 0 {
+        return None;
+    }
+    let n = sys::read(fd as i32, buf);
+    sys::close(fd as i32);
+    if n <= 0 {
+        return None;
+    }
+    let s = &buf[..n as usize];
+    let after = s.iter().rposition(|&c| c == b')')? + 1;
+    Some(s[after..].trim_ascii_start())
+}
+
 /// Whether thread `tid` of this process still runs (exists and is neither
 /// a zombie nor dead). A zombie main thread (after `pthread_exit` in main)
 /// can never park.
 pub fn thread_alive(tid: i32) -> bool {
-    let mut path = *b"/proc/self/task/0000000000/stat\0";
-    let digits = format_decimal(tid as u32, &mut path[16..26]);
-    // Shift "/stat\0" to follow the digits.
-    let tail = *b"/stat\0";
-    path[16 + digits..16 + digits + tail.len()].copy_from_slice(&tail);
-    let fd = sys::open(&path[..16 + digits + tail.len()], libc::O_RDONLY | libc::O_CLOEXEC);
-    if fd < 0 {
-        return false;
-    }
     let mut buf = [0u8; 512];
-    let n = sys::read(fd as i32, &mut buf);
-    sys::close(fd as i32);
-    if n <= 0 {
-        return false;
-    }
-    let s = &buf[..n as usize];
-    match s.iter().rposition(|&c| c == b')') {
-        Some(p) if p + 2 < s.len() => !matches!(s[p + 2], b'Z' | b'X' | b'x'),
-        _ => false,
+    match stat_fields(b"/proc/self/task/", tid, &mut buf) {
+        Some(f) => !matches!(f.first(), None | Some(b'Z' | b'X' | b'x')),
+        None => false,
     }
 }
 
-/// Reads field `ppid` of /proc/PID/stat; None if the process is gone.
+/// The parent of process `pid`; None if it is gone.
 fn parent_of(pid: i32) -> Option<i32> {
-    let mut path = *b"/proc/0000000000/stat\0\0\0\0\0";
-    let digits = format_decimal(pid as u32, &mut path[6..16]);
-    let tail = *b"/stat\0";
-    path[6 + digits..6 + digits + tail.len()].copy_from_slice(&tail);
-    let fd = sys::open(&path[..6 + digits + tail.len()], libc::O_RDONLY | libc::O_CLOEXEC);
-    if fd < 0 {
-        return None;
-    }
     let mut buf = [0u8; 512];
-    let n = sys::read(fd as i32, &mut buf);
-    sys::close(fd as i32);
-    if n <= 0 {
-        return None;
-    }
-    let s = &buf[..n as usize];
-    // "pid (comm) S ppid ...": the ppid follows the state after the last ')'.
-    let after = &s[s.iter().rposition(|&c| c == b')')? + 1..];
-    let mut fields = after.split(|&c| c == b' ').filter(|f| !f.is_empty());
-    fields.next()?;
+    let mut fields = stat_fields(b"/proc/", pid, &mut buf)?.split(|&c| c == b' ').filter(|f| !f.is_empty());
+    fields.next()?; // state
     parse_decimal(fields.next()?)
 }
 
@@ -124,7 +115,7 @@ pub fn descends_from(pid: i32, ancestor: i32) -> bool {
 }
 
 /// Writes `v` in decimal at the start of `out`; returns the digit count.
-fn format_decimal(mut v: u32, out: &mut [u8]) -> usize {
+pub(crate) fn format_decimal(mut v: u32, out: &mut [u8]) -> usize {
     let mut tmp = [0u8; 10];
     let mut n = 0;
     loop {
