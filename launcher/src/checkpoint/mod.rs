@@ -25,6 +25,7 @@ use crate::sys::{machine, proc::sigqueue};
 use anyhow::{anyhow, bail, Context, Result};
 use ckrun_proto::{
     decode, kind, read_pod, Failure, Resume, Suspended, ThreadRecord, SUSPEND_LEAD, SUSPEND_MAGIC, SUSPEND_SIGNAL,
+    THREAD_LEADER,
 };
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -51,11 +52,19 @@ struct Stopped<'a> {
 }
 
 impl Stopped<'_> {
+    /// Where the process's /proc files are read: through the thread that
+    /// led the checkpoint, which lives; the main thread (and with it
+    /// /proc/PID's per-process files) may have ended (pthread_exit in main).
+    fn reader(&self) -> i32 {
+        self.threads.iter().find(|t| t.flags & THREAD_LEADER != 0).map_or(self.agent.pid, |t| t.tid)
+    }
+
+    /// Where the memory image is read: the snapshot, or the frozen process.
     fn source(&self) -> i32 {
         if self.head.snapshot_pid > 0 {
             self.head.snapshot_pid
         } else {
-            self.agent.pid
+            self.reader()
         }
     }
 }
@@ -137,7 +146,7 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32)
     let frozen = guard.stopped.iter().any(|s| s.head.snapshot_pid <= 0);
     // The agent's own signals are never pending for the program.
     let reserved = 1u64 << (SUSPEND_SIGNAL - 1) | 1u64 << (settings.trigger - 1);
-    let procs: Vec<(i32, i32)> = guard.stopped.iter().map(|s| (s.agent.pid, s.agent.agent_fd)).collect();
+    let procs: Vec<(i32, i32)> = guard.stopped.iter().map(|s| (s.reader(), s.agent.agent_fd)).collect();
     let mut fds = fdtypes::capture(&procs, &out)?;
     let what: Vec<String> = fds.unsupported.clone();
     if settings.strict && !what.is_empty() {
@@ -206,11 +215,12 @@ fn capture_stopped(
     saved: &mut u64,
 ) -> Result<ProcessImage> {
     let pid = s.agent.pid;
-    let st = process::capture_state(pid)?;
-    let layout = process::capture_layout(pid, s.head.brk)?;
-    let mut regions = memory::classify(&layout.maps, |m| fdtypes::ghost::capture_mapping(pid, m, ghosts, out))
+    let reader = s.reader();
+    let st = process::capture_state(reader)?;
+    let layout = process::capture_layout(reader, s.head.brk)?;
+    let mut regions = memory::classify(&layout.maps, |m| fdtypes::ghost::capture_mapping(reader, m, ghosts, out))
         .with_context(|| format!("process {pid}"))?;
-    let mem = RemoteMemory::open(pid)?;
+    let mem = RemoteMemory::open(reader)?;
     let runs = memory::select_pages(&mem, &regions, |r| frozen || r.shared)?;
     *saved += memory::save_pages(&mem, &runs, &mut regions, out)?;
     Ok(ProcessImage {
@@ -227,8 +237,12 @@ fn capture_stopped(
         auxv: layout.auxv,
         regions,
         fds,
-        pending: process::pending_signals(pid, reserved)?,
-        threads: s.threads.iter().map(ThreadImage::from).collect(),
+        pending: process::process_pending(reader, reserved)?,
+        threads: s
+            .threads
+            .iter()
+            .map(|t| ThreadImage { pending: process::thread_pending(pid, t.tid, reserved), ..ThreadImage::from(t) })
+            .collect(),
         agent_fd: s.agent.agent_fd,
     })
 }

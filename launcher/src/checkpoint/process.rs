@@ -2,7 +2,7 @@
 //! umask, personality, limits (while stopped), and the memory layout
 //! fields PR_SET_MM_MAP restores (from the snapshot).
 
-use crate::image::manifest::{FileRef, MmFields, PendingSignals, Rlimit};
+use crate::image::manifest::{FileRef, MmFields, Rlimit};
 use crate::sys::procfs::{
     self, file_stamp, parse_auxv, parse_stat, read, read_bytes, read_link, status_field, StatFields,
 };
@@ -36,14 +36,19 @@ pub fn capture_state(pid: i32) -> Result<ProcessState> {
     Ok(ProcessState { stat, cwd: read_link(pid, "cwd")?, umask, personality, rlimits })
 }
 
-/// Signals pending for the process and for its main thread, minus the
-/// agent's own (`reserved`).
-pub fn pending_signals(pid: i32, reserved: u64) -> Result<PendingSignals> {
-    let hex =
-        |text: &str, key: &str| status_field(text, key).and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0);
-    let process = hex(&read(pid, "status")?, "ShdPnd");
-    let main_thread = hex(&read(pid, &format!("task/{pid}/status")).unwrap_or_default(), "SigPnd");
-    Ok(PendingSignals { process: process & !reserved, main_thread: main_thread & !reserved })
+/// Signals pending for the whole process (`tid`: any of its threads'
+/// status shows them), minus the agent's own (`reserved`).
+pub fn process_pending(tid: i32, reserved: u64) -> Result<u64> {
+    Ok(sigset_field(&read(tid, "status")?, "ShdPnd") & !reserved)
+}
+
+/// Signals pending for thread `tid` of process `pid` only.
+pub fn thread_pending(pid: i32, tid: i32, reserved: u64) -> u64 {
+    sigset_field(&read(pid, &format!("task/{tid}/status")).unwrap_or_default(), "SigPnd") & !reserved
+}
+
+fn sigset_field(status: &str, key: &str) -> u64 {
+    status_field(status, key).and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0)
 }
 
 pub struct MemoryLayout {

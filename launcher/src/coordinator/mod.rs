@@ -165,7 +165,7 @@ impl Coordinator {
                 return Err(e).context("poll");
             }
             if fds[0].revents != 0 {
-                if let Some(end) = self.on_signals(false)? {
+                if let (_, Some(end)) = self.on_signals(false)? {
                     return Ok(end);
                 }
             }
@@ -180,7 +180,10 @@ impl Coordinator {
         }
     }
 
-    fn on_signals(&mut self, after_checkpoint: bool) -> Result<Option<Ending>> {
+    /// Handles pending signals; during a checkpoint (`after_checkpoint`)
+    /// trigger signals are counted, not acted on. Returns that count and
+    /// the program's end, if it ended.
+    fn on_signals(&mut self, after_checkpoint: bool) -> Result<(u32, Option<Ending>)> {
         let mut merged = 0;
         while let Some(si) = self.sigfd.read_signal().context("reading the signalfd")? {
             let sig = si.ssi_signo as i32;
@@ -189,7 +192,7 @@ impl Coordinator {
             let from_user = si.ssi_code <= 0;
             if sig == libc::SIGCHLD {
                 if let Some(end) = self.reap() {
-                    return Ok(Some(end));
+                    return Ok((merged, Some(end)));
                 }
             } else if sig == self.settings.trigger {
                 if after_checkpoint {
@@ -202,13 +205,7 @@ impl Coordinator {
                 unsafe { libc::kill(self.program, sig) };
             }
         }
-        if merged > 0 {
-            eprintln!(
-                "ckrun: {merged} checkpoint request(s) arrived during checkpoint {}; merged into it",
-                self.sequence
-            );
-        }
-        Ok(None)
+        Ok((merged, None))
     }
 
     /// Reaps children; the program's end ends the run.
@@ -386,11 +383,18 @@ impl Coordinator {
                 break;
             }
         }
+        // Requests that arrived while it was being taken are merged into it,
+        // before it is announced: one sent after seeing the announcement
+        // gets a checkpoint of its own.
+        let merged = self.drain_requests() + result.as_ref().map_or(0, |o| o.merged_requests);
         match result {
             Ok(o) => {
                 self.sequence = seq;
                 for w in &o.warnings {
                     eprintln!("ckrun: warning: {w}");
+                }
+                if merged > 0 {
+                    eprintln!("ckrun: {merged} checkpoint request(s) arrived during checkpoint {seq}; merged into it");
                 }
                 eprintln!(
                     "ckrun: checkpoint {seq}: {} (memory {}, image {}, paused {:.1} ms, total {:.0} ms)",
@@ -400,16 +404,9 @@ impl Coordinator {
                     o.paused.as_secs_f64() * 1000.0,
                     o.total.as_secs_f64() * 1000.0
                 );
-                if o.merged_requests > 0 {
-                    eprintln!(
-                        "ckrun: {} checkpoint request(s) arrived during checkpoint {seq}; merged into it",
-                        o.merged_requests
-                    );
-                }
             }
             Err(e) => eprintln!("ckrun: checkpoint failed: {e:#}"),
         }
-        self.drain_requests();
     }
 
     /// Waits (briefly) until every live process of the tree has its agent
@@ -450,8 +447,9 @@ impl Coordinator {
         members.iter().filter(|m| !m.zombie).filter_map(|m| self.agents.iter().find(|a| a.pid == m.pid)).collect()
     }
 
-    /// Requests that queued up while a checkpoint ran are merged into it.
-    fn drain_requests(&mut self) {
+    /// Takes the requests that queued up while a checkpoint ran (agents'
+    /// requests and trigger signals); returns how many.
+    fn drain_requests(&mut self) -> u32 {
         let mut merged = 0;
         for a in &self.agents {
             while let Ok(Some(m)) = a.recv_within(Duration::ZERO) {
@@ -460,15 +458,15 @@ impl Coordinator {
                 }
             }
         }
-        if merged > 0 {
-            eprintln!(
-                "ckrun: {merged} checkpoint request(s) arrived during checkpoint {}; merged into it",
-                self.sequence
-            );
-        }
         // Pending trigger signals too (SIGCHLD among them is handled as usual).
-        if let Ok(Some(end)) = self.on_signals(true) {
-            self.ended = Some(end);
+        match self.on_signals(true) {
+            Ok((n, end)) => {
+                if end.is_some() {
+                    self.ended = end;
+                }
+                merged + n
+            }
+            Err(_) => merged,
         }
     }
 }

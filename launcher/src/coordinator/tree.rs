@@ -23,7 +23,7 @@ pub fn descendants(root: i32, skip: &[i32]) -> Vec<Member> {
                 continue;
             }
             let Ok(text) = read(c, "stat") else { continue };
-            let zombie = text.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            let zombie = is_zombie(&text) && !has_live_thread(c);
             let ppid = parse_stat(&text).map_or(p, |s| s.ppid);
             out.push(Member { pid: c, ppid, zombie });
             if !zombie {
@@ -32,6 +32,17 @@ pub fn descendants(root: i32, skip: &[i32]) -> Vec<Member> {
         }
     }
     out
+}
+
+fn is_zombie(stat: &str) -> bool {
+    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+}
+
+/// A process whose main thread ended (pthread_exit in main) shows as a
+/// zombie in /proc/PID/stat while its other threads run on.
+fn has_live_thread(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().any(|t| std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| !is_zombie(&s)))
 }
 
 fn children(pid: i32) -> Vec<i32> {

@@ -90,8 +90,9 @@ pub struct ProcessImage {
     pub regions: Vec<Region>,
     /// Descriptors; `desc` indexes `Manifest::files`.
     pub fds: Vec<FdImage>,
-    /// Signals pending at the checkpoint (kernel sigset bits).
-    pub pending: PendingSignals,
+    /// Signals pending for the whole process at the checkpoint (kernel
+    /// sigset bits); each thread's own are in its `ThreadImage`.
+    pub pending: u64,
     pub threads: Vec<ThreadImage>,
     /// fd number of the agent's coordinator connection.
     pub agent_fd: i32,
@@ -318,14 +319,6 @@ pub struct PipeImage {
     pub data: Vec<u8>,
 }
 
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PendingSignals {
-    /// Pending for the whole process.
-    pub process: u64,
-    /// Pending for the main thread only.
-    pub main_thread: u64,
-}
-
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum PathKind {
     Regular,
@@ -343,6 +336,8 @@ pub struct ThreadImage {
     /// rbx rbp r12 r13 r14 r15 rsp rip of the parked thread.
     pub ctx: [u64; 8],
     pub comm: [u8; 16],
+    /// Signals pending for this thread only (kernel sigset bits).
+    pub pending: u64,
 }
 
 impl From<&ThreadRecord> for ThreadImage {
@@ -355,6 +350,7 @@ impl From<&ThreadRecord> for ThreadImage {
             gs_base: r.gs_base,
             ctx: [c.rbx, c.rbp, c.r12, c.r13, c.r14, c.r15, c.rsp, c.rip],
             comm: r.comm,
+            pending: 0,
         }
     }
 }

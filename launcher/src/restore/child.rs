@@ -18,7 +18,7 @@ use super::transfer::{self, GHOST};
 use super::{memory, restorer, settings};
 use crate::error::exit_code_of;
 use crate::fdtypes;
-use crate::image::manifest::{Manifest, PendingSignals, ProcessImage};
+use crate::image::manifest::{Manifest, ProcessImage};
 use crate::image::ImageReader;
 use crate::sys::{proc::fork_with_pid, procfs};
 use anyhow::{anyhow, bail, Context, Result};
@@ -85,7 +85,7 @@ fn restore(image: &Path, index: usize, ctl: i32) -> Result<std::convert::Infalli
         _ => bail!("the restart was called off"),
     }
     block_all_signals();
-    raise_pending(&mut k, &p.pending);
+    raise_pending(&mut k, p.pending);
     unregister_rseq();
     // SAFETY: single-threaded (the fill threads were joined), all signals
     // blocked, rseq unregistered: the restorer may take the process over.
@@ -192,17 +192,12 @@ fn close_other_fds(keep: &[i32], exe_fd: i32) -> Result<()> {
     Ok(())
 }
 
-/// Signals pending at the checkpoint are pending again (all signals are
-/// blocked now; the restored threads' masks decide when they arrive).
-fn raise_pending(k: &mut impl Kernel, p: &PendingSignals) {
-    for sig in 1..=64 {
-        let bit = 1u64 << (sig - 1);
-        if p.process & bit != 0 {
-            let _ = k.raise(sig, false);
-        }
-        if p.main_thread & bit != 0 {
-            let _ = k.raise(sig, true);
-        }
+/// Signals pending for the whole process at the checkpoint are pending
+/// again (all signals are blocked now; the restored threads' masks decide
+/// when they arrive). Each thread's own come with the restorer's steps.
+fn raise_pending(k: &mut impl Kernel, pending: u64) {
+    for sig in (1..=64).filter(|s| pending & (1u64 << (s - 1)) != 0) {
+        let _ = k.raise(sig);
     }
 }
 

@@ -41,8 +41,8 @@ pub trait Kernel {
     fn memfd(&mut self, name: &str, flags: u32) -> io::Result<i32>;
     fn unlink(&mut self, path: &Path) -> io::Result<()>;
     fn tcsetattr(&mut self, fd: i32, termios: &[u8]) -> io::Result<()>;
-    /// Makes `sig` pending again: for the process, or for the calling thread.
-    fn raise(&mut self, sig: i32, thread: bool) -> io::Result<()>;
+    /// Makes `sig` pending again for the process.
+    fn raise(&mut self, sig: i32) -> io::Result<()>;
 }
 
 fn timespec(ns: u64) -> libc::timespec {
@@ -228,16 +228,9 @@ impl Kernel for Linux {
         // SAFETY: t is a valid termios.
         cvt(unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) } as _).map(drop)
     }
-    fn raise(&mut self, sig: i32, thread: bool) -> io::Result<()> {
+    fn raise(&mut self, sig: i32) -> io::Result<()> {
         // SAFETY: integer arguments only.
-        let r = unsafe {
-            if thread {
-                libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), sig)
-            } else {
-                libc::kill(libc::getpid(), sig) as libc::c_long
-            }
-        };
-        cvt(r).map(drop)
+        cvt(unsafe { libc::kill(libc::getpid(), sig) } as _).map(drop)
     }
 }
 
@@ -275,7 +268,7 @@ pub mod recording {
         Memfd { name: String, fd: i32 },
         Unlink(PathBuf),
         Tcsetattr(i32),
-        Raise { sig: i32, thread: bool },
+        Raise(i32),
     }
 
     /// Writes every call down; hands out fds from 100 upwards.
@@ -411,8 +404,8 @@ pub mod recording {
             self.calls.push(Call::Tcsetattr(fd));
             Ok(())
         }
-        fn raise(&mut self, sig: i32, thread: bool) -> io::Result<()> {
-            self.calls.push(Call::Raise { sig, thread });
+        fn raise(&mut self, sig: i32) -> io::Result<()> {
+            self.calls.push(Call::Raise(sig));
             Ok(())
         }
     }

@@ -75,6 +75,12 @@ pub enum Op {
     },
     /// Starts thread `ProcessImage::threads[i]`, which jumps into its context.
     CloneThread(usize),
+    /// Makes signal `sig` pending again for thread `tid` (all signals are
+    /// blocked until each thread returns from its handler).
+    Signal {
+        tid: i32,
+        sig: i32,
+    },
     /// The main thread had ended (pthread_exit in main): end it again.
     ExitThread,
     /// Jumps into the context of thread `i` (the main thread).
@@ -179,7 +185,8 @@ impl RestorePlan {
         let nregions = p.regions.iter().filter(|r| vdso_name(&r.kind).is_none()).count();
         let nvdso = p.regions.len() - nregions;
         let keep_max = 1 + nvdso + nregions;
-        let nops_max = 2 * nvdso + (keep_max + 1) + nregions + 2 + p.threads.len() + 2;
+        let signals: usize = p.threads.iter().map(|t| t.pending.count_ones() as usize).sum();
+        let nops_max = 2 * nvdso + (keep_max + 1) + nregions + 2 + p.threads.len() + signals + 2;
         let blob_len = PAGE_SIZE + data_len(nops_max, p.auxv.len(), p.threads.len()) + RESTORER_STACK;
         let blob_at = space.reserve(blob_len, 0).ok_or_else(|| bad("no room for the restorer".into()))?;
 
@@ -241,6 +248,11 @@ impl RestorePlan {
         ops.push(Op::CloseExe);
         for (i, _) in p.threads.iter().enumerate().filter(|(i, _)| Some(*i) != main) {
             ops.push(Op::CloneThread(i));
+        }
+        for t in &p.threads {
+            for sig in (1..=64).filter(|s| t.pending & (1u64 << (s - 1)) != 0) {
+                ops.push(Op::Signal { tid: t.tid, sig });
+            }
         }
         match main {
             Some(m) => {
@@ -305,7 +317,7 @@ pub mod tests {
             auxv: vec![0, 0],
             regions,
             fds: vec![],
-            pending: PendingSignals::default(),
+            pending: 0,
             threads: tids
                 .iter()
                 .map(|&tid| ThreadImage {
@@ -315,6 +327,7 @@ pub mod tests {
                     gs_base: 0,
                     ctx: [0; 8],
                     comm: [0; 16],
+                    pending: 0,
                 })
                 .collect(),
             agent_fd: 1000,
@@ -402,6 +415,21 @@ pub mod tests {
         assert_eq!(plan.ops.iter().filter(|o| matches!(o, Op::CloneThread(_))).count(), 2);
         let setmm = plan.ops.iter().position(|o| *o == Op::SetMm).unwrap();
         assert!(plan.ops[..setmm].iter().all(|o| !matches!(o, Op::CloneThread(_))));
+    }
+
+    #[test]
+    fn pending_signals_are_raised_for_their_threads_once_they_exist() {
+        let (mut p, current) = sample();
+        p.threads[2].pending = 1 << (libc::SIGTERM - 1) | 1 << (libc::SIGUSR1 - 1);
+        let plan = RestorePlan::build(&p, &current).unwrap();
+        let last_clone = plan.ops.iter().rposition(|o| matches!(o, Op::CloneThread(_))).unwrap();
+        let sigs: Vec<(usize, &Op)> =
+            plan.ops.iter().enumerate().filter(|(_, o)| matches!(o, Op::Signal { .. })).collect();
+        assert_eq!(
+            sigs.iter().map(|(_, o)| (*o).clone()).collect::<Vec<_>>(),
+            vec![Op::Signal { tid: 102, sig: libc::SIGUSR1 }, Op::Signal { tid: 102, sig: libc::SIGTERM }]
+        );
+        assert!(sigs.iter().all(|(i, _)| *i > last_clone));
     }
 
     #[test]

@@ -277,6 +277,9 @@ pub fn encode(plan: &RestorePlan, p: &ProcessImage, exe_fd: i32, report_fd: i32)
                 let o = ctx_off(t);
                 [K_CLONE, 435, base + o as u64 + 64, 88, base + o as u64, 0, 0, 0, CHECK_EQ, p.threads[t].tid as u64]
             }
+            Op::Signal { tid, sig } => {
+                [K_SYSCALL, libc::SYS_tgkill as u64, p.pid as u64, tid as u64, sig as u64, 0, 0, 0, CHECK_EQ, 0]
+            }
             Op::ExitThread => [K_SYSCALL, libc::SYS_exit as u64, 0, 0, 0, 0, 0, 0, 0, 0],
             Op::Jump(t) => [K_JUMP, 0, base + ctx_off(t) as u64, 0, 0, 0, 0, 0, 0, 0],
         };
