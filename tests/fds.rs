@@ -898,3 +898,33 @@ fn terminal_settings_come_back_on_a_new_terminal() {
     all.extend_from_slice(&out3);
     assert_same_output(&reference, &all, "terminal output of launch + restart + restart");
 }
+
+/// Sockets: a listening TCP socket keeps accepting after restarts, unix
+/// stream and datagram pairs keep their bytes in flight, and a connection
+/// to a peer outside the tree comes back closed; `--inspect` says so.
+#[test]
+fn sockets() {
+    let outside = std::net::TcpListener::bind("127.0.0.1:0").expect("outside listener");
+    let outside_port = outside.local_addr().unwrap().port().to_string();
+    // Keep the outside peer's connections open without ever writing.
+    let keep = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in outside.incoming().take(8) {
+            match c {
+                Ok(c) => held.push(c),
+                Err(_) => break,
+            }
+        }
+    });
+    let free_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let dir = spine_with("fds-sockets", &Program::c("fd_sockets"), &[&free_port, &outside_port], |stage| {
+        if let Stage::Checkpointed { image, .. } = stage {
+            let cwd = image.parent().unwrap();
+            let out = ckrun_suite::run_ckrun(&[OsStr::new("--inspect"), image.as_os_str()], cwd, TIMEOUT);
+            assert!(out.stdout.contains("listening") && out.stdout.contains("pair inside the tree"), "{}", out.stdout);
+            assert!(out.stdout.contains("outside the tree: comes back closed"), "{}", out.stdout);
+        }
+    });
+    drop(dir);
+    drop(keep);
+}

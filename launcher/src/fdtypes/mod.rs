@@ -11,7 +11,8 @@
 //! | pipe, FIFO | [`pipe`] | new pipe, bytes in flight written back |
 //! | eventfd, timerfd, signalfd | [`eventfd`], [`timerfd`], [`signalfd`] | new one, same state |
 //! | epoll | [`epoll`] | new one, same interest list |
-//! | anything else (sockets, inotify) | — | closed, named at checkpoint |
+//! | socket | [`socket`] | bound/listening again; unix pairs paired again with their queued data; connections outside: peer closed |
+//! | anything else (inotify, netlink...) | — | closed, named at checkpoint |
 //!
 //! This module groups fds by open file description (kcmp), so that fds
 //! that shared one (dup, dup2) share one again after a restart, with its
@@ -23,16 +24,17 @@ pub mod file;
 pub mod ghost;
 pub mod pipe;
 pub mod signalfd;
+pub mod socket;
 pub mod timerfd;
 pub mod tty;
 
-use crate::image::manifest::{FdImage, FileLock, GhostFile, LockKind, OpenFile, PipeImage, ProcessImage};
+use crate::image::manifest::{FdImage, FileLock, GhostFile, LockKind, OpenFile, PipeImage, ProcessImage, SocketState};
 use crate::image::{ImageReader, ImageWriter};
 use crate::restore::kernel::Kernel;
 use crate::sys::proc::same_file_description;
 use crate::sys::procfs::{parse_fdinfo, read, read_link, status_field};
 use anyhow::{Context, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileTypeExt;
 
 /// One fd as /proc shows it.
@@ -108,10 +110,12 @@ pub fn capture(procs: &[(i32, i32)], out: &ImageWriter) -> Result<FdTables> {
     }
     let mut t = FdTables { fds: vec![Vec::new(); procs.len()], ..Default::default() };
     let ends = pipe::Ends::of(all.iter().map(|(_, _, f)| f));
+    let sockets: HashSet<u64> = all.iter().filter_map(|(_, _, f)| inode_of(&f.target, "socket:[")).collect();
+    let tree = Tree { ends, sockets };
     for &r in &reps {
         let f = &all[r].2;
         let file =
-            classify(f, &ends, &mut t, out).with_context(|| format!("process {} fd {} ({})", f.pid, f.fd, f.target))?;
+            classify(f, &tree, &mut t, out).with_context(|| format!("process {} fd {} ({})", f.pid, f.fd, f.target))?;
         if let OpenFile::Unsupported { what } = &file {
             t.unsupported.push(format!("process {}: fd {} ({what})", f.pid, f.fd));
         }
@@ -123,18 +127,33 @@ pub fn capture(procs: &[(i32, i32)], out: &ImageWriter) -> Result<FdTables> {
     Ok(t)
 }
 
-fn classify(f: &ProcFd, ends: &pipe::Ends, t: &mut FdTables, out: &ImageWriter) -> Result<OpenFile> {
+/// What the tree as a whole has, to tell its own pipes and sockets from
+/// ones shared with the outside.
+struct Tree {
+    ends: pipe::Ends,
+    sockets: HashSet<u64>,
+}
+
+/// The inode in a target like `pipe:[123]`.
+fn inode_of(target: &str, prefix: &str) -> Option<u64> {
+    target.strip_prefix(prefix)?.strip_suffix(']')?.parse().ok()
+}
+
+fn classify(f: &ProcFd, tree: &Tree, t: &mut FdTables, out: &ImageWriter) -> Result<OpenFile> {
     let target = f.target.as_str();
     let stdio = (0..=2).contains(&f.fd);
-    if let Some(ino) = target.strip_prefix("pipe:[").and_then(|s| s.strip_suffix(']')).and_then(|s| s.parse().ok()) {
+    if let Some(ino) = inode_of(target, "pipe:[") {
         // A stdio pipe whose other end is not ours comes from outside.
-        if stdio && !ends.both(ino) {
+        if stdio && !tree.ends.both(ino) {
             return Ok(tty::inherited(f, "pipe from outside"));
         }
         return pipe::capture(f, ino, None, &mut t.pipes);
     }
-    if target.starts_with("socket:") {
-        return Ok(if stdio { tty::inherited(f, "socket from outside") } else { unsupported("socket") });
+    if let Some(ino) = inode_of(target, "socket:[") {
+        let s = socket::capture(f, ino, &tree.sockets)?;
+        // A stdio socket connected outside the tree is whoever started us.
+        let outside = matches!(&s, OpenFile::Socket(x) if !matches!(x.state, SocketState::Pair { .. }));
+        return Ok(if stdio && outside { tty::inherited(f, "socket from outside") } else { s });
     }
     match target {
         "anon_inode:[eventfd]" => return eventfd::capture(f),
@@ -205,6 +224,7 @@ pub fn create_objects(k: &mut impl Kernel, img: &ImageReader) -> Result<Objects>
     let shared_locks =
         |l: &[FileLock]| -> Vec<FileLock> { l.iter().filter(|l| l.kind != LockKind::Posix).copied().collect() };
     let mut pipes = pipe::Restored::default();
+    let mut sockets = socket::Restored::default();
     for (d, f) in m.files.iter().enumerate() {
         let fd = if !used[d] {
             None
@@ -231,12 +251,14 @@ pub fn create_objects(k: &mut impl Kernel, img: &ImageReader) -> Result<Objects>
                     Some(timerfd::restore(k, *clock, *flags, *value_ns, *interval_ns, *ticks)?)
                 }
                 OpenFile::SignalFd { mask, flags } => Some(signalfd::restore(k, *mask, *flags)?),
+                OpenFile::Socket(s) => Some(sockets.make(k, s)?),
                 OpenFile::Epoll { .. } | OpenFile::Unsupported { .. } => None,
             }
         };
         o.files.push(fd);
     }
     pipes.finish(k);
+    sockets.finish(k);
     Ok(o)
 }
 

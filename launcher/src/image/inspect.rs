@@ -160,6 +160,32 @@ fn describe_file(p: &Manifest, f: &OpenFile) -> String {
             let fds: Vec<String> = items.iter().map(|i| i.fd.to_string()).collect();
             format!("epoll watching fds {}", fds.join(", "))
         }
+        OpenFile::Socket(s) => {
+            let kind = match s.stype {
+                libc::SOCK_STREAM => "stream",
+                libc::SOCK_DGRAM => "datagram",
+                libc::SOCK_SEQPACKET => "seqpacket",
+                _ => "",
+            };
+            let family = match s.domain {
+                libc::AF_UNIX => "unix",
+                libc::AF_INET => "IPv4",
+                libc::AF_INET6 => "IPv6",
+                _ => "?",
+            };
+            let state = match &s.state {
+                crate::image::manifest::SocketState::Fresh => "unbound".to_string(),
+                crate::image::manifest::SocketState::Bound { backlog: Some(_), .. } => "listening".into(),
+                crate::image::manifest::SocketState::Bound { .. } => "bound".into(),
+                crate::image::manifest::SocketState::Pair { queued, .. } => {
+                    format!("pair inside the tree, {} bytes queued", queued.iter().map(Vec::len).sum::<usize>())
+                }
+                crate::image::manifest::SocketState::Disconnected { peer } => {
+                    format!("connected to {peer} outside the tree: comes back closed")
+                }
+            };
+            format!("{family} {kind} socket, {state}")
+        }
         OpenFile::Unsupported { what } => format!("{what}: not restorable, restored closed"),
     }
 }

@@ -259,10 +259,41 @@ pub enum OpenFile {
         flags: i32,
         items: Vec<EpollItem>,
     },
+    Socket(SocketImage),
     /// Not restorable: restored as a closed descriptor.
     Unsupported {
         what: String,
     },
+}
+
+/// A socket: its kind, options, and what it was doing.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SocketImage {
+    pub domain: i32,
+    /// SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET.
+    pub stype: i32,
+    pub protocol: i32,
+    /// O_NONBLOCK and friends.
+    pub flags: i32,
+    /// (level, option, value) of the integer options worth keeping.
+    pub options: Vec<(i32, i32, i32)>,
+    pub state: SocketState,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SocketState {
+    /// Created, neither bound nor connected.
+    Fresh,
+    /// Bound to `addr` (a sockaddr); listening with `backlog` if set.
+    Bound { addr: Vec<u8>, backlog: Option<i32> },
+    /// One end of a connected unix socket pair inside the tree: `key` is
+    /// the lower of the two socket inodes, `first` says which end; `queued`
+    /// holds what waited in this end's receive queue (one entry per
+    /// datagram, or one for a stream).
+    Pair { key: u64, first: bool, queued: Vec<Vec<u8>> },
+    /// Connected to a peer outside the tree: comes back as a socket whose
+    /// peer has closed (reads see EOF, writes EPIPE).
+    Disconnected { peer: String },
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -41,6 +41,12 @@ pub trait Kernel {
     fn memfd(&mut self, name: &str, flags: u32) -> io::Result<i32>;
     fn unlink(&mut self, path: &Path) -> io::Result<()>;
     fn tcsetattr(&mut self, fd: i32, termios: &[u8]) -> io::Result<()>;
+    fn socket(&mut self, domain: i32, stype: i32, protocol: i32) -> io::Result<i32>;
+    fn socketpair(&mut self, domain: i32, stype: i32) -> io::Result<(i32, i32)>;
+    /// Binds to a raw sockaddr.
+    fn bind(&mut self, fd: i32, addr: &[u8]) -> io::Result<()>;
+    fn listen(&mut self, fd: i32, backlog: i32) -> io::Result<()>;
+    fn setsockopt(&mut self, fd: i32, level: i32, opt: i32, value: i32) -> io::Result<()>;
     /// Makes `sig` pending again for the process.
     fn raise(&mut self, sig: i32) -> io::Result<()>;
 }
@@ -228,6 +234,28 @@ impl Kernel for Linux {
         // SAFETY: t is a valid termios.
         cvt(unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) } as _).map(drop)
     }
+    fn socket(&mut self, domain: i32, stype: i32, protocol: i32) -> io::Result<i32> {
+        // SAFETY: integer arguments only.
+        cvt(unsafe { libc::socket(domain, stype, protocol) } as _).map(|fd| fd as i32)
+    }
+    fn socketpair(&mut self, domain: i32, stype: i32) -> io::Result<(i32, i32)> {
+        let mut fds = [0; 2];
+        // SAFETY: fds holds two ints.
+        cvt(unsafe { libc::socketpair(domain, stype, 0, fds.as_mut_ptr()) } as _)?;
+        Ok((fds[0], fds[1]))
+    }
+    fn bind(&mut self, fd: i32, addr: &[u8]) -> io::Result<()> {
+        // SAFETY: addr is a sockaddr of addr.len() bytes, as getsockname gave it.
+        cvt(unsafe { libc::bind(fd, addr.as_ptr().cast(), addr.len() as libc::socklen_t) } as _).map(drop)
+    }
+    fn listen(&mut self, fd: i32, backlog: i32) -> io::Result<()> {
+        // SAFETY: integer arguments only.
+        cvt(unsafe { libc::listen(fd, backlog) } as _).map(drop)
+    }
+    fn setsockopt(&mut self, fd: i32, level: i32, opt: i32, value: i32) -> io::Result<()> {
+        // SAFETY: setsockopt reads one int.
+        cvt(unsafe { libc::setsockopt(fd, level, opt, &value as *const i32 as *const _, 4) } as _).map(drop)
+    }
     fn raise(&mut self, sig: i32) -> io::Result<()> {
         // SAFETY: integer arguments only.
         cvt(unsafe { libc::kill(libc::getpid(), sig) } as _).map(drop)
@@ -269,6 +297,11 @@ pub mod recording {
         Unlink(PathBuf),
         Tcsetattr(i32),
         Raise(i32),
+        Socket { domain: i32, stype: i32, fd: i32 },
+        SocketPair { a: i32, b: i32 },
+        Bind { fd: i32, addr: Vec<u8> },
+        Listen { fd: i32, backlog: i32 },
+        SetSockOpt { fd: i32, level: i32, opt: i32, value: i32 },
     }
 
     /// Writes every call down; hands out fds from 100 upwards.
@@ -402,6 +435,28 @@ pub mod recording {
         }
         fn tcsetattr(&mut self, fd: i32, _termios: &[u8]) -> io::Result<()> {
             self.calls.push(Call::Tcsetattr(fd));
+            Ok(())
+        }
+        fn socket(&mut self, domain: i32, stype: i32, _protocol: i32) -> io::Result<i32> {
+            let fd = self.fd(0);
+            self.calls.push(Call::Socket { domain, stype, fd });
+            Ok(fd)
+        }
+        fn socketpair(&mut self, _domain: i32, _stype: i32) -> io::Result<(i32, i32)> {
+            let (a, b) = (self.fd(0), self.fd(0));
+            self.calls.push(Call::SocketPair { a, b });
+            Ok((a, b))
+        }
+        fn bind(&mut self, fd: i32, addr: &[u8]) -> io::Result<()> {
+            self.calls.push(Call::Bind { fd, addr: addr.to_vec() });
+            Ok(())
+        }
+        fn listen(&mut self, fd: i32, backlog: i32) -> io::Result<()> {
+            self.calls.push(Call::Listen { fd, backlog });
+            Ok(())
+        }
+        fn setsockopt(&mut self, fd: i32, level: i32, opt: i32, value: i32) -> io::Result<()> {
+            self.calls.push(Call::SetSockOpt { fd, level, opt, value });
             Ok(())
         }
         fn raise(&mut self, sig: i32) -> io::Result<()> {

@@ -1,0 +1,409 @@
+//! Sockets. A listening or bound socket is bound again to its address
+//! (a stale unix socket file left by the dead original is replaced); a
+//! connected unix socket pair inside the tree becomes a pair again, with
+//! the bytes (or datagrams) queued in each end, peeked without consuming
+//! them; a connection to a peer outside the tree comes back as a socket
+//! whose peer has closed, as after a network reset (reads see EOF, writes
+//! EPIPE). The coordinator reaches each socket with pidfd_getfd and finds
+//! unix peers with sock_diag.
+
+use super::ProcFd;
+use crate::image::manifest::{OpenFile, SocketImage, SocketState};
+use crate::restore::kernel::Kernel;
+use anyhow::{bail, Context, Result};
+use std::collections::{HashMap, HashSet};
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+/// Integer options kept across a restart.
+const OPTIONS: [(i32, i32); 5] = [
+    (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+    (libc::SOL_SOCKET, libc::SO_REUSEPORT),
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+    (libc::SOL_SOCKET, libc::SO_BROADCAST),
+    (libc::SOL_SOCKET, libc::SO_PASSCRED),
+];
+/// IPV6_V6ONLY must be set before bind.
+const V6ONLY: (i32, i32) = (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY);
+
+fn int_opt(fd: RawFd, level: i32, opt: i32) -> Option<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most len bytes into v.
+    (unsafe { libc::getsockopt(fd, level, opt, &mut v as *mut _ as *mut _, &mut len) } == 0).then_some(v)
+}
+
+fn name(fd: RawFd, peer: bool) -> Option<Vec<u8>> {
+    // SAFETY: sockaddr_storage is plain data; the call writes at most len bytes.
+    unsafe {
+        let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let f = if peer { libc::getpeername } else { libc::getsockname };
+        if f(fd, &mut ss as *mut _ as *mut libc::sockaddr, &mut len) != 0 {
+            return None;
+        }
+        Some(std::slice::from_raw_parts(&ss as *const _ as *const u8, len as usize).to_vec())
+    }
+}
+
+/// A copy of another process's fd (same open file description).
+fn steal(pid: i32, fd: i32) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open and pidfd_getfd take integers; the fds returned are ours.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        if pidfd < 0 {
+            bail!("pidfd_open({pid}): {}", std::io::Error::last_os_error());
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd as RawFd);
+        let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
+        if got < 0 {
+            bail!("pidfd_getfd({pid}, {fd}): {}", std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(got as RawFd))
+    }
+}
+
+/// Captures socket `f` (inode `inode`); `tree` holds the inodes of every
+/// socket of the tree, to tell pairs inside it from connections outside.
+pub fn capture(f: &ProcFd, inode: u64, tree: &HashSet<u64>) -> Result<OpenFile> {
+    let s = steal(f.pid, f.fd)?;
+    let fd = s.as_raw_fd();
+    let domain = int_opt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(0);
+    let stype = int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE).unwrap_or(0);
+    let protocol = int_opt(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
+    let mut options: Vec<(i32, i32, i32)> =
+        OPTIONS.iter().filter_map(|&(l, o)| int_opt(fd, l, o).filter(|&v| v != 0).map(|v| (l, o, v))).collect();
+    if domain == libc::AF_INET6 {
+        if let Some(v) = int_opt(fd, V6ONLY.0, V6ONLY.1) {
+            options.push((V6ONLY.0, V6ONLY.1, v));
+        }
+    }
+    let unsupported = |what: String| Ok(OpenFile::Unsupported { what });
+    if ![libc::AF_UNIX, libc::AF_INET, libc::AF_INET6].contains(&domain) {
+        return unsupported(format!("socket of family {domain}"));
+    }
+    let listening = int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1);
+    let own = name(fd, false).unwrap_or_default();
+    let peer = name(fd, true);
+    let bound = is_bound(domain, &own);
+    let state = if listening {
+        let backlog = if domain == libc::AF_UNIX { unix_diag(inode).map(|d| d.backlog) } else { None };
+        SocketState::Bound { addr: absolute_unix(f.pid, own), backlog: Some(backlog.unwrap_or(libc::SOMAXCONN)) }
+    } else if let Some(p) = peer {
+        match (domain == libc::AF_UNIX).then(|| unix_diag(inode)).flatten().and_then(|d| d.peer) {
+            Some(peer_ino) if tree.contains(&peer_ino) => SocketState::Pair {
+                key: inode.min(peer_ino),
+                first: inode < peer_ino,
+                queued: queued(fd, stype).with_context(|| format!("copying what waits in {}", f.target))?,
+            },
+            _ => SocketState::Disconnected { peer: describe(domain, &p) },
+        }
+    } else if bound {
+        SocketState::Bound { addr: absolute_unix(f.pid, own), backlog: None }
+    } else {
+        SocketState::Fresh
+    };
+    Ok(OpenFile::Socket(SocketImage { domain, stype, protocol, flags: f.flags, options, state }))
+}
+
+fn is_bound(domain: i32, addr: &[u8]) -> bool {
+    match domain {
+        // An unbound unix socket's name is just the family.
+        libc::AF_UNIX => addr.len() > size_of::<libc::sa_family_t>(),
+        // Port 0: not bound.
+        _ => addr.len() >= 4 && (addr[2] != 0 || addr[3] != 0),
+    }
+}
+
+/// A unix socket path bound relative to the process's cwd, made absolute.
+fn absolute_unix(pid: i32, addr: Vec<u8>) -> Vec<u8> {
+    let off = size_of::<libc::sa_family_t>();
+    if addr.len() <= off + 1
+        || addr[off] == 0
+        || addr[off] == b'/'
+        || u16::from_ne_bytes([addr[0], addr[1]]) != libc::AF_UNIX as u16
+    {
+        return addr;
+    }
+    let rel = &addr[off..];
+    let rel = &rel[..rel.iter().position(|&b| b == 0).unwrap_or(rel.len())];
+    let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else { return addr };
+    let mut out = addr[..off].to_vec();
+    out.extend_from_slice(cwd.join(std::ffi::OsStr::from_bytes(rel)).as_os_str().as_bytes());
+    out.push(0);
+    out
+}
+
+fn describe(domain: i32, addr: &[u8]) -> String {
+    match domain {
+        libc::AF_INET if addr.len() >= 8 => {
+            let port = u16::from_be_bytes([addr[2], addr[3]]);
+            format!("{}.{}.{}.{}:{port}", addr[4], addr[5], addr[6], addr[7])
+        }
+        libc::AF_INET6 if addr.len() >= 24 => {
+            let port = u16::from_be_bytes([addr[2], addr[3]]);
+            let ip: [u8; 16] = addr[8..24].try_into().unwrap();
+            format!("[{}]:{port}", std::net::Ipv6Addr::from(ip))
+        }
+        libc::AF_UNIX => {
+            let p = &addr[size_of::<libc::sa_family_t>().min(addr.len())..];
+            if p.first() == Some(&0) {
+                format!("@{}", String::from_utf8_lossy(&p[1..]))
+            } else {
+                String::from_utf8_lossy(p.split(|&b| b == 0).next().unwrap_or_default()).into_owned()
+            }
+        }
+        _ => "?".into(),
+    }
+}
+
+/// What waits in the receive queue, left in place: one entry per datagram,
+/// or one for a stream. Peeks with SO_PEEK_OFF to walk past each datagram,
+/// and puts the socket's own peek offset back.
+fn queued(fd: RawFd, stype: i32) -> Result<Vec<Vec<u8>>> {
+    let mut avail: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    unsafe { libc::ioctl(fd, libc::FIONREAD, &mut avail) };
+    if stype == libc::SOCK_STREAM {
+        if avail <= 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; avail as usize];
+        // SAFETY: buf is writable for its length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            bail!("peek: {}", std::io::Error::last_os_error());
+        }
+        buf.truncate(n as usize);
+        return Ok(vec![buf]);
+    }
+    let old = int_opt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
+    let set = |v: libc::c_int| {
+        // SAFETY: setsockopt reads one int.
+        unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, &v as *const _ as *const _, 4) }
+    };
+    set(0);
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        // SAFETY: buf is writable for its length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            break;
+        }
+        out.push(buf[..n as usize].to_vec());
+        if out.len() > 100_000 {
+            break;
+        }
+    }
+    set(old);
+    Ok(out)
+}
+
+struct UnixDiag {
+    peer: Option<u64>,
+    backlog: i32,
+}
+
+/// Asks sock_diag about unix socket `inode`: its peer, and for a listening
+/// socket its backlog.
+fn unix_diag(inode: u64) -> Option<UnixDiag> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const UDIAG_SHOW_PEER: u32 = 0x04;
+    const UDIAG_SHOW_RQLEN: u32 = 0x10;
+    const UNIX_DIAG_PEER: u16 = 2;
+    const UNIX_DIAG_RQLEN: u16 = 4;
+    // SAFETY: a netlink socket of our own; the request and the reply are
+    // plain byte buffers read within their lengths.
+    unsafe {
+        let s = libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG);
+        if s < 0 {
+            return None;
+        }
+        let s = OwnedFd::from_raw_fd(s);
+        const LEN: usize = 16 + 24;
+        let mut req = [0u8; LEN];
+        req[..4].copy_from_slice(&(LEN as u32).to_ne_bytes());
+        req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+        req[16] = libc::AF_UNIX as u8;
+        req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes()); // all states
+        req[24..28].copy_from_slice(&(inode as u32).to_ne_bytes());
+        req[28..32].copy_from_slice(&(UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
+        req[32..40].copy_from_slice(&[0xff; 8]); // no cookie
+        if libc::send(s.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) < 0 {
+            return None;
+        }
+        let mut buf = [0u8; 8192];
+        let n = libc::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0);
+        if n < 16 + 16 {
+            return None;
+        }
+        let typ = u16::from_ne_bytes([buf[4], buf[5]]);
+        if typ != SOCK_DIAG_BY_FAMILY {
+            return None;
+        }
+        let mut d = UnixDiag { peer: None, backlog: libc::SOMAXCONN };
+        // nlmsghdr (16) + unix_diag_msg (16), then attributes.
+        let mut off = 32;
+        while off + 4 <= n as usize {
+            let len = u16::from_ne_bytes([buf[off], buf[off + 1]]) as usize;
+            let kind = u16::from_ne_bytes([buf[off + 2], buf[off + 3]]);
+            if len < 4 || off + len > n as usize {
+                break;
+            }
+            let v = &buf[off + 4..off + len];
+            match kind {
+                UNIX_DIAG_PEER if v.len() >= 4 => d.peer = Some(u32::from_ne_bytes(v[..4].try_into().unwrap()) as u64),
+                UNIX_DIAG_RQLEN if v.len() >= 8 => {
+                    d.backlog = u32::from_ne_bytes(v[4..8].try_into().unwrap()).max(1) as i32
+                }
+                _ => {}
+            }
+            off += (len + 3) & !3;
+        }
+        Some(d)
+    }
+}
+
+/// The sockets made so far in a restore: both ends of each pair.
+#[derive(Default)]
+pub struct Restored {
+    pairs: HashMap<u64, (i32, i32)>,
+}
+
+impl Restored {
+    pub fn make(&mut self, k: &mut impl Kernel, s: &SocketImage) -> Result<i32> {
+        let stype = s.stype | libc::SOCK_CLOEXEC;
+        let fd = match &s.state {
+            SocketState::Pair { key, first, queued } => {
+                let (a, b) = match self.pairs.get(key) {
+                    Some(&p) => p,
+                    None => {
+                        let p = k.socketpair(s.domain, stype)?;
+                        self.pairs.insert(*key, p);
+                        p
+                    }
+                };
+                let (mine, theirs) = if *first { (a, b) } else { (b, a) };
+                // What waited for this end is sent again by the other end.
+                for q in queued {
+                    k.write_all(theirs, q).context("refilling a socket pair")?;
+                }
+                k.dup_above(mine, 0)?
+            }
+            SocketState::Disconnected { .. } => {
+                let (a, b) = k.socketpair(libc::AF_UNIX, s.stype | libc::SOCK_CLOEXEC)?;
+                k.close(b);
+                a
+            }
+            SocketState::Fresh | SocketState::Bound { .. } => {
+                let fd = k.socket(s.domain, stype, s.protocol)?;
+                for &(l, o, v) in &s.options {
+                    k.setsockopt(fd, l, o, v)?;
+                }
+                if let SocketState::Bound { addr, backlog } = &s.state {
+                    bind_again(k, fd, addr)?;
+                    if let Some(b) = backlog {
+                        k.listen(fd, *b)?;
+                    }
+                }
+                fd
+            }
+        };
+        k.fcntl(fd, libc::F_SETFL, s.flags as i64)?;
+        Ok(fd)
+    }
+
+    /// Drops ckrun's own ends of the pairs.
+    pub fn finish(self, k: &mut impl Kernel) {
+        for (_, (a, b)) in self.pairs {
+            k.close(a);
+            k.close(b);
+        }
+    }
+}
+
+/// Binds to the address the socket had. A unix socket file left behind by
+/// the dead original (nobody listens on it) is replaced.
+fn bind_again(k: &mut impl Kernel, fd: i32, addr: &[u8]) -> Result<()> {
+    match k.bind(fd, addr) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+            let off = size_of::<libc::sa_family_t>();
+            let path = &addr[off.min(addr.len())..];
+            let path =
+                std::path::Path::new(std::ffi::OsStr::from_bytes(path.split(|&b| b == 0).next().unwrap_or_default()));
+            let stale = u16::from_ne_bytes([addr[0], addr[1]]) == libc::AF_UNIX as u16
+                && path.is_absolute()
+                && std::os::unix::net::UnixStream::connect(path).is_err();
+            if !stale {
+                bail!(crate::error::CkError::Environment(format!(
+                    "the address the program listened on, {}, is in use now",
+                    describe(u16::from_ne_bytes([addr[0], addr[1]]) as i32, addr)
+                )));
+            }
+            k.unlink(path)?;
+            Ok(k.bind(fd, addr)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restore::kernel::recording::{Call, Recording};
+
+    fn image(state: SocketState) -> SocketImage {
+        SocketImage {
+            domain: libc::AF_UNIX,
+            stype: libc::SOCK_STREAM,
+            protocol: 0,
+            flags: libc::O_RDWR | libc::O_NONBLOCK,
+            options: vec![(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)],
+            state,
+        }
+    }
+
+    #[test]
+    fn a_pair_is_made_once_and_each_end_gets_what_waited_for_it() {
+        let mut k = Recording::default();
+        let mut r = Restored::default();
+        let first =
+            r.make(&mut k, &image(SocketState::Pair { key: 7, first: true, queued: vec![b"abc".to_vec()] })).unwrap();
+        let second = r.make(&mut k, &image(SocketState::Pair { key: 7, first: false, queued: vec![] })).unwrap();
+        r.finish(&mut k);
+        let pairs: Vec<_> = k.calls.iter().filter(|c| matches!(c, Call::SocketPair { .. })).collect();
+        assert_eq!(pairs.len(), 1);
+        let Call::SocketPair { a, b } = *pairs[0] else { unreachable!() };
+        // "abc" waited in the first end: the second end sends it again.
+        assert!(k.calls.contains(&Call::Write { fd: b, data: b"abc".to_vec() }));
+        assert!(k.calls.contains(&Call::DupAbove { fd: a, min: 0, got: first }));
+        assert!(k.calls.contains(&Call::DupAbove { fd: b, min: 0, got: second }));
+        assert!(
+            k.calls.ends_with(&[Call::Close(a), Call::Close(b)])
+                || k.calls.ends_with(&[Call::Close(b), Call::Close(a)])
+        );
+    }
+
+    #[test]
+    fn a_listener_gets_its_options_address_and_backlog() {
+        let mut k = Recording::default();
+        let addr = vec![1, 0, b'@', b'x'];
+        let fd = Restored::default()
+            .make(&mut k, &image(SocketState::Bound { addr: addr.clone(), backlog: Some(16) }))
+            .unwrap();
+        assert_eq!(
+            k.calls,
+            vec![
+                Call::Socket { domain: libc::AF_UNIX, stype: libc::SOCK_STREAM | libc::SOCK_CLOEXEC, fd },
+                Call::SetSockOpt { fd, level: libc::SOL_SOCKET, opt: libc::SO_REUSEADDR, value: 1 },
+                Call::Bind { fd, addr },
+                Call::Listen { fd, backlog: 16 },
+                Call::Fcntl { fd, cmd: libc::F_SETFL, arg: (libc::O_RDWR | libc::O_NONBLOCK) as i64 },
+            ]
+        );
+    }
+}
