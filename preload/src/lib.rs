@@ -21,6 +21,7 @@ pub mod state;
 pub mod suspend;
 pub mod sys;
 pub mod tree;
+pub mod vmask;
 
 use ckrun_proto::{
     kind, Hello, AGENT_FD_MIN, DEFAULT_TRIGGER, ENV_SOCKET, ENV_TRIGGER, PROTOCOL_VERSION, SUSPEND_SIGNAL,
@@ -59,6 +60,9 @@ extern "C" fn agent_init() {
         .unwrap_or(0);
     state::COORDINATOR.store(coordinator, Relaxed);
     tree::remember_env(name, trigger, coordinator);
+    // A suspend signal pending from before an exec belongs to a checkpoint
+    // of the program that exec'd (which the coordinator abandons): drop it.
+    discard_pending(SUSPEND_SIGNAL);
     // Whatever mask the program inherited, the agent's signals get through.
     let reserved = state::reserved_mask();
     sys::sigprocmask(libc::SIG_UNBLOCK, Some(&reserved), None);
@@ -73,6 +77,23 @@ pub(crate) fn hello() {
     }
     let hello = Hello { version: PROTOCOL_VERSION, pid: sys::getpid(), agent_fd: fd, trigger: TRIGGER.load(Relaxed) };
     channel::send_msg(kind::HELLO, &[hello]);
+}
+
+fn discard_pending(sig: i32) {
+    // glibc's own sigtimedwait: the agent's wrapper would leave `sig` out.
+    let next = real::real!(sigtimedwait: fn(*const libc::sigset_t, *mut libc::siginfo_t, *const libc::timespec) -> i32);
+    // SAFETY: sigset operations on locals; a zero timeout never blocks.
+    unsafe {
+        let mut pending: libc::sigset_t = core::mem::zeroed();
+        libc::sigpending(&mut pending);
+        if libc::sigismember(&pending, sig) == 1 {
+            let mut set: libc::sigset_t = core::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            next(&set, core::ptr::null_mut(), &zero);
+        }
+    }
 }
 
 fn getenv(name: &str) -> Option<&'static [u8]> {

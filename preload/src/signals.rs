@@ -9,6 +9,7 @@
 use crate::real::real;
 use crate::state::{active, is_reserved, reserved_mask, RacyCell, TRIGGER};
 use crate::sys;
+use crate::vmask;
 use ckrun_proto::SUSPEND_SIGNAL;
 use core::ffi::c_int;
 use core::sync::atomic::{AtomicBool, Ordering::*};
@@ -160,10 +161,43 @@ pub unsafe extern "C" fn sysv_signal(sig: c_int, handler: libc::sighandler_t) ->
 #[no_mangle]
 pub unsafe extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
     let next = real!(sigprocmask: fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int);
+    // SAFETY: forwarded per the contract.
+    unsafe { set_mask(next, how, set, old) }
+}
+
+type MaskFn = unsafe extern "C" fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int;
+
+/// sigprocmask and pthread_sigmask: the kernel gets the mask without the
+/// agent's signals; the program's own blocking of the trigger is kept
+/// virtually ([`vmask`]), reported back in `old`, and its held triggers are
+/// delivered when it unblocks them.
+///
+/// # Safety
+/// As glibc's `sigprocmask`.
+unsafe fn set_mask(next: MaskFn, how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+    if !active() {
+        // SAFETY: forwarded unchanged.
+        return unsafe { next(how, set, old) };
+    }
+    let was = vmask::blocked();
+    // SAFETY: set is null or valid per the contract.
+    let now = unsafe { vmask::after(how, set) };
     // SAFETY: set is null or valid per the contract.
     let s = if how == libc::SIG_UNBLOCK { None } else { unsafe { stripped(set) } };
     // SAFETY: forwarded with a valid (possibly local) set.
-    unsafe { next(how, ptr_or_null(&s, set), old) }
+    let r = unsafe { next(how, ptr_or_null(&s, set), old) };
+    if r != 0 {
+        return r;
+    }
+    if was && !old.is_null() {
+        // SAFETY: old is writable per the contract; signal t is in word 0.
+        unsafe { *(old as *mut u64) |= 1u64 << (TRIGGER.load(Relaxed) - 1) };
+    }
+    vmask::set_blocked(now);
+    if was && !now && vmask::pending() {
+        vmask::deliver_pending();
+    }
+    0
 }
 
 /// # Safety
@@ -171,10 +205,8 @@ pub unsafe extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old
 #[no_mangle]
 pub unsafe extern "C" fn pthread_sigmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
     let next = real!(pthread_sigmask: fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int);
-    // SAFETY: set is null or valid per the contract.
-    let s = if how == libc::SIG_UNBLOCK { None } else { unsafe { stripped(set) } };
-    // SAFETY: forwarded with a valid (possibly local) set.
-    unsafe { next(how, ptr_or_null(&s, set), old) }
+    // SAFETY: forwarded per the contract.
+    unsafe { set_mask(next, how, set, old) }
 }
 
 /// # Safety
@@ -184,8 +216,46 @@ pub unsafe extern "C" fn sigsuspend(set: *const libc::sigset_t) -> c_int {
     let next = real!(sigsuspend: fn(*const libc::sigset_t) -> c_int);
     // SAFETY: set is valid per the contract.
     let s = unsafe { stripped(set) };
-    // SAFETY: forwarded with a valid set.
-    unsafe { next(ptr_or_null(&s, set)) }
+    if !active() {
+        // SAFETY: forwarded with a valid set.
+        return unsafe { next(ptr_or_null(&s, set)) };
+    }
+    // The trigger is really blocked while the program's view is switched,
+    // so that one sent meanwhile is delivered inside the real sigsuspend
+    // (which unblocks it atomically) instead of being lost before it.
+    let trigger = 1u64 << (TRIGGER.load(Relaxed) - 1);
+    let mut real_old = 0u64;
+    sys::sigprocmask(libc::SIG_BLOCK, Some(&trigger), Some(&mut real_old));
+    // SAFETY: set is valid per the contract.
+    let during = unsafe { vmask::contains_trigger(set) };
+    let was = vmask::blocked();
+    vmask::set_blocked(during);
+    let r = if !during && vmask::pending() {
+        vmask::deliver_pending();
+        // SAFETY: errno is thread-local.
+        unsafe { *libc::__errno_location() = libc::EINTR };
+        -1
+    } else {
+        // SAFETY: forwarded with a valid set.
+        unsafe { next(ptr_or_null(&s, set)) }
+    };
+    vmask::set_blocked(was);
+    sys::sigprocmask(libc::SIG_SETMASK, Some(&real_old), None);
+    r
+}
+
+/// # Safety
+/// As glibc's `sigpending`.
+#[no_mangle]
+pub unsafe extern "C" fn sigpending(set: *mut libc::sigset_t) -> c_int {
+    let next = real!(sigpending: fn(*mut libc::sigset_t) -> c_int);
+    // SAFETY: set is writable per the contract.
+    let r = unsafe { next(set) };
+    if r == 0 && active() && vmask::pending() {
+        // SAFETY: signal t lives in the first word of the set.
+        unsafe { *(set as *mut u64) |= 1u64 << (TRIGGER.load(Relaxed) - 1) };
+    }
+    r
 }
 
 /// # Safety
@@ -306,7 +376,9 @@ pub(crate) extern "C" fn on_trigger(sig: c_int, info: *mut libc::siginfo_t, uc: 
     let (code, sender): (i32, i32) = unsafe { (sys::siginfo_word(info, 8), sys::siginfo_word(info, 16)) };
     let from_user = code <= 0; // SI_USER, SI_QUEUE, SI_TKILL...
     if !from_user || !active() || crate::suspend::in_tree(sender) {
-        deliver_to_program(sig, info, uc);
+        if !vmask::hold(info) {
+            deliver_to_program(sig, info, uc);
+        }
         return;
     }
     crate::channel::send_msg::<u8>(ckrun_proto::kind::CHECKPOINT_REQUEST, &[]);
@@ -314,7 +386,7 @@ pub(crate) extern "C" fn on_trigger(sig: c_int, info: *mut libc::siginfo_t, uc: 
 
 /// Runs the program's own disposition of a reserved signal, as the kernel
 /// would have.
-fn deliver_to_program(sig: c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+pub(crate) fn deliver_to_program(sig: c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     let act = virtual_of(sig);
     let h = act.sa_sigaction;
     if h == libc::SIG_IGN {

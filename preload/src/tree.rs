@@ -174,6 +174,20 @@ unsafe fn with_agent_env<R>(envp: *const *const c_char, f: impl FnOnce(*const *c
     f(out.as_ptr())
 }
 
+/// Runs an exec with the suspend signal blocked: a checkpoint that catches
+/// the process in the middle of it must not kill the new program before
+/// its agent is up (the signal's default action). If the exec fails, the
+/// process handles the signal as usual once unblocked; if it succeeds, the
+/// new program's agent discards it (see `agent_init`).
+fn across_exec<R>(exec: impl FnOnce() -> R) -> R {
+    let suspend = 1u64 << (ckrun_proto::SUSPEND_SIGNAL - 1);
+    let mut old = 0u64;
+    crate::sys::sigprocmask(libc::SIG_BLOCK, Some(&suspend), Some(&mut old));
+    let r = exec();
+    crate::sys::sigprocmask(libc::SIG_SETMASK, Some(&old), None);
+    r
+}
+
 /// Whether the colon- or space-separated list `list` names `item`.
 fn contains_word(list: &[u8], item: &[u8]) -> bool {
     list.split(|&c| c == b':' || c == b' ').any(|w| w == item)
@@ -189,7 +203,7 @@ extern "C" {
 pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
     let next = real!(execve: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int);
     // SAFETY: forwarded with an environment that is valid for the call.
-    unsafe { with_agent_env(envp, |env| next(path, argv, env)) }
+    unsafe { with_agent_env(envp, |env| across_exec(|| next(path, argv, env))) }
 }
 
 /// # Safety
@@ -206,7 +220,7 @@ pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) 
 pub unsafe extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
     let next = real!(execvpe: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int);
     // SAFETY: forwarded with an environment that is valid for the call.
-    unsafe { with_agent_env(envp, |env| next(file, argv, env)) }
+    unsafe { with_agent_env(envp, |env| across_exec(|| next(file, argv, env))) }
 }
 
 /// # Safety
@@ -223,7 +237,44 @@ pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char)
 pub unsafe extern "C" fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
     let next = real!(fexecve: fn(c_int, *const *const c_char, *const *const c_char) -> c_int);
     // SAFETY: forwarded with an environment that is valid for the call.
-    unsafe { with_agent_env(envp, |env| next(fd, argv, env)) }
+    unsafe { with_agent_env(envp, |env| across_exec(|| next(fd, argv, env))) }
+}
+
+/// Calls `f` with spawn attributes that start the child with the suspend
+/// signal blocked (as `across_exec` does for exec).
+///
+/// # Safety
+/// `attr` must be null or point to initialised spawn attributes.
+unsafe fn with_suspend_blocked<R>(
+    attr: *const libc::posix_spawnattr_t,
+    f: impl FnOnce(*const libc::posix_spawnattr_t) -> R,
+) -> R {
+    if !active() {
+        return f(attr);
+    }
+    // SAFETY: posix_spawnattr_t is plain data in glibc (no pointers to
+    // itself); a bitwise copy is an independent set of attributes, which
+    // the getters and setters below only read and write.
+    unsafe {
+        let mut a: libc::posix_spawnattr_t = core::mem::zeroed();
+        if attr.is_null() {
+            libc::posix_spawnattr_init(&mut a);
+        } else {
+            a = core::ptr::read(attr);
+        }
+        let mut flags: libc::c_short = 0;
+        libc::posix_spawnattr_getflags(&a, &mut flags);
+        let mut mask: libc::sigset_t = core::mem::zeroed();
+        if flags as i32 & libc::POSIX_SPAWN_SETSIGMASK != 0 {
+            libc::posix_spawnattr_getsigmask(&a, &mut mask);
+        } else {
+            libc::pthread_sigmask(libc::SIG_SETMASK, core::ptr::null(), &mut mask);
+        }
+        libc::sigaddset(&mut mask, ckrun_proto::SUSPEND_SIGNAL);
+        libc::posix_spawnattr_setsigmask(&mut a, &mask);
+        libc::posix_spawnattr_setflags(&mut a, flags | libc::POSIX_SPAWN_SETSIGMASK as libc::c_short);
+        f(&a)
+    }
 }
 
 type SpawnFn = unsafe extern "C" fn(
@@ -254,8 +305,10 @@ pub unsafe extern "C" fn posix_spawn(
         *const *mut c_char,
         *const *mut c_char
     ) -> c_int);
-    // SAFETY: forwarded with an environment that is valid for the call.
-    unsafe { with_agent_env(envp.cast(), |env| next(pid, path, actions, attr, argv, env.cast())) }
+    // SAFETY: forwarded with an environment and attributes valid for the call.
+    unsafe {
+        with_agent_env(envp.cast(), |env| with_suspend_blocked(attr, |a| next(pid, path, actions, a, argv, env.cast())))
+    }
 }
 
 /// # Safety
@@ -277,8 +330,10 @@ pub unsafe extern "C" fn posix_spawnp(
         *const *mut c_char,
         *const *mut c_char
     ) -> c_int);
-    // SAFETY: forwarded with an environment that is valid for the call.
-    unsafe { with_agent_env(envp.cast(), |env| next(pid, file, actions, attr, argv, env.cast())) }
+    // SAFETY: forwarded with an environment and attributes valid for the call.
+    unsafe {
+        with_agent_env(envp.cast(), |env| with_suspend_blocked(attr, |a| next(pid, file, actions, a, argv, env.cast())))
+    }
 }
 
 #[cfg(test)]

@@ -33,11 +33,9 @@ pub fn classify(maps: &[MapEntry], mut ghost: impl FnMut(&MapEntry) -> Result<u3
             "[vvar_vclock]" => RegionKind::VvarVclock,
             "[vdso]" => RegionKind::Vdso,
             "[stack]" => RegionKind::Stack,
+            p if m.shared && p.starts_with("[anon_shmem") => RegionKind::Ghost { ghost: ghost(m)?, offset: m.offset },
             p if m.shared && (p.is_empty() || p.starts_with("[anon")) => RegionKind::Detached,
             p if p.is_empty() || p.starts_with('[') => RegionKind::Anon,
-            p if p.starts_with("/SYSV") || p.starts_with("/dev/zero") || p.starts_with("/anon_hugepage") => {
-                RegionKind::Detached
-            }
             p if crate::fdtypes::ghost::is_ghost(p) => RegionKind::Ghost { ghost: ghost(m)?, offset: m.offset },
             p if p.starts_with("/dev/") => {
                 bail!("a device is mapped into memory ({p} at {:#x}); ckrun cannot save device memory", m.start)
@@ -203,10 +201,9 @@ mod tests {
         .unwrap();
         let r = classify(&maps, |_| Ok(0)).unwrap();
         let kinds: Vec<_> = r.iter().map(|r| r.kind.clone()).collect();
-        assert_eq!(
-            kinds,
-            vec![RegionKind::Vdso, RegionKind::Anon, RegionKind::Detached, RegionKind::Stack, RegionKind::Anon]
-        );
+        // Shared anonymous memory is one object for the whole tree (a ghost).
+        let ghost0 = RegionKind::Ghost { ghost: 0, offset: 0 };
+        assert_eq!(kinds, vec![RegionKind::Vdso, RegionKind::Anon, ghost0, RegionKind::Stack, RegionKind::Anon]);
         assert!(classify(&parse_maps("1000-2000 rw-s 00000000 00:05 9 /dev/nvidia0\n").unwrap(), |_| Ok(0)).is_err());
         let ghost = classify(&parse_maps("1000-2000 rw-s 00000000 00:01 9 /memfd:x (deleted)\n").unwrap(), |_| Ok(7));
         assert_eq!(ghost.unwrap()[0].kind, RegionKind::Ghost { ghost: 7, offset: 0 });

@@ -69,10 +69,12 @@ impl Stopped<'_> {
     }
 }
 
-/// Lets every stopped process go and reaps the snapshot children, whatever
-/// happens to the checkpoint.
+/// Lets every process that was asked to stop go again, and reaps the
+/// snapshot children, whatever happens to the checkpoint.
 struct ResumeGuard<'a, 'b> {
     stopped: &'b mut Vec<Stopped<'a>>,
+    /// Asked to stop, not yet heard from.
+    signalled: Vec<&'a Agent>,
     resumed: bool,
 }
 
@@ -89,6 +91,16 @@ impl ResumeGuard<'_, '_> {
 
 impl Drop for ResumeGuard<'_, '_> {
     fn drop(&mut self) {
+        // A process still stopping when the checkpoint was abandoned stops
+        // soon (or is gone): wait for it, briefly, to let it go too.
+        let late: Vec<&Agent> = std::mem::take(&mut self.signalled);
+        for a in late {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            if let Ok(s) = collect_suspended(a, deadline, &mut 0) {
+                let _ = a.send(kind::RESUME, &[Resume { aborted: 1, _pad: 0 }]);
+                self.stopped.push(s);
+            }
+        }
         self.resume(true);
         for s in self.stopped.iter() {
             if s.head.snapshot_pid > 0 {
@@ -127,12 +139,16 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32)
     // 1. Suspend every process, then check nobody forked meanwhile.
     let value = SUSPEND_MAGIC | SUSPEND_LEAD | (settings.frozen as u64) << 8;
     let mut stopped = Vec::new();
-    let mut guard = ResumeGuard { stopped: &mut stopped, resumed: false };
+    let mut guard = ResumeGuard { stopped: &mut stopped, signalled: Vec::new(), resumed: false };
     for a in &tree.live {
-        sigqueue(a.pid, SUSPEND_SIGNAL, value).with_context(|| format!("signalling process {}", a.pid))?;
+        if sigqueue(a.pid, SUSPEND_SIGNAL, value).is_err() {
+            return Err(TreeChanged.into()); // gone meanwhile
+        }
+        guard.signalled.push(a);
     }
-    for a in &tree.live {
+    while let Some(a) = guard.signalled.first().copied() {
         let s = wait_suspended(a, &mut merged_requests)?;
+        guard.signalled.remove(0);
         guard.stopped.push(s);
     }
     let snapshots: Vec<i32> = guard.stopped.iter().map(|s| s.head.snapshot_pid).filter(|&p| p > 0).collect();
@@ -249,7 +265,10 @@ fn capture_stopped(
 
 /// Collects an agent's SUSPENDED report and its thread records.
 fn wait_suspended<'a>(a: &'a Agent, merged: &mut u32) -> Result<Stopped<'a>> {
-    let deadline = Instant::now() + SUSPEND_TIMEOUT;
+    collect_suspended(a, Instant::now() + SUSPEND_TIMEOUT, merged)
+}
+
+fn collect_suspended<'a>(a: &'a Agent, deadline: Instant, merged: &mut u32) -> Result<Stopped<'a>> {
     let mut head: Option<Suspended> = None;
     let mut threads = Vec::new();
     loop {
@@ -261,7 +280,8 @@ fn wait_suspended<'a>(a: &'a Agent, merged: &mut u32) -> Result<Stopped<'a>> {
         let msg = match a.recv(Some(deadline)) {
             Ok(Some(m)) => m,
             Ok(None) => bail!("process {} did not stop within {}s", a.pid, SUSPEND_TIMEOUT.as_secs()),
-            Err(_) => bail!("process {} exited during the checkpoint", a.pid),
+            // It exited or exec'd (a new program checks in anew): again.
+            Err(_) => return Err(TreeChanged.into()),
         };
         match kind_of(&msg) {
             kind::SUSPENDED => {

@@ -415,6 +415,7 @@ impl Coordinator {
     fn await_agents(&mut self) -> Result<Vec<Zombie>> {
         let me = std::process::id() as i32;
         let deadline = Instant::now() + Duration::from_secs(3);
+        self.refresh_agents();
         loop {
             let members = tree::descendants(me, &[]);
             let missing = members.iter().find(|m| !m.zombie && !self.agents.iter().any(|a| a.pid == m.pid));
@@ -438,6 +439,30 @@ impl Coordinator {
             if unsafe { libc::poll(&mut p, 1, 20) } > 0 {
                 self.on_connection();
             }
+        }
+    }
+
+    /// Before stopping the tree: forgets agents whose connection closed
+    /// (their process exited or exec'd) and takes in the agents waiting to
+    /// check in (a program just exec'd), so that none is signalled through
+    /// a stale entry. Requests read meanwhile are kept for `drain_requests`.
+    fn refresh_agents(&mut self) {
+        let mut gone = Vec::new();
+        for a in &self.agents {
+            let mut p = libc::pollfd { fd: a.conn.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut p, 1, 0) } > 0 && p.revents & libc::POLLHUP != 0 {
+                gone.push(a.pid);
+            }
+        }
+        self.agents.retain(|a| !gone.contains(&a.pid));
+        loop {
+            let mut p = libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut p, 1, 0) } <= 0 {
+                break;
+            }
+            self.on_connection();
         }
     }
 

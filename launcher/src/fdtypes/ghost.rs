@@ -25,6 +25,13 @@ pub fn is_ghost(path: &str) -> bool {
     path.starts_with("/memfd:") || path.ends_with(DELETED)
 }
 
+/// Shared memory with no file behind it, recreated as a memfd: memfds,
+/// shared anonymous memory (`/dev/zero (deleted)`), SysV segments,
+/// hugetlbfs anonymous memory.
+fn is_memory(path: &str) -> bool {
+    ["/memfd:", "/dev/zero", "/SYSV", "/anon_hugepage", "[anon_shmem"].iter().any(|p| path.starts_with(p))
+}
+
 pub fn capture_fd(f: &ProcFd, ghosts: &mut Vec<GhostFile>, out: &ImageWriter) -> Result<OpenFile> {
     let g = find_or_save(&f.proc_path(), &f.target, ghosts, out)?;
     Ok(OpenFile::Ghost { ghost: g, flags: f.flags, pos: f.pos, locks: file::locks(&f.info) })
@@ -44,7 +51,7 @@ fn find_or_save(open_path: &str, shown: &str, ghosts: &mut Vec<GhostFile>, out: 
     if let Some(i) = ghosts.iter().position(|g| g.dev == dev && g.inode == meta.ino()) {
         return Ok(i as u32);
     }
-    let memfd = shown.starts_with("/memfd:");
+    let memfd = is_memory(shown);
     let path = PathBuf::from(shown.strip_suffix(DELETED).unwrap_or(shown));
     let mut f = std::fs::File::open(open_path).with_context(|| format!("opening {open_path}"))?;
     let seals = if memfd {
@@ -106,7 +113,7 @@ pub struct Recreated {
 pub fn recreate(k: &mut impl Kernel, img: &ImageReader, g: &GhostFile) -> Result<Recreated> {
     let (fd, unlink) = if g.memfd {
         let name = g.path.to_string_lossy();
-        let name = name.strip_prefix("/memfd:").unwrap_or(&name);
+        let name = name.strip_prefix("/memfd:").unwrap_or(name.trim_start_matches('/'));
         (k.memfd(name, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)?, None)
     } else {
         create_unnamed(k, &g.path, g.mode)?

@@ -12,6 +12,7 @@
 
 use crate::state::RacyCell;
 use crate::sys;
+use core::sync::atomic::Ordering::Relaxed;
 use core::sync::atomic::{AtomicI32, Ordering::*};
 
 core::arch::global_asm!(
@@ -92,9 +93,11 @@ extern "C" fn intermediate(_: u64) -> ! {
 fn snapshot_main() -> ! {
     let all = !0u64;
     sys::sigprocmask(libc::SIG_SETMASK, Some(&all), None);
-    // Wait until re-parented (the intermediate is exiting), so that the
-    // death signal is tied to ckrun.
-    // SAFETY: getppid and prctl take integers only.
+    let coordinator = crate::state::COORDINATOR.load(Relaxed) as i64;
+    // Wait until re-parented to ckrun (the intermediate is exiting), so
+    // that the death signal is tied to ckrun. Inside a PID namespace ckrun
+    // is PID 1.
+    // SAFETY: getppid, sched_yield and prctl take integers only.
     unsafe {
         let first = sys::syscall1(libc::SYS_getppid, 0);
         let mut parent = first;
@@ -106,7 +109,9 @@ fn snapshot_main() -> ! {
             parent = sys::syscall1(libc::SYS_getppid, 0);
         }
         sys::syscall2(sys::SYS_prctl, libc::PR_SET_PDEATHSIG as u64, libc::SIGKILL as u64);
-        if sys::syscall1(libc::SYS_getppid, 0) != parent || parent == 1 {
+        let now = sys::syscall1(libc::SYS_getppid, 0);
+        // Not re-parented to ckrun: it died meanwhile; nobody will read us.
+        if now != parent || (coordinator > 0 && now != coordinator) {
             sys::exit_group(0);
         }
         loop {
