@@ -62,7 +62,7 @@ pub unsafe fn after(how: libc::c_int, set: *const libc::sigset_t) -> bool {
 
 /// Called by the trigger handler for one of the program's own trigger
 /// signals: true if it must wait (the program blocks it here).
-pub fn hold(info: *const libc::siginfo_t) -> bool {
+pub(crate) fn hold(info: *const libc::siginfo_t) -> bool {
     if !blocked() {
         return false;
     }
