@@ -40,22 +40,32 @@ fn copy_z(dst: &mut [u8], parts: &[&[u8]]) -> bool {
     true
 }
 
-/// Records what exec wrappers must put back. Called once from the
-/// constructor, before the program runs.
+/// Records what exec wrappers must put back, and starts reconnecting
+/// forked children. Called once from the constructor, before the program
+/// runs.
 pub fn remember_env(socket_name: &[u8], trigger: i32, coordinator: i32) {
     // SAFETY: the constructor runs before any other thread of the program.
     let e = unsafe { &mut *ENV.get() };
     let lib = own_path();
     copy_z(&mut e.lib, &[lib]);
     copy_z(&mut e.preload, &[b"LD_PRELOAD=", lib]);
+    set_env(socket_name, trigger, coordinator);
+    // SAFETY: registering plain extern "C" functions.
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
+}
+
+/// Updates the coordinator's socket, trigger and pid that exec'd programs
+/// get (at start-up, and after a restart, from the leading thread while
+/// the others are parked: no allocation, no locks).
+pub fn set_env(socket_name: &[u8], trigger: i32, coordinator: i32) {
+    // SAFETY: see the callers: no other thread of the program runs.
+    let e = unsafe { &mut *ENV.get() };
     copy_z(&mut e.socket, &[ckrun_proto::ENV_SOCKET.as_bytes(), b"=", socket_name]);
     let mut num = [0u8; 12];
     let t = fmt_i32(trigger, &mut num);
     copy_z(&mut e.trigger, &[ckrun_proto::ENV_TRIGGER.as_bytes(), b"=", t]);
     let c = fmt_i32(coordinator, &mut num);
     copy_z(&mut e.coordinator, &[ckrun_proto::ENV_COORDINATOR.as_bytes(), b"=", c]);
-    // SAFETY: registering plain extern "C" functions.
-    unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
 }
 
 fn fmt_i32(v: i32, out: &mut [u8; 12]) -> &[u8] {

@@ -185,11 +185,27 @@ pub struct Resume {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     pub trigger: i32,
     /// The new coordinator's pid.
     pub coordinator: i32,
+    /// Its socket's abstract name, NUL-terminated (programs exec'd from
+    /// now on connect there).
+    pub socket: [u8; 104],
+}
+
+impl Config {
+    pub fn new(trigger: i32, coordinator: i32, socket: &str) -> Self {
+        let mut c = Config { trigger, coordinator, socket: [0; 104] };
+        let n = socket.len().min(c.socket.len() - 1);
+        c.socket[..n].copy_from_slice(&socket.as_bytes()[..n]);
+        c
+    }
+
+    pub fn socket_name(&self) -> &[u8] {
+        &self.socket[..self.socket.iter().position(|&b| b == 0).unwrap_or(self.socket.len())]
+    }
 }
 
 /// Plain old data: `#[repr(C)]`, no padding bytes, no pointers, every bit

@@ -328,7 +328,7 @@ impl Coordinator {
 
     fn on_restored(&mut self, i: usize) {
         let pid = self.agents[i].pid;
-        let config = Config { trigger: self.settings.trigger, coordinator: std::process::id() as i32 };
+        let config = Config::new(self.settings.trigger, std::process::id() as i32, &self.settings.socket_name);
         let _ = self.agents[i].send(kind::CONFIG, &[config]);
         self.agents[i].running = true;
         let Some(r) = self.restore.as_mut() else { return };

@@ -241,6 +241,8 @@ extern "C" fn leader_restarted(_arg: u64, restorer: u64) {
                 let ours = kstate::captured_action(TRIGGER.load(Relaxed));
                 crate::signals::move_trigger(c.trigger, &ours);
                 crate::state::COORDINATOR.store(c.coordinator, Relaxed);
+                // What programs exec'd from now on must be told.
+                crate::tree::set_env(c.socket_name(), c.trigger, c.coordinator);
             }
         }
     }
