@@ -146,14 +146,16 @@ fn no_arguments_exits_2() {
 /// Restarting while the checkpointed program still runs cannot get its pid:
 /// exit 5 naming the pid, and the running program must not be disturbed.
 #[test]
-fn restart_while_original_runs_exits_5() {
+fn restart_while_original_runs_with_no_pidns_exits_5() {
+    // (Without --no-pidns the restart goes to a new PID namespace: tests/trees.rs.)
     let dir = TestDir::new("bad-pid-in-use");
     let mut job = Ckrun::launch(&Program::c("counter"), &[], &dir.work, &dir.img, &[]);
     job.wait_for_tick(10);
     let img = job.checkpoint(TIMEOUT);
     let pid = job.program_pid();
 
-    restart(&dir, &img).assert_error(5, Some(&pid.to_string()));
+    ckrun(&dir, &[OsStr::new("--restart"), img.as_os_str(), OsStr::new("--no-pidns")])
+        .assert_error(5, Some(&pid.to_string()));
 
     assert_eq!(job.wait(TIMEOUT), 7, "the original run was disturbed\n{}", job.diagnostics());
     let last = job.output();
