@@ -76,6 +76,10 @@ const POLL: Duration = Duration::from_millis(1);
 /// "normal" tick interval).
 const WARMUP_TICKS: u64 = 5;
 const CP_RUNS: usize = 3;
+/// Thread counts of the pause-versus-threads table (issue 3).
+const THREAD_COUNTS: [usize; 3] = [1, 8, 64];
+/// Checkpoints per thread count.
+const THREAD_CKPTS: usize = 5;
 const STARTUP_RUNS: usize = 50;
 const GETPPID_LOOPS: &str = "2000000";
 const OPEN_LOOPS: &str = "200000";
@@ -111,6 +115,10 @@ fn check_interrupt() -> Res<()> {
 
 struct Args {
     sizes: Vec<u64>,
+    /// Checkpoint/restart runs per size; the median run is reported (the
+    /// first run in a fresh VM also pays for memory the host hands out for
+    /// the first time).
+    ckpt_runs: usize,
     loop_runs: usize,
     tmp_root: PathBuf,
     keep: bool,
@@ -121,6 +129,7 @@ struct Args {
 fn parse_args() -> Res<Option<Args>> {
     let mut args = Args {
         sizes: vec![64, 256, 1024],
+        ckpt_runs: 3,
         loop_runs: 7,
         tmp_root: std::env::temp_dir(),
         keep: false,
@@ -132,7 +141,12 @@ fn parse_args() -> Res<Option<Args>> {
             "-h" | "--help" => return Ok(None),
             "--quick" => {
                 args.sizes = vec![64];
+                args.ckpt_runs = 1;
                 args.loop_runs = 5;
+            }
+            "--runs" => {
+                let v = it.next().ok_or("--runs needs a value")?;
+                args.ckpt_runs = v.parse().ok().filter(|&n| n > 0).ok_or_else(|| format!("--runs: {v:?}"))?;
             }
             "--sizes" => {
                 let v = it.next().ok_or("--sizes needs a value")?;
@@ -205,8 +219,8 @@ fn run(args: &Args, tmp: &Path) -> Res<usize> {
     let mut sizes = Vec::new();
     for &size in &args.sizes {
         check_interrupt()?;
-        progress(&format!("{size} MiB: checkpoint and restart"));
-        let ckpt = checkpoint_and_restart(&tools, size);
+        progress(&format!("{size} MiB: checkpoint and restart, {} run(s)", args.ckpt_runs));
+        let ckpt = median_run(&tools, size, false, args.ckpt_runs);
         if let Err(e) = &ckpt {
             progress(&format!("{size} MiB: FAILED: {e}"));
         }
@@ -219,6 +233,20 @@ fn run(args: &Args, tmp: &Path) -> Res<usize> {
         sizes.push((size, ckpt, cp));
     }
 
+    // The largest size again, its memory in transparent huge pages: fork
+    // (the snapshot) then copies one entry per 2 MiB instead of per 4 KiB.
+    let largest = args.sizes.iter().copied().max().unwrap_or(64);
+    check_interrupt()?;
+    progress(&format!("{largest} MiB in huge pages: checkpoint and restart"));
+    let huge = (largest, median_run(&tools, largest, true, args.ckpt_runs));
+
+    let mut threads = Vec::new();
+    for n in THREAD_COUNTS {
+        check_interrupt()?;
+        progress(&format!("pause with {n} thread(s)"));
+        threads.push((n, pause_with_threads(&tools, n)));
+    }
+
     check_interrupt()?;
     progress("interposition: getppid+write loop");
     let getppid = syscall_loop(&tools, "getppid", GETPPID_LOOPS, args.loop_runs);
@@ -227,7 +255,7 @@ fn run(args: &Args, tmp: &Path) -> Res<usize> {
     progress("start-up: ckrun true vs true");
     let startup = startup(&tools);
 
-    let report = Report { sizes, getppid, open, startup };
+    let report = Report { sizes, huge, threads, getppid, open, startup };
     report.print();
     Ok(report.failures())
 }
@@ -269,6 +297,7 @@ struct Tools {
     ckrun: PathBuf,
     memhog: PathBuf,
     syscalls: PathBuf,
+    manythreads: PathBuf,
     tmp: PathBuf,
 }
 
@@ -301,7 +330,8 @@ impl Tools {
         fs::create_dir_all(&bin).map_err(|e| format!("create {}: {e}", bin.display()))?;
         let memhog = compile_c(&root.join("examples/memhog.c"), &bin)?;
         let syscalls = compile_c(&root.join("examples/syscalls.c"), &bin)?;
-        Ok(Tools { ckrun, memhog, syscalls, tmp: tmp.to_path_buf() })
+        let manythreads = compile_c(&root.join("examples/manythreads.c"), &bin)?;
+        Ok(Tools { ckrun, memhog, syscalls, manythreads, tmp: tmp.to_path_buf() })
     }
 }
 
@@ -724,12 +754,28 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn checkpoint_and_restart(t: &Tools, size: u64) -> Res<Ckpt> {
+/// Runs [`checkpoint_and_restart`] `runs` times; returns the run with the
+/// median durable checkpoint time.
+fn median_run(t: &Tools, size: u64, huge: bool, runs: usize) -> Res<Ckpt> {
+    let mut done = Vec::new();
+    for _ in 0..runs {
+        check_interrupt()?;
+        done.push(checkpoint_and_restart(t, size, huge)?);
+    }
+    done.sort_by(|a, b| a.durable.total_cmp(&b.durable));
+    let n = done.len();
+    Ok(done.swap_remove(n / 2))
+}
+
+fn checkpoint_and_restart(t: &Tools, size: u64, huge: bool) -> Res<Ckpt> {
     let imgdir = t.tmp.join(format!("img-{size}"));
     fs::create_dir_all(&imgdir).map_err(|e| format!("create {}: {e}", imgdir.display()))?;
     let deadline = Instant::now() + TIMEOUT;
     let mut cmd = Command::new(&t.ckrun);
     cmd.arg("--dir").arg(&imgdir).arg(&t.memhog).arg(size.to_string()).current_dir(&t.tmp);
+    if huge {
+        cmd.env("MEMHOG_THP", "1");
+    }
     let mut job = Job::spawn(format!("ckrun memhog {size}"), &mut cmd)?;
 
     // The program's lines by tick number, to compare with the restored run.
@@ -847,6 +893,32 @@ fn checkpoint_and_restart(t: &Tools, size: u64) -> Res<Ckpt> {
         same_output,
         resumed_tick,
     })
+}
+
+/// The pauses of [`THREAD_CKPTS`] checkpoints of `manythreads N` (little
+/// memory): what the number of threads costs.
+fn pause_with_threads(t: &Tools, n: usize) -> Res<Vec<f64>> {
+    let imgdir = t.tmp.join(format!("img-threads-{n}"));
+    fs::create_dir_all(&imgdir).map_err(|e| format!("create {}: {e}", imgdir.display()))?;
+    let deadline = Instant::now() + TIMEOUT;
+    let mut cmd = Command::new(&t.ckrun);
+    cmd.arg("--dir").arg(&imgdir).arg(&t.manythreads).arg(n.to_string()).current_dir(&t.tmp);
+    let mut job = Job::spawn(format!("ckrun manythreads {n}"), &mut cmd)?;
+    while job.next_out("`ready`", deadline)?.text != "ready" {}
+    let program = job.find_program(deadline)?;
+    let mut pauses = Vec::new();
+    for k in 1..=THREAD_CKPTS {
+        if !signal(job.pid, libc::SIGUSR2) {
+            return Err(job.fail("cannot signal ckrun"));
+        }
+        let needle = format!("checkpoint {k}:");
+        let line = job.err_line(&needle, TIMEOUT).ok_or_else(|| job.fail(&format!("no `{needle}` line from ckrun")))?;
+        pauses.push(number_after(&line.text, "paused ").ok_or_else(|| format!("no pause in {:?}", line.text))?);
+    }
+    signal(program, libc::SIGKILL);
+    job.wait_exit(Duration::from_secs(30))?;
+    let _ = fs::remove_dir_all(&imgdir);
+    Ok(pauses)
 }
 
 // ---------------------------------------------------------------------------
@@ -1009,6 +1081,10 @@ fn startup(t: &Tools) -> Res<Overhead> {
 
 struct Report {
     sizes: Vec<(u64, Res<Ckpt>, Res<Cp>)>,
+    /// The largest size with its memory in transparent huge pages.
+    huge: (u64, Res<Ckpt>),
+    /// Pauses (ms) by number of threads.
+    threads: Vec<(usize, Res<Vec<f64>>)>,
     getppid: Res<Overhead>,
     open: Res<Overhead>,
     startup: Res<Overhead>,
@@ -1037,12 +1113,14 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 impl Report {
     fn failures(&self) -> usize {
         let sizes = self.sizes.iter().map(|(_, c, p)| c.is_err() as usize + p.is_err() as usize).sum::<usize>();
-        sizes + [&self.getppid, &self.open, &self.startup].iter().filter(|r| r.is_err()).count()
+        let threads = self.threads.iter().filter(|(_, r)| r.is_err()).count();
+        sizes + threads + [&self.getppid, &self.open, &self.startup].iter().filter(|r| r.is_err()).count()
     }
 
     fn print(&self) {
         let mut o = String::new();
         self.print_checkpoints(&mut o);
+        self.print_threads(&mut o);
         self.print_overheads(&mut o);
         self.print_targets(&mut o);
         print!("{o}");
@@ -1052,8 +1130,11 @@ impl Report {
     fn print_checkpoints(&self, o: &mut String) {
         o.push_str(
             "\n## Checkpoint and restart\n\n\
-             One checkpoint (SIGUSR2 to ckrun) of `memhog SIZE`, which keeps running; then SIGKILL and \
-             `ckrun --restart`. Times from SIGUSR2 (restart: from spawning ckrun).\n\n\
+             A checkpoint (SIGUSR2 to ckrun) of `memhog SIZE`, which keeps running; then SIGKILL and \
+             `ckrun --restart`. Times from SIGUSR2 (restart: from spawning ckrun). Each row is the run with \
+             the median durable time of several (`--runs`). The huge-pages row is the largest size with \
+             its memory in transparent huge pages, where the fork that makes the snapshot copies one \
+             page-table entry per 2 MiB instead of 512.\n\n\
              | size | pause ms | tick gap ms (normal) | ckpt in page cache s | ckpt durable s | ckrun total s \
              | image MiB | image/memory | ckrun memory | restart s | ckrun restore ms | restored output |\n\
              |---|---|---|---|---|---|---|---|---|---|---|---|\n",
@@ -1081,6 +1162,25 @@ impl Report {
                 )),
                 Err(e) => o.push_str(&format!("| {size} MiB | FAILED: {} |\n", one_line(e))),
             }
+        }
+        let (size, huge) = &self.huge;
+        match huge {
+            Ok(c) => o.push_str(&format!(
+                "| {size} MiB, huge pages | {:.1} | {:.0} ({:.0}) | {} | {:.3} | {:.3} | {:.1} | {:.3} | {} | {:.3} | {} | {} |\n",
+                c.pause_ms,
+                c.max_gap_ms,
+                c.normal_gap_ms,
+                opt(c.in_cache, 3),
+                c.durable,
+                c.ckrun_total,
+                c.image_bytes as f64 / MIB as f64,
+                c.image_bytes as f64 / (size * MIB) as f64,
+                c.ckrun_memory,
+                c.restart,
+                opt(c.ckrun_restore_ms, 1),
+                if c.same_output == Some(true) { "same as original" } else { "see above" }
+            )),
+            Err(e) => o.push_str(&format!("| {size} MiB, huge pages | FAILED: {} |\n", one_line(e))),
         }
 
         o.push_str(
@@ -1121,6 +1221,25 @@ impl Report {
                     ));
                 }
                 Err(e) => o.push_str(&format!("| {size} MiB | FAILED: {} |\n", one_line(e))),
+            }
+        }
+    }
+
+    fn print_threads(&self, o: &mut String) {
+        o.push_str(&format!(
+            "\n## Pause by number of threads\n\n\
+             {THREAD_CKPTS} checkpoints of `manythreads N` (half the threads wait on a condition variable, half \
+             compute; little memory): the program's pause grows with its threads, not with its memory.\n\n\
+             | threads | pause ms, median | min | max |\n|---|---|---|---|\n"
+        ));
+        for (n, r) in &self.threads {
+            match r {
+                Ok(p) => {
+                    let min = p.iter().copied().fold(f64::INFINITY, f64::min);
+                    let max = p.iter().copied().fold(0.0, f64::max);
+                    o.push_str(&format!("| {n} | {:.1} | {min:.1} | {max:.1} |\n", median(p.clone())));
+                }
+                Err(e) => o.push_str(&format!("| {n} | FAILED: {} |\n", one_line(e))),
             }
         }
     }

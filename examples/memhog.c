@@ -61,6 +61,9 @@ int main(int argc, char **argv)
         perror("memhog: mmap");
         return 1;
     }
+    /* MEMHOG_THP=1: transparent huge pages (the bench's "huge pages" row). */
+    if (getenv("MEMHOG_THP"))
+        madvise(mem, size, MADV_HUGEPAGE);
 
     static const char text[] = "It was the best of times, it was the worst of times, it was the age of "
                                "wisdom, it was the age of foolishness, it was the epoch of belief. ";

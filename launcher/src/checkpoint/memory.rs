@@ -14,8 +14,9 @@ use crate::sys::procfs::{file_stamp, MapEntry};
 use crate::sys::PAGE_SIZE;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 /// Largest run of pages compressed as one chunk (1 MiB): small enough to
 /// spread over all cores, large enough for lz4 to find its matches.
@@ -107,11 +108,38 @@ pub fn select_pages(mem: &RemoteMemory, regions: &[Region], which: impl Fn(&Regi
     Ok(runs)
 }
 
+/// Where the time of [`save_pages`] went, summed over its threads
+/// (nanoseconds), for `CKRUN_TIMING`.
+#[derive(Default, Debug)]
+pub struct Stages {
+    pub read: AtomicU64,
+    pub compress: AtomicU64,
+    pub write: AtomicU64,
+}
+
+impl Stages {
+    fn add(counter: &AtomicU64, since: Instant) -> Instant {
+        let now = Instant::now();
+        counter.fetch_add((now - since).as_nanos() as u64, Ordering::Relaxed);
+        now
+    }
+}
+
 /// Reads the runs from `mem` on all cores, drops zero pages, compresses
 /// and appends the chunks to `out` (each worker writes its own chunks at
 /// reserved offsets), recording them in `regions`. Returns the bytes of
 /// page data saved (before compression).
 pub fn save_pages(mem: &RemoteMemory, runs: &[PageRun], regions: &mut [Region], out: &ImageWriter) -> Result<u64> {
+    save_pages_timed(mem, runs, regions, out, &Stages::default())
+}
+
+pub fn save_pages_timed(
+    mem: &RemoteMemory,
+    runs: &[PageRun],
+    regions: &mut [Region],
+    out: &ImageWriter,
+    stages: &Stages,
+) -> Result<u64> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(16);
     let next = AtomicUsize::new(0);
     let saved: Mutex<Vec<(usize, ChunkRef)>> = Mutex::new(Vec::new());
@@ -125,7 +153,7 @@ pub fn save_pages(mem: &RemoteMemory, runs: &[PageRun], regions: &mut [Region], 
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(run) = runs.get(i) else { break };
-                    if let Err(e) = save_run(mem, run, &mut buf, &mut packed, out, &mut mine) {
+                    if let Err(e) = save_run(mem, run, &mut buf, &mut packed, out, &mut mine, stages) {
                         first_err.lock().unwrap().get_or_insert(e);
                         // Stop the others quickly.
                         next.store(runs.len(), Ordering::Relaxed);
@@ -159,10 +187,13 @@ fn save_run(
     packed: &mut [u8],
     out: &ImageWriter,
     saved: &mut Vec<(usize, ChunkRef)>,
+    stages: &Stages,
 ) -> Result<()> {
     let ps = PAGE_SIZE as usize;
     let data = &mut buf[..run.npages as usize * ps];
+    let t = Instant::now();
     mem.read(run.addr, data).with_context(|| format!("saving memory at {:#x}", run.addr))?;
+    let mut t = Stages::add(&stages.read, t);
     let mut p = 0usize;
     let n = run.npages as usize;
     while p < n {
@@ -176,7 +207,9 @@ fn save_run(
         }
         let len = lz4_flex::block::compress_into(&data[begin * ps..p * ps], packed)
             .map_err(|e| anyhow::anyhow!("compressing: {e}"))?;
+        t = Stages::add(&stages.compress, t);
         let (offset, checksum) = out.append_chunk(&packed[..len])?;
+        t = Stages::add(&stages.write, t);
         let addr = run.addr + (begin * ps) as u64;
         saved.push((run.region, ChunkRef { addr, npages: (p - begin) as u32, clen: len as u32, offset, checksum }));
     }

@@ -178,16 +178,19 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32)
     }
 
     // 3./4. Resume; private memory from the snapshots.
+    let t_captured = t0.elapsed();
     guard.resume(false);
     let paused = t0.elapsed();
+    let stages = memory::Stages::default();
     if !frozen {
         for (s, img) in guard.stopped.iter().zip(images.iter_mut()) {
             let mem = RemoteMemory::open(s.source())?;
             let runs = memory::select_pages(&mem, &img.regions, |r| !r.shared)
                 .map_err(|e| anyhow!("{e:#} (memory marked MADV_DONTFORK is not in the snapshot: use --no-fork)"))?;
-            memory_bytes += memory::save_pages(&mem, &runs, &mut img.regions, &out)?;
+            memory_bytes += memory::save_pages_timed(&mem, &runs, &mut img.regions, &out, &stages)?;
         }
     }
+    let t_memory = t0.elapsed();
     drop(guard); // reaps the snapshot children
 
     let (hostname, kernel_release, kernel_version) = machine::uname();
@@ -215,6 +218,20 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32)
         pipes: fds.pipes,
     };
     let image_bytes = out.finish(&manifest)?;
+    if std::env::var_os("CKRUN_TIMING").is_some() {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let sum = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
+        eprintln!(
+            "ckrun: timing: stopped+captured {:.1} ms, resumed {:.1} ms, memory {:.1} ms (threads: read {:.0}, compress {:.0}, write {:.0} ms), manifest+fsync+rename {:.1} ms",
+            ms(t_captured),
+            ms(paused),
+            ms(t_memory - paused),
+            sum(&stages.read),
+            sum(&stages.compress),
+            sum(&stages.write),
+            ms(t0.elapsed() - t_memory)
+        );
+    }
     Ok(Outcome { path, memory_bytes, image_bytes, paused, total: t0.elapsed(), warnings, merged_requests })
 }
 

@@ -34,7 +34,7 @@ use ckrun_proto::{
     SUSPEND_MAGIC, SUSPEND_PARK, SUSPEND_SIGNAL, THREAD_LEADER,
 };
 use core::ffi::c_int;
-use core::sync::atomic::{AtomicI32, AtomicU32, Ordering::*};
+use core::sync::atomic::{AtomicU32, Ordering::*};
 
 /// Epoch of the checkpoint being taken (bumped by each leader).
 static EPOCH: AtomicU32 = AtomicU32::new(0);
@@ -46,8 +46,8 @@ static PARKED: AtomicU32 = AtomicU32::new(0);
 static ARRIVED: AtomicU32 = AtomicU32::new(0);
 /// Slots of [`RECORDS`] in use; slot 0 is the leader's.
 static NSLOTS: AtomicU32 = AtomicU32::new(0);
-/// Tid of the current leader, 0 when no checkpoint runs.
-static LEADER: AtomicI32 = AtomicI32::new(0);
+/// Tid of the current leader, 0 when no checkpoint runs (futex word).
+static LEADER: AtomicU32 = AtomicU32::new(0);
 
 /// One record per thread. A slot is written only by the thread that took
 /// it (fetch_add on NSLOTS) before it bumps PARKED; the leader reads it
@@ -100,9 +100,21 @@ pub(crate) extern "C" fn on_suspend(_sig: c_int, info: *mut libc::siginfo_t, _uc
 // ---- the leader -------------------------------------------------------
 
 fn lead(frozen: bool) {
-    let me = sys::gettid();
-    if LEADER.compare_exchange(0, me, Acquire, Relaxed).is_err() {
-        return;
+    let me = sys::gettid() as u32;
+    // The previous checkpoint's leader may still be letting its threads go
+    // (the coordinator is done with it already): wait for it rather than
+    // drop this request.
+    let mut ticks = 0;
+    while let Err(other) = LEADER.compare_exchange(0, me, Acquire, Relaxed) {
+        ticks += 1;
+        if ticks > PARK_TIMEOUT_TICKS {
+            send_msg(
+                kind::SUSPEND_FAILED,
+                &[Failure::new(libc::EBUSY, other as i32, "the previous checkpoint never ended")],
+            );
+            return;
+        }
+        sys::futex_wait(&LEADER, other, TICK_NS);
     }
     let epoch = EPOCH.load(Relaxed).wrapping_add(1);
     NSLOTS.store(1, Relaxed);
@@ -110,10 +122,10 @@ fn lead(frozen: bool) {
     ARRIVED.store(0, Relaxed);
     EPOCH.store(epoch, Release);
 
-    if let Err(f) = suspend_siblings(me) {
+    if let Err(f) = suspend_siblings(me as i32) {
         send_msg(kind::SUSPEND_FAILED, &[f]);
         release(epoch);
-        LEADER.store(0, Release);
+        end_leading();
         return;
     }
     let rec = slot(0);
@@ -122,7 +134,12 @@ fn lead(frozen: bool) {
     let arg = epoch as u64 | (frozen as u64) << 32;
     forkpoint::fork_point(&mut rec.ctx, leader_checkpoint, leader_restarted, arg);
     release(epoch);
+    end_leading();
+}
+
+fn end_leading() {
     LEADER.store(0, Release);
+    sys::futex_wake(&LEADER);
 }
 
 /// Signals every other thread to park and waits until all have.
