@@ -249,6 +249,27 @@ impl Program {
         Program { name: name.to_string(), exe, leading_args: Vec::new() }
     }
 
+    /// Any executable, run with `leading_args` before the test's own
+    /// arguments (a script for its interpreter, `-cp DIR Main` for java).
+    pub fn new(name: &str, exe: impl Into<PathBuf>, leading_args: &[&OsStr]) -> Program {
+        Program {
+            name: name.to_string(),
+            exe: exe.into(),
+            leading_args: leading_args.iter().map(|a| a.into()).collect(),
+        }
+    }
+
+    /// The executable at `exe`.
+    pub fn at(exe: &Path) -> Program {
+        let name = exe.file_name().map_or_else(|| "program".into(), |n| n.to_string_lossy().into_owned());
+        Program::new(&name, exe, &[])
+    }
+
+    /// The executable that runs.
+    pub fn path(&self) -> &Path {
+        &self.exe
+    }
+
     /// A Python example, `examples/<name>.py`, run by [`python_interpreter`].
     pub fn python(name: &str) -> Program {
         let script = examples_src_dir().join(format!("{name}.py"));
