@@ -10,13 +10,9 @@ use super::manifest::Manifest;
 use super::{checksum, header_bytes, Trailer, HEADER_LEN};
 use anyhow::{Context, Result};
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// How much is written before its writeback starts.
-const WRITEBACK_STEP: u64 = 128 << 20;
 
 pub struct ImageWriter {
     file: File,
@@ -48,23 +44,6 @@ impl ImageWriter {
         let sum = checksum(data);
         let off = self.end.fetch_add(data.len() as u64, Ordering::Relaxed);
         self.file.write_all_at(data, off).with_context(|| format!("writing {}", self.tmp.display()))?;
-        // Each time another WRITEBACK_STEP is written, start writing the
-        // previous step to disk, so that the final fsync finds little left.
-        let step = |o: u64| o / WRITEBACK_STEP;
-        let end = off + data.len() as u64;
-        if step(end) > step(off) && step(off) > 0 {
-            let from = (step(off) - 1) * WRITEBACK_STEP;
-            // SAFETY: sync_file_range on our own fd; SYNC_FILE_RANGE_WRITE
-            // only starts writeback, it does not wait for it.
-            unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    from as i64,
-                    WRITEBACK_STEP as i64,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-        }
         Ok((off, sum))
     }
 

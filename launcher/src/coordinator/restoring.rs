@@ -1,0 +1,123 @@
+//! The restart phase of the coordinator: restore children connect, get
+//! their share of the tree's objects (fds passed with SCM_RIGHTS), report
+//! ready; when all are, all of them go at once. Until then nothing of the
+//! program runs, so a failure anywhere calls the whole restart off.
+
+use super::agent::Agent;
+use super::{tree, Coordinator};
+use crate::restore::transfer;
+use ckrun_proto::{kind, Config};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+/// A restart in progress: the restore children connect, get their share
+/// of the tree's objects, and report ready; once all are, they all go.
+pub struct RestoreSession {
+    pub image: std::path::PathBuf,
+    pub started: Instant,
+    /// What each process of the image receives: (tags, fds).
+    pub sends: Vec<(Vec<u32>, Vec<i32>)>,
+    /// The image's pids, and each process's agent fd.
+    pub pids: Vec<i32>,
+    pub agent_fds: Vec<i32>,
+    /// The objects' fds, closed once everyone has them.
+    pub objects: Vec<i32>,
+    ready: Vec<i32>,
+    restored: Vec<i32>,
+    pub(super) go: bool,
+}
+
+impl RestoreSession {
+    pub fn new(
+        image: std::path::PathBuf,
+        sends: Vec<(Vec<u32>, Vec<i32>)>,
+        pids: Vec<i32>,
+        agent_fds: Vec<i32>,
+        objects: Vec<i32>,
+    ) -> Self {
+        RestoreSession {
+            image,
+            started: Instant::now(),
+            sends,
+            pids,
+            agent_fds,
+            objects,
+            ready: vec![],
+            restored: vec![],
+            go: false,
+        }
+    }
+}
+
+impl Coordinator {
+    /// A restore child connected: send it what it needs.
+    pub(super) fn on_restore_child(&mut self, conn: Agent, msg: &[u8]) {
+        let Some(r) = self.restore.as_mut() else { return };
+        let Some(h) = msg.get(8..).and_then(ckrun_proto::read_pod::<transfer::Hello>) else { return };
+        let i = h.index as usize;
+        if r.pids.get(i) != Some(&h.pid) {
+            return;
+        }
+        let (tags, fds) = &r.sends[i];
+        if transfer::send_fds(conn.conn.as_raw_fd(), tags, fds).is_err() {
+            return;
+        }
+        let agent_fd = r.agent_fds[i];
+        self.agents.retain(|a| a.pid != h.pid);
+        self.agents.push(Agent { pid: h.pid, agent_fd, running: false, ..conn });
+    }
+
+    pub(super) fn on_ready(&mut self, pid: i32) {
+        let Some(r) = self.restore.as_mut() else { return };
+        if !r.ready.contains(&pid) {
+            r.ready.push(pid);
+        }
+        if r.ready.len() == r.pids.len() && !r.go {
+            r.go = true;
+            for a in self.agents.iter().filter(|a| r.pids.contains(&a.pid)) {
+                let _ = transfer::send(a.conn.as_raw_fd(), transfer::GO, &[]);
+            }
+            for fd in r.objects.drain(..) {
+                // SAFETY: the objects' fds are ours; every process has its copies.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+
+    pub(super) fn on_restored(&mut self, i: usize) {
+        let pid = self.agents[i].pid;
+        let config = Config::new(self.settings.trigger, std::process::id() as i32, &self.settings.socket_name);
+        let _ = self.agents[i].send(kind::CONFIG, &[config]);
+        self.agents[i].running = true;
+        let Some(r) = self.restore.as_mut() else { return };
+        if !r.restored.contains(&pid) {
+            r.restored.push(pid);
+        }
+        if r.restored.len() == r.pids.len() {
+            let n = r.pids.len();
+            let what = if n == 1 { format!("process {pid}") } else { format!("{n} processes") };
+            let ms = r.started.elapsed().as_secs_f64() * 1000.0;
+            eprintln!("ckrun: restarted {what} from {} in {ms:.1} ms", r.image.display());
+            self.restore = None;
+        }
+    }
+
+    /// Calls a restart off. Nothing of the new tree reached the restorer
+    /// without the go, so every process of it is still ckrun code: killing
+    /// them leaves nothing half-restored.
+    pub(super) fn abort_restore(&mut self) {
+        let Some(r) = self.restore.take() else { return };
+        if r.go {
+            return;
+        }
+        for m in tree::descendants(std::process::id() as i32, &[]) {
+            // SAFETY: plain kill of our own descendants.
+            unsafe { libc::kill(m.pid, libc::SIGKILL) };
+        }
+        for fd in r.objects {
+            // SAFETY: closing our own fds.
+            unsafe { libc::close(fd) };
+        }
+    }
+
+}
