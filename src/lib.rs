@@ -54,7 +54,9 @@ pub mod sys {
     use std::io;
 
     pub const SIGKILL: c_int = 9;
+    pub const SIGUSR1: c_int = 10;
     pub const SIGUSR2: c_int = 12;
+    pub const SIGTERM: c_int = 15;
     const WNOHANG: c_int = 1;
     const PR_SET_CHILD_SUBREAPER: c_int = 36;
 
@@ -835,14 +837,19 @@ impl Ckrun {
     /// `ckrun: checkpoint ...` line naming it. Returns the image's path.
     /// Also checks that the image's name carries the program's pid.
     pub fn checkpoint_via(&mut self, target: SignalTarget, timeout: Duration) -> PathBuf {
+        self.checkpoint_with(target, sys::SIGUSR2, timeout)
+    }
+
+    /// As [`Ckrun::checkpoint_via`], with trigger signal `sig` (`--signal`).
+    pub fn checkpoint_with(&mut self, target: SignalTarget, sig: i32, timeout: Duration) -> PathBuf {
         let before = list_images(&self.imgdir);
         let program_pid = self.program_pid();
         let pid = match target {
             SignalTarget::Ckrun => self.ckrun_pid,
             SignalTarget::Program => program_pid,
         };
-        if let Err(e) = sys::send_signal(pid, sys::SIGUSR2) {
-            self.fail(&format!("kill -USR2 {pid}: {e}"));
+        if let Err(e) = sys::send_signal(pid, sig) {
+            self.fail(&format!("kill -{sig} {pid}: {e}"));
         }
         let deadline = Instant::now() + timeout;
         let image = loop {

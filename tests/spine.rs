@@ -177,3 +177,55 @@ fn truncate_keeping_mtime(path: &Path, len: u64) {
     })
     .unwrap_or_else(|e| panic!("truncate {}: {e}", path.display()));
 }
+
+/// `--signal USR1`: SIGUSR1 requests checkpoints, and a restart keeps the
+/// setting without being told again.
+#[test]
+fn trigger_signal_setting_is_kept_across_restarts() {
+    let dir = TestDir::new("spine-signal-setting");
+    let prog = Program::c("counter");
+    let reference = prog.run_bare(&[], &dir.bare);
+    let mut job = Ckrun::launch(&prog, &[], &dir.work, &dir.img, &["--signal", "USR1"]);
+    job.wait_for_tick(20);
+    let img1 = job.checkpoint_with(SignalTarget::Ckrun, ckrun_suite::sys::SIGUSR1, TIMEOUT);
+    job.kill9();
+    let mut job = Ckrun::restart(&img1, &dir.work, &[]);
+    let at = job.last_tick().unwrap_or(0);
+    job.wait_for_tick(at + 10);
+    let img2 = job.checkpoint_with(SignalTarget::Program, ckrun_suite::sys::SIGUSR1, TIMEOUT);
+    job.kill9();
+    let mut job = Ckrun::restart(&img2, &dir.work, &[]);
+    assert_eq!(job.wait(TIMEOUT), reference.code, "{}", job.diagnostics());
+    assert_same_output(&reference.stdout, &job.output(), "signal setting");
+}
+
+/// SIGTERM to ckrun reaches the program; ckrun exits as it did: killed by
+/// signal 15, so 128 + 15.
+#[test]
+fn termination_signals_are_forwarded_and_the_status_is_128_plus_n() {
+    let dir = TestDir::new("spine-forward-term");
+    let mut job = Ckrun::launch(&Program::c("counter"), &[], &dir.work, &dir.img, &[]);
+    job.wait_for_tick(5);
+    ckrun_suite::sys::send_signal(job.ckrun_pid(), ckrun_suite::sys::SIGTERM).unwrap();
+    assert_eq!(job.wait(TIMEOUT), 128 + 15, "{}", job.diagnostics());
+}
+
+/// Requests in a burst are merged into checkpoints, never lost in a crash
+/// or a hang, and the program ends as it would have.
+#[test]
+fn a_burst_of_checkpoint_requests_is_coalesced() {
+    let dir = TestDir::new("spine-burst");
+    let prog = Program::c("counter");
+    let reference = prog.run_bare(&[], &dir.bare);
+    let mut job = Ckrun::launch(&prog, &[], &dir.work, &dir.img, &[]);
+    job.wait_for_tick(10);
+    for _ in 0..5 {
+        ckrun_suite::sys::send_signal(job.ckrun_pid(), ckrun_suite::sys::SIGUSR2).unwrap();
+    }
+    assert_eq!(job.wait(TIMEOUT), reference.code, "{}", job.diagnostics());
+    let images = list_images(&dir.img).len();
+    let stderr = job.stderr();
+    assert!((1..=5).contains(&images), "{images} images for 5 requests\n{stderr}");
+    assert!(!stderr.contains("failed"), "{stderr}");
+    assert_same_output(&reference.stdout, &job.output(), "burst");
+}
