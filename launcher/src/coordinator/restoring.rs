@@ -119,5 +119,4 @@ impl Coordinator {
             unsafe { libc::close(fd) };
         }
     }
-
 }
