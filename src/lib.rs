@@ -564,6 +564,26 @@ fn children_of(pid: i32) -> Vec<i32> {
     kids
 }
 
+/// Every descendant of `pid`.
+fn descendants_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for k in children_of(p) {
+            out.push(k);
+            todo.push(k);
+        }
+    }
+    out
+}
+
+/// A process's pid in its own (innermost) PID namespace: the last field of
+/// `NSpid` in /proc/PID/status. The image names processes by it.
+pub fn ns_pid(pid: i32) -> Option<i32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?.parse().ok()
+}
+
 /// Becomes a child subreaper once per test process.
 fn ensure_subreaper() {
     static ONCE: OnceLock<()> = OnceLock::new();
@@ -626,12 +646,25 @@ pub struct Ckrun {
 impl Ckrun {
     /// `ckrun --dir IMGDIR [EXTRA_FLAGS] PROGRAM ARGS...` in `workdir`.
     pub fn launch(prog: &Program, args: &[&str], workdir: &Path, imgdir: &Path, extra_flags: &[&str]) -> Ckrun {
+        Ckrun::launch_via(&[], prog, args, workdir, imgdir, extra_flags)
+    }
+
+    /// As [`Ckrun::launch`], with ckrun started through `prefix` (a command
+    /// that execs the rest, such as `setpriv --reuid=65534 ...`).
+    pub fn launch_via(
+        prefix: &[&str],
+        prog: &Program,
+        args: &[&str],
+        workdir: &Path,
+        imgdir: &Path,
+        extra_flags: &[&str],
+    ) -> Ckrun {
         let mut cmd_args: Vec<OsString> = vec!["--dir".into(), imgdir.as_os_str().to_owned()];
         cmd_args.extend(extra_flags.iter().map(OsString::from));
         cmd_args.extend(prog.argv(args));
         let out = create_file(&workdir.join(OUT_FILE));
         let label = format!("ckrun {}", prog.name());
-        Ckrun::spawn(label, &cmd_args, workdir, imgdir, out)
+        Ckrun::spawn(label, prefix, &cmd_args, workdir, imgdir, out)
     }
 
     /// `ckrun --restart IMAGE_OR_DIR --dir IMGDIR [EXTRA_FLAGS]` in
@@ -640,6 +673,11 @@ impl Ckrun {
     /// program reopens `workdir/out.txt` itself; ckrun's own stdout goes to
     /// a separate file, which should stay empty.
     pub fn restart(image: &Path, workdir: &Path, extra_flags: &[&str]) -> Ckrun {
+        Ckrun::restart_via(&[], image, workdir, extra_flags)
+    }
+
+    /// As [`Ckrun::restart`], through `prefix` (see [`Ckrun::launch_via`]).
+    pub fn restart_via(prefix: &[&str], image: &Path, workdir: &Path, extra_flags: &[&str]) -> Ckrun {
         let (imgdir, newest) = if image.is_dir() {
             (image.to_path_buf(), list_images(image).pop())
         } else {
@@ -658,17 +696,31 @@ impl Ckrun {
         let seq = next_seq();
         let stdout = create_file(&workdir.join(format!("ckrun-{seq}.stdout")));
         let label = format!("ckrun --restart {}", image.display());
-        let mut job = Ckrun::spawn(label, &cmd_args, workdir, &imgdir, stdout);
+        let mut job = Ckrun::spawn(label, prefix, &cmd_args, workdir, &imgdir, stdout);
         job.out_path = workdir.join(OUT_FILE);
         job.expected_pid = newest.as_deref().and_then(ImageName::parse).map(|i| i.pid);
         job
     }
 
-    fn spawn(label: String, args: &[OsString], workdir: &Path, imgdir: &Path, stdout: fs::File) -> Ckrun {
+    fn spawn(
+        label: String,
+        prefix: &[&str],
+        args: &[OsString],
+        workdir: &Path,
+        imgdir: &Path,
+        stdout: fs::File,
+    ) -> Ckrun {
         ensure_subreaper();
         let bin = ckrun_bin();
         let stderr_path = workdir.join(format!("ckrun-{}.stderr", next_seq()));
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match prefix.split_first() {
+            None => Command::new(&bin),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+        };
         cmd.args(args)
             .current_dir(workdir)
             .stdin(Stdio::null())
@@ -817,10 +869,11 @@ impl Ckrun {
     /// One look for the program's process, without waiting.
     fn find_program(&mut self) -> Option<ProcId> {
         if self.program.is_none() && self.status.is_none() && self.child.is_some() {
-            let kids = children_of(self.ckrun_pid);
             let pid = match self.expected_pid {
-                Some(want) => kids.into_iter().find(|&k| k == want),
-                None => kids.first().copied(),
+                // After a restart in a new PID namespace the program is a
+                // grandchild, known by its pid in that namespace.
+                Some(want) => descendants_of(self.ckrun_pid).into_iter().find(|&k| ns_pid(k) == Some(want)),
+                None => children_of(self.ckrun_pid).first().copied(),
             };
             self.program = pid.and_then(ProcId::of);
         }
@@ -877,8 +930,9 @@ impl Ckrun {
             }
             thread::sleep(POLL);
         }
+        let named = ns_pid(program_pid).unwrap_or(program_pid);
         match ImageName::parse(&image) {
-            Some(name) if name.pid == program_pid => {}
+            Some(name) if name.pid == named => {}
             other => {
                 self.fail(&format!("image {} does not name the program pid {program_pid}: {other:?}", image.display()))
             }

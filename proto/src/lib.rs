@@ -306,6 +306,10 @@ pub mod restorer_header {
     pub const OFF_FAIL_RESULT: usize = 72;
     pub const OFF_FAIL_NR: usize = 80;
     pub const FAIL_MSG_LEN: usize = 32;
+    /// Non-zero: each restored thread drops every capability before the
+    /// program resumes (an unprivileged restart got them from its own user
+    /// namespace; the program had none).
+    pub const OFF_DROP_CAPS: usize = 88;
     pub const SIZE: usize = 128;
 }
 

@@ -10,7 +10,7 @@ use crate::checkpoint::memory::CHUNK_PAGES;
 use crate::image::manifest::{ChunkRef, FileLock, GhostFile, OpenFile};
 use crate::image::{ImageReader, ImageWriter};
 use crate::restore::kernel::Kernel;
-use crate::sys::mem::is_zero_page;
+use crate::sys::mem::{is_zero_page, RemoteMemory};
 use crate::sys::procfs::MapEntry;
 use crate::sys::PAGE_SIZE;
 use anyhow::{Context, Result};
@@ -42,7 +42,46 @@ pub fn capture_mapping(pid: i32, m: &MapEntry, ghosts: &mut Vec<GhostFile>, out:
     if let Some(i) = ghosts.iter().position(|g| g.dev == m.dev && g.inode == m.inode) {
         return Ok(i as u32);
     }
-    find_or_save(&format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end), &m.path, ghosts, out)
+    match find_or_save(&format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end), &m.path, ghosts, out) {
+        Ok(i) => Ok(i),
+        // /proc/PID/map_files needs CAP_SYS_ADMIN: without it, what the
+        // mapping shows of the file is what there is to save.
+        Err(_) => save_mapped_part(pid, m, ghosts, out),
+    }
+}
+
+/// Saves the part of a ghost a mapping shows, read through the process's
+/// memory (reading faults in what the process did not touch yet).
+fn save_mapped_part(pid: i32, m: &MapEntry, ghosts: &mut Vec<GhostFile>, out: &ImageWriter) -> Result<u32> {
+    let mem = RemoteMemory::open(pid)?;
+    let piece = CHUNK_PAGES as usize * PAGE_SIZE as usize;
+    let mut buf = vec![0u8; piece];
+    let mut chunks = Vec::new();
+    let mut at = 0u64;
+    while at < m.len() {
+        let n = piece.min((m.len() - at) as usize);
+        mem.read(m.start + at, &mut buf[..n]).with_context(|| format!("saving {}", m.path))?;
+        if !buf[..n].chunks(PAGE_SIZE as usize).all(is_zero_page) {
+            let data = lz4_flex::block::compress(&buf[..n]);
+            let (offset, checksum) = out.append_chunk(&data)?;
+            let npages = (n / PAGE_SIZE as usize) as u32;
+            chunks.push(ChunkRef { addr: m.offset + at, npages, clen: data.len() as u32, offset, checksum });
+        }
+        at += n as u64;
+    }
+    let path = PathBuf::from(m.path.strip_suffix(DELETED).unwrap_or(&m.path));
+    let size = m.offset + m.len();
+    ghosts.push(GhostFile {
+        path,
+        memfd: is_memory(&m.path),
+        mode: 0o600,
+        size,
+        seals: 0,
+        dev: m.dev,
+        inode: m.inode,
+        chunks,
+    });
+    Ok((ghosts.len() - 1) as u32)
 }
 
 fn find_or_save(open_path: &str, shown: &str, ghosts: &mut Vec<GhostFile>, out: &ImageWriter) -> Result<u32> {

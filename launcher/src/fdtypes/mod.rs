@@ -114,8 +114,11 @@ pub fn capture(procs: &[(i32, i32)], out: &ImageWriter) -> Result<FdTables> {
     let tree = Tree { ends, sockets };
     for &r in &reps {
         let f = &all[r].2;
-        let file =
-            classify(f, &tree, &mut t, out).with_context(|| format!("process {} fd {} ({})", f.pid, f.fd, f.target))?;
+        // An fd whose state cannot be read (not ours to open, say) comes
+        // back closed, like any unrestorable fd, rather than failing the
+        // whole checkpoint.
+        let file = classify(f, &tree, &mut t, out)
+            .unwrap_or_else(|e| OpenFile::Unsupported { what: format!("{}, which cannot be read: {e:#}", f.target) });
         if let OpenFile::Unsupported { what } = &file {
             t.unsupported.push(format!("process {}: fd {} ({what})", f.pid, f.fd));
         }

@@ -74,7 +74,10 @@ fn restore(image: &Path, index: usize, ctl: i32) -> Result<std::convert::Infalli
         .with_context(|| format!("opening {}", p.exe.path.display()))?;
     let exe_fd = k.dup_above(exe, have.iter().copied().max().unwrap_or(2) + 1)?;
     k.close(exe);
-    let enc = restorer::encode(&plan, &p, exe_fd, p.agent_fd)?;
+    // Not root: the capabilities came from ckrun's own user namespace.
+    // SAFETY: geteuid cannot fail.
+    let drop_caps = unsafe { libc::geteuid() } != 0;
+    let enc = restorer::encode(&plan, &p, exe_fd, p.agent_fd, drop_caps)?;
     close_other_fds(&have, exe_fd)?;
     fdtypes::take_own_locks(&mut k, &p, &descriptions)?;
 

@@ -155,6 +155,13 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
         .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
         .map(|pid| pid.to_string())
         .collect();
+    if !pidns::privileged() && !opts.no_pidns {
+        eprintln!("ckrun: not root: restarting in a new user and PID namespace, where ckrun may choose PIDs");
+        let trigger = settings.trigger;
+        drop(img);
+        let opts = Overrides { no_pidns: true, ..opts };
+        return pidns::run_in_new_namespace(trigger, || restart(&path, opts, false));
+    }
     if !taken.is_empty() {
         let which = taken.join(", ");
         if opts.no_pidns {

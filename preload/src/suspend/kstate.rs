@@ -83,6 +83,20 @@ pub fn restore_thread(rec: &ThreadRecord) {
     }
 }
 
+/// Drops every capability of the calling thread (ambient, effective,
+/// permitted, inheritable).
+pub fn drop_capabilities() {
+    const VERSION_3: u32 = 0x2008_0522;
+    let header = [VERSION_3, 0u32];
+    let data = [0u32; 6];
+    // SAFETY: prctl takes integers; capset reads a version-3 header and two
+    // zeroed data structs, all on this stack.
+    unsafe {
+        sys::syscall6(sys::SYS_prctl, libc::PR_CAP_AMBIENT as u64, libc::PR_CAP_AMBIENT_CLEAR_ALL as u64, 0, 0, 0, 0);
+        sys::syscall2(libc::SYS_capset, header.as_ptr() as u64, data.as_ptr() as u64);
+    }
+}
+
 // ---- per process ------------------------------------------------------
 
 struct ProcessState {

@@ -243,12 +243,16 @@ extern "C" fn leader_checkpoint(arg: u64) {
 /// Second life of the leader's fork point, in the restarted process.
 extern "C" fn leader_restarted(_arg: u64, restorer: u64) {
     let others = NSLOTS.load(Acquire).saturating_sub(1);
+    let drop_caps = restorer_flag(restorer, rh::OFF_DROP_CAPS);
     // The restorer starts the threads one by one; once all are back in
     // their handlers, none executes restorer code any more.
     wait_count(&ARRIVED, others);
     unmap_restorer(restorer);
     kstate::restore_process();
     kstate::restore_thread(slot(0));
+    if drop_caps {
+        kstate::drop_capabilities();
+    }
     let pid = sys::getpid();
     send_msg(kind::RESTORED, &[Restored { pid, nthreads: others + 1 }]);
     let mut buf = [0u8; 256];
@@ -310,11 +314,23 @@ extern "C" fn park_checkpoint(arg: u64) {
     wait_released(arg as u32);
 }
 
-extern "C" fn park_restarted(arg: u64, _restorer: u64) {
+extern "C" fn park_restarted(arg: u64, restorer: u64) {
+    // Read before arriving: the leader unmaps the restorer once all arrived.
+    let drop_caps = restorer_flag(restorer, rh::OFF_DROP_CAPS);
     ARRIVED.fetch_add(1, Release);
     sys::futex_wake(&ARRIVED);
     wait_released(arg as u32);
     kstate::restore_thread(slot((arg >> 32) as usize));
+    if drop_caps {
+        kstate::drop_capabilities();
+    }
+}
+
+/// A word of the restorer's header (0 if there is none).
+fn restorer_flag(header: u64, off: usize) -> bool {
+    // SAFETY: the restorer passes its header page, mapped and readable
+    // until every thread has arrived; `off` is within it.
+    header != 0 && unsafe { *((header + off as u64) as *const u64) } != 0
 }
 
 fn release(epoch: u32) {
