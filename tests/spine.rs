@@ -110,6 +110,37 @@ fn restart_from_directory_takes_newest_image() {
     assert_eq!(list_images(&dir.img), vec![img1, img2]);
 }
 
+/// Images go to disk with O_DIRECT where the file system takes it, and
+/// through the page cache where it does not (tmpfs refused O_DIRECT until
+/// recent kernels): either way, checkpointed twice into a tmpfs (here
+/// /dev/shm), the second image restarts correctly. (Both write paths are
+/// also unit-tested in `image::writer`.)
+#[test]
+fn images_on_a_file_system_without_direct_io() {
+    let dir = TestDir::new("spine-tmpfs-images");
+    let shm = Path::new("/dev/shm").join(format!("ckrun-e2e-{}", std::process::id()));
+    fs::create_dir_all(&shm).unwrap_or_else(|e| panic!("create {}: {e}", shm.display()));
+    let prog = Program::c("counter");
+    let reference = prog.run_bare(&[], &dir.bare);
+
+    let mut job = Ckrun::launch(&prog, &[], &dir.work, &shm, &[]);
+    job.wait_for_tick(30);
+    job.checkpoint(TIMEOUT);
+    let at = job.last_tick().unwrap();
+    job.wait_for_tick(at + 10);
+    let img = job.checkpoint(TIMEOUT);
+    let at = job.last_tick().unwrap();
+    job.wait_for_tick(at + RUN_ON);
+    job.kill9();
+
+    let mut job = Ckrun::restart(&img, &dir.work, &[]);
+    let code = job.wait(TIMEOUT);
+    let _ = fs::remove_dir_all(&shm);
+    assert_eq!(code, reference.code, "exit code\n{}", job.diagnostics());
+    assert_same_output(&reference.stdout, &job.output(), "images on tmpfs");
+    assert_same_files(&dir.bare, &dir.work);
+}
+
 /// `--no-fork`: the program stays stopped while its memory is copied
 /// (instead of a copy-on-write snapshot); the result must be the same.
 #[test]

@@ -9,6 +9,7 @@
 
 use crate::image::manifest::{ChunkRef, FileRef, Region, RegionKind};
 use crate::image::ImageWriter;
+use crate::sys::aligned::AlignedBuf;
 use crate::sys::mem::{is_zero_page, RemoteMemory, PM_FILE, PM_PRESENT, PM_SWAP};
 use crate::sys::procfs::{file_stamp, MapEntry};
 use crate::sys::PAGE_SIZE;
@@ -140,7 +141,10 @@ pub fn save_pages_timed(
     out: &ImageWriter,
     stages: &Stages,
 ) -> Result<u64> {
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(16);
+    // A direct write blocks its thread until the disk has the data: one
+    // more worker keeps the cores busy compressing meanwhile.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()).min(16);
+    let workers = if out.is_direct() { cores + 1 } else { cores };
     let next = AtomicUsize::new(0);
     let saved: Mutex<Vec<(usize, ChunkRef)>> = Mutex::new(Vec::new());
     let first_err: Mutex<Option<anyhow::Error>> = Mutex::new(None);
@@ -148,7 +152,7 @@ pub fn save_pages_timed(
         for _ in 0..workers {
             s.spawn(|| {
                 let mut buf = vec![0u8; CHUNK_PAGES as usize * PAGE_SIZE as usize];
-                let mut packed = vec![0u8; lz4_flex::block::get_maximum_output_size(buf.len())];
+                let mut packed = AlignedBuf::new(lz4_flex::block::get_maximum_output_size(buf.len()));
                 let mut mine = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -184,7 +188,7 @@ fn save_run(
     mem: &RemoteMemory,
     run: &PageRun,
     buf: &mut [u8],
-    packed: &mut [u8],
+    packed: &mut AlignedBuf,
     out: &ImageWriter,
     saved: &mut Vec<(usize, ChunkRef)>,
     stages: &Stages,
@@ -208,7 +212,7 @@ fn save_run(
         let len = lz4_flex::block::compress_into(&data[begin * ps..p * ps], packed)
             .map_err(|e| anyhow::anyhow!("compressing: {e}"))?;
         t = Stages::add(&stages.compress, t);
-        let (offset, checksum) = out.append_chunk(&packed[..len])?;
+        let (offset, checksum) = out.append_aligned(packed, len)?;
         t = Stages::add(&stages.write, t);
         let addr = run.addr + (begin * ps) as u64;
         saved.push((run.region, ChunkRef { addr, npages: (p - begin) as u32, clen: len as u32, offset, checksum }));

@@ -80,10 +80,15 @@ pub fn fill(img: &ImageReader, plan: &RestorePlan, p: &ProcessImage) -> Result<u
         }
         work.extend(r.chunks.iter().map(|c| (c, s.at + (c.addr - r.start), via_uffd)));
     }
-    // Largest first: better balance across threads.
-    work.sort_unstable_by_key(|(c, _, _)| std::cmp::Reverse(c.npages));
+    // In file order, so that the kernel's readahead streams an image that
+    // is not in the page cache (the usual case at a restart: the job died,
+    // or this is another machine). Chunks are at most 1 MiB, so taking them
+    // one at a time balances the threads well enough. A read blocks its
+    // thread until the disk answers: one more thread than cores keeps them
+    // all decompressing meanwhile.
+    work.sort_unstable_by_key(|(c, _, _)| c.offset);
     let next = AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(16);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(16) + 1;
     let first_err = std::sync::Mutex::new(None);
     std::thread::scope(|sc| {
         for _ in 0..threads {

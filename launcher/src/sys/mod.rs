@@ -3,6 +3,7 @@
 //! kcmp. Unsafe code of the launcher lives here and in
 //! `restore::restorer`, each block with its `SAFETY:` reason.
 
+pub mod aligned;
 pub mod machine;
 pub mod mem;
 pub mod proc;
