@@ -17,6 +17,9 @@ pub struct Overrides {
     pub strict: bool,
     /// With --restart: a PID in use is an error (no PID namespace).
     pub no_pidns: bool,
+    /// Seal images with (and, at a restart, require a seal made with)
+    /// the key in this file.
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -34,10 +37,12 @@ pub enum Command {
     Inspect {
         image: PathBuf,
         json: bool,
+        key_file: Option<PathBuf>,
     },
     /// Internal: the process that becomes process `index` of the image.
     RestoreChild {
-        image: PathBuf,
+        /// The image, open (the coordinator checked it).
+        image_fd: i32,
         index: usize,
         socket: String,
     },
@@ -66,6 +71,9 @@ options:
   --dry-run        with --restart: print the restore plan, run nothing
   --no-pidns       with --restart: fail if a PID of the image is in use
                    (default: restart in a new PID namespace where it is free)
+  --key-file FILE  seal images with the secret in FILE (mode 0600); with
+                   --restart or --inspect: refuse an image without a valid
+                   seal (default: $CKRUN_KEY_FILE)
   --json           with --inspect: machine-readable output
   -h, --help       this text
   -V, --version    ckrun's version
@@ -93,6 +101,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, CkError> {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "--dir" => opts.dir = Some(PathBuf::from(value("--dir")?)),
+            "--key-file" => opts.key_file = Some(PathBuf::from(value("--key-file")?)),
             "--signal" => {
                 let v = value("--signal")?;
                 opts.trigger =
@@ -109,11 +118,13 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, CkError> {
             "--json" => json = true,
             "--dry-run" => dry_run = true,
             "--restore-child" => {
-                let image = PathBuf::from(value("image")?);
-                let index =
-                    value("index")?.to_string_lossy().parse().map_err(|_| usage("index: not a number".into()))?;
+                let number = |v: OsString, what: &str| {
+                    v.to_string_lossy().parse().map_err(|_| usage(format!("{what}: not a number")))
+                };
+                let image_fd = number(value("image fd")?, "image fd")?;
+                let index = number(value("index")?, "index")? as usize;
                 let socket = value("socket")?.to_string_lossy().into_owned();
-                return Ok(Command::RestoreChild { image, index, socket });
+                return Ok(Command::RestoreChild { image_fd, index, socket });
             }
             _ => return Err(usage(format!("unknown option {s}"))),
         }
@@ -131,7 +142,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, CkError> {
             if !rest.is_empty() {
                 return Err(usage("--inspect takes no program".into()));
             }
-            Ok(Command::Inspect { image, json })
+            Ok(Command::Inspect { image, json, key_file: opts.key_file })
         }
         (None, None) => {
             if dry_run || json {

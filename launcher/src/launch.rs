@@ -16,14 +16,20 @@ use std::process::Command;
 pub fn run(program: OsString, args: Vec<OsString>, opts: Overrides) -> Result<i32> {
     let path = find_program(&program)?;
     check_dynamic(&path)?;
+    check_not_setid(&path)?;
     let agent = agent_library()?;
     let dir = image_dir(opts.dir.as_deref())?;
+    crate::image::writer::check_writable(&dir)?;
+    crate::image::writer::remove_stale_temporaries(&dir);
+    let key_file = crate::restore::key_file(&opts);
+    let key = key_file.as_deref().map(crate::image::seal::Key::load).transpose()?;
     let settings = Settings {
         dir,
         trigger: opts.trigger.unwrap_or(DEFAULT_TRIGGER),
         frozen: opts.frozen.unwrap_or(false),
         socket_name: socket::fresh_name(),
         strict: opts.strict,
+        key_file,
         image_name: Path::new(&program).file_name().map_or("program".into(), |n| n.to_string_lossy().into_owned()),
     };
     let listener = socket::listen(&settings.socket_name).context("creating the coordinator socket")?;
@@ -58,6 +64,7 @@ pub fn run(program: OsString, args: Vec<OsString>, opts: Overrides) -> Result<i3
         .map_err(|e| CkError::Environment(format!("cannot start {}: {e}", path.display())))?;
     let command: Vec<String> = std::env::args().collect();
     let mut c = Coordinator::new(settings, command, listener, sigfd, child.id() as i32, 0);
+    c.seal_with(key);
     let end: Ending = c.run()?;
     Ok(end.exit_code())
 }
@@ -115,9 +122,36 @@ pub fn agent_library() -> Result<PathBuf, CkError> {
     }
 }
 
+/// A set-user-ID or set-group-ID program run by someone else than root:
+/// the dynamic loader ignores LD_PRELOAD for it (secure execution), so it
+/// would run without the agent.
+fn check_not_setid(path: &Path) -> Result<(), CkError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let Ok(meta) = std::fs::metadata(path) else { return Ok(()) };
+    let setuid = meta.mode() & libc::S_ISUID != 0 && meta.uid() != me;
+    let setgid = meta.mode() & libc::S_ISGID != 0 && meta.gid() != unsafe { libc::getegid() };
+    if me != 0 && (setuid || setgid) {
+        return Err(CkError::Environment(format!(
+            "{} is a set-user-ID or set-group-ID program; the dynamic loader runs it without ckrun's agent \
+             (LD_PRELOAD is ignored for it), so it cannot be checkpointed",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The image directory, made (mode 0700: images hold the program's memory)
+/// if it does not exist.
 pub fn image_dir(dir: Option<&Path>) -> Result<PathBuf, CkError> {
+    use std::os::unix::fs::DirBuilderExt;
     let d = dir.unwrap_or(Path::new("."));
-    std::fs::create_dir_all(d).map_err(|e| CkError::Environment(format!("image directory {}: {e}", d.display())))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(d)
+        .map_err(|e| CkError::Environment(format!("image directory {}: {e}", d.display())))?;
     d.canonicalize().map_err(|e| CkError::Environment(format!("image directory {}: {e}", d.display())))
 }
 

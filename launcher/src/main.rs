@@ -10,10 +10,12 @@
 //! | brk, arg/env, auxv, exe | [`checkpoint::process`] | restorer (PR_SET_MM_MAP) |
 //! | file descriptors, by kind | [`fdtypes`] | [`fdtypes`] |
 //! | cwd, umask, rlimits, personality | [`checkpoint::process`] | [`restore::settings`] |
+//! | uids, gids, groups, capabilities | [`creds`] | [`creds`] + agent `suspend::kstate` |
 
 mod checkpoint;
 mod cli;
 mod coordinator;
+mod creds;
 mod elf;
 mod error;
 mod fdtypes;
@@ -49,7 +51,7 @@ fn run() -> anyhow::Result<i32> {
         }
         cli::Command::Run { program, args, opts } => launch::run(program, args, opts),
         cli::Command::Restart { image, opts, dry_run } => restore::restart(&image, opts, dry_run),
-        cli::Command::Inspect { image, json } => restore::inspect(&image, json),
-        cli::Command::RestoreChild { image, index, socket } => restore::child::main(&image, index, &socket),
+        cli::Command::Inspect { image, json, key_file } => restore::inspect(&image, json, key_file),
+        cli::Command::RestoreChild { image_fd, index, socket } => restore::child::main(image_fd, index, &socket),
     }
 }

@@ -41,6 +41,10 @@ extern "C" fn agent_init() {
         .and_then(|s| core::str::from_utf8(s).ok()?.parse::<i32>().ok())
         .filter(|s| (1..=64).contains(s) && *s != SUSPEND_SIGNAL)
         .unwrap_or(DEFAULT_TRIGGER);
+    let coordinator = getenv(ckrun_proto::ENV_COORDINATOR)
+        .and_then(|s| core::str::from_utf8(s).ok()?.parse::<i32>().ok())
+        .unwrap_or(0);
+    state::COORDINATOR.store(coordinator, Relaxed);
     let Some(fd) = connect_at(name, -1) else {
         warn(b"ckrun agent: cannot reach the coordinator; running without checkpoints\n");
         return;
@@ -55,10 +59,6 @@ extern "C" fn agent_init() {
         sys::close(fd);
         return;
     }
-    let coordinator = getenv(ckrun_proto::ENV_COORDINATOR)
-        .and_then(|s| core::str::from_utf8(s).ok()?.parse::<i32>().ok())
-        .unwrap_or(0);
-    state::COORDINATOR.store(coordinator, Relaxed);
     tree::remember_env(name, trigger, coordinator);
     // A suspend signal pending from before an exec belongs to a checkpoint
     // of the program that exec'd (which the coordinator abandons): drop it.
@@ -131,7 +131,7 @@ pub(crate) fn connect_at(name: &[u8], at: i32) -> Option<i32> {
             addr.sun_path[i + 1] = b as libc::c_char; // abstract: leading NUL
         }
         let len = (core::mem::size_of::<libc::sa_family_t>() + 1 + name.len()) as libc::socklen_t;
-        if libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
+        if libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 || !is_coordinator(fd) {
             libc::close(fd);
             return None;
         }
@@ -147,6 +147,24 @@ pub(crate) fn connect_at(name: &[u8], at: i32) -> Option<i32> {
         libc::close(fd);
         (high >= 0).then_some(high)
     }
+}
+
+/// Whether the process listening at the other end of `fd` is the
+/// coordinator ckrun said it is (the kernel's word, SO_PEERCRED): anyone
+/// may bind an abstract name, and the agent must not take orders from a
+/// stranger who took the coordinator's after it died.
+fn is_coordinator(fd: i32) -> bool {
+    let want = state::COORDINATOR.load(Relaxed);
+    if want <= 0 {
+        return true;
+    }
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = core::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let r = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+    };
+    r == 0 && cred.pid == want
 }
 
 fn read_rseq_layout() {

@@ -136,6 +136,10 @@ pub struct Suspended {
     pub nthreads: u32,
     /// Program break (`brk(0)`), which /proc does not show.
     pub brk: u64,
+    /// prctl(PR_GET_SECUREBITS) and prctl(PR_GET_DUMPABLE), which /proc
+    /// does not show either.
+    pub securebits: u32,
+    pub dumpable: u32,
 }
 
 #[repr(C)]
@@ -306,11 +310,20 @@ pub mod restorer_header {
     pub const OFF_FAIL_RESULT: usize = 72;
     pub const OFF_FAIL_NR: usize = 80;
     pub const FAIL_MSG_LEN: usize = 32;
-    /// Non-zero: each restored thread drops every capability before the
-    /// program resumes (an unprivileged restart got them from its own user
-    /// namespace; the program had none).
-    pub const OFF_DROP_CAPS: usize = 88;
-    pub const SIZE: usize = 128;
+    /// Non-zero: each restored thread takes the credentials that follow
+    /// before the program resumes (the restore process kept the
+    /// capabilities the restorer needs; the program gets its own).
+    pub const OFF_CREDS: usize = 88;
+    /// Capability sets, each a u64 (bit n: capability n).
+    pub const OFF_CAP_EFFECTIVE: usize = 96;
+    pub const OFF_CAP_PERMITTED: usize = 104;
+    pub const OFF_CAP_INHERITABLE: usize = 112;
+    pub const OFF_CAP_BOUNDING: usize = 120;
+    pub const OFF_CAP_AMBIENT: usize = 128;
+    pub const OFF_SECUREBITS: usize = 136;
+    pub const OFF_NO_NEW_PRIVS: usize = 144;
+    pub const OFF_DUMPABLE: usize = 152;
+    pub const SIZE: usize = 192;
 }
 
 #[cfg(test)]

@@ -19,9 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Largest run of pages compressed as one chunk (1 MiB): small enough to
-/// spread over all cores, large enough for lz4 to find its matches.
-pub const CHUNK_PAGES: u32 = 256;
+pub use crate::image::CHUNK_PAGES;
 
 /// Turns /proc/PID/maps entries into image regions (without chunks yet).
 /// `ghost` finds (saving it if needed) the deleted file or memfd a mapping

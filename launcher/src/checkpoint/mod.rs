@@ -19,6 +19,7 @@ use crate::coordinator::agent::{kind_of, Agent};
 use crate::coordinator::tree;
 use crate::fdtypes;
 use crate::image::manifest::{FdImage, GhostFile, ImageInfo, Manifest, ProcessImage, Settings, ThreadImage, Zombie};
+use crate::image::seal::Key;
 use crate::image::ImageWriter;
 use crate::sys::mem::RemoteMemory;
 use crate::sys::{machine, proc::sigqueue};
@@ -35,6 +36,8 @@ const SUSPEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Outcome {
     pub path: PathBuf,
+    /// The image's number (the first free one from the number asked for).
+    pub sequence: u32,
     pub memory_bytes: u64,
     pub image_bytes: u64,
     pub paused: Duration,
@@ -129,11 +132,20 @@ pub struct Tree<'a> {
     pub root: i32,
 }
 
-/// Checkpoints `tree` into image number `sequence`.
-pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32) -> Result<Outcome> {
+/// The image name for number `n`.
+pub fn image_name(settings: &Settings, root: i32, n: u32) -> String {
+    format!("{}.{root}.{n}.ckimg", settings.image_name)
+}
+
+/// Checkpoints `tree` into image number `sequence`, or the first number
+/// after it that is free (an image is never replaced), sealed with `key`.
+pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32, key: Option<&Key>) -> Result<Outcome> {
     let t0 = Instant::now();
-    let path = settings.dir.join(format!("{}.{}.{}.ckimg", settings.image_name, tree.root, sequence));
-    let out = ImageWriter::create(&path)?;
+    let mut sequence = sequence;
+    while std::fs::symlink_metadata(settings.dir.join(image_name(settings, tree.root, sequence))).is_ok() {
+        sequence += 1;
+    }
+    let out = ImageWriter::create(&settings.dir)?;
     let mut merged_requests = 0;
 
     // 1. Suspend every process, then check nobody forked meanwhile.
@@ -217,7 +229,7 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32)
         ghosts: fds.ghosts,
         pipes: fds.pipes,
     };
-    let image_bytes = out.finish(&manifest)?;
+    let (path, image_bytes) = out.finish(&manifest, &image_name(settings, tree.root, sequence), key)?;
     if std::env::var_os("CKRUN_TIMING").is_some() {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let sum = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
@@ -232,7 +244,7 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32)
             ms(t0.elapsed() - t_memory)
         );
     }
-    Ok(Outcome { path, memory_bytes, image_bytes, paused, total: t0.elapsed(), warnings, merged_requests })
+    Ok(Outcome { path, sequence, memory_bytes, image_bytes, paused, total: t0.elapsed(), warnings, merged_requests })
 }
 
 /// Everything about one stopped process that must be read before it runs
@@ -277,6 +289,7 @@ fn capture_stopped(
             .map(|t| ThreadImage { pending: process::thread_pending(pid, t.tid, reserved), ..ThreadImage::from(t) })
             .collect(),
         agent_fd: s.agent.agent_fd,
+        creds: crate::creds::capture(reader, s.head.securebits, s.head.dumpable)?,
     })
 }
 

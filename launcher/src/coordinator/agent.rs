@@ -12,6 +12,9 @@ pub struct Agent {
     pub conn: OwnedFd,
     /// False for a restored process until its agent reports back.
     pub running: bool,
+    /// A restore child, or a restored process that has not reported back:
+    /// its messages are about the restart, never checkpoint requests.
+    pub restoring: bool,
 }
 
 impl Agent {

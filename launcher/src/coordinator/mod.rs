@@ -4,6 +4,7 @@
 //! signals, and exits with the program's status.
 
 pub mod agent;
+pub mod peers;
 mod restoring;
 pub mod socket;
 pub mod tree;
@@ -52,6 +53,11 @@ pub struct Coordinator {
     restore: Option<RestoreSession>,
     /// The program's end, when seen outside the main loop's own check.
     ended: Option<Ending>,
+    /// Connections that have not said what they are yet.
+    pending: Vec<peers::Pending>,
+    refusals: peers::Refusals,
+    /// `--key-file`: images are sealed with it.
+    key: Option<crate::image::seal::Key>,
 }
 
 /// Signals the coordinator handles through its signalfd. They are blocked
@@ -96,7 +102,15 @@ impl Coordinator {
             sequence,
             restore: None,
             ended: None,
+            pending: Vec::new(),
+            refusals: peers::Refusals::default(),
+            key: None,
         }
+    }
+
+    /// Seals every image with `key`.
+    pub fn seal_with(&mut self, key: Option<crate::image::seal::Key>) {
+        self.key = key;
     }
 
     /// Coordinates a restart: restore children will connect.
@@ -114,13 +128,20 @@ impl Coordinator {
                 libc::pollfd { fd: self.sigfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             ];
+            let npending = self.pending.len();
+            fds.extend(self.pending.iter().map(|p| libc::pollfd {
+                fd: p.conn.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }));
             fds.extend(self.agents.iter().map(|a| libc::pollfd {
                 fd: a.conn.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             }));
+            let timeout = self.pending_timeout();
             // SAFETY: fds is a valid array of pollfd.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if r < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
@@ -133,14 +154,50 @@ impl Coordinator {
                     return Ok(end);
                 }
             }
+            let ready: Vec<i32> = fds[2 + npending..]
+                .iter()
+                .zip(&self.agents)
+                .filter(|(p, _)| p.revents != 0)
+                .map(|(_, a)| a.pid)
+                .collect();
+            let pending_ready: Vec<bool> = fds[2..2 + npending].iter().map(|p| p.revents != 0).collect();
+            self.on_pending(&pending_ready);
             if fds[1].revents != 0 {
                 self.on_connection();
             }
-            let ready: Vec<i32> =
-                fds[2..].iter().zip(&self.agents).filter(|(p, _)| p.revents != 0).map(|(_, a)| a.pid).collect();
             for pid in ready {
                 self.on_agent(pid);
             }
+        }
+    }
+
+    /// Milliseconds until the first pending connection's deadline (-1: none).
+    fn pending_timeout(&self) -> i32 {
+        self.pending
+            .iter()
+            .map(|p| p.deadline.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32 + 1)
+            .min()
+            .unwrap_or(-1)
+    }
+
+    /// Waits up to `timeout_ms` for connections only (new ones and pending
+    /// ones), and handles what arrives: agents checking in while a
+    /// checkpoint waits for them.
+    fn service_connections(&mut self, timeout_ms: i32) {
+        let mut fds = vec![libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        fds.extend(self.pending.iter().map(|p| libc::pollfd {
+            fd: p.conn.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        // SAFETY: fds is a valid array of pollfd.
+        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) } < 0 {
+            return;
+        }
+        let ready: Vec<bool> = fds[1..].iter().map(|p| p.revents != 0).collect();
+        self.on_pending(&ready);
+        if fds[0].revents != 0 {
+            self.on_connection();
         }
     }
 
@@ -196,47 +253,87 @@ impl Coordinator {
         }
     }
 
+    /// Accepts connections, keeping those of the job's own processes
+    /// (checked by the kernel's credentials, [`peers`]) until they say what
+    /// they are.
     fn on_connection(&mut self) {
-        let Ok(conn) = socket::accept(&self.listener) else {
-            return;
-        };
-        let probe = Agent { pid: 0, agent_fd: -1, conn, running: true };
-        let Ok(Some(msg)) = probe.recv_within(Duration::from_secs(5)) else {
-            return;
-        };
-        if kind_of(&msg) == transfer::RESTORE_HELLO {
-            return self.on_restore_child(probe, &msg);
+        while let Ok(conn) = socket::accept(&self.listener) {
+            let peer = match peers::peer_of(&conn) {
+                Ok(p) => p,
+                Err(_) => continue,
+            };
+            match peers::authorize(peer) {
+                Ok(()) => self.pending.push(peers::Pending::new(conn, peer)),
+                Err(why) => self.refusals.report(peer, why),
+            }
         }
-        let Some((_, v)) = decode::<Hello>(&msg) else {
-            return;
-        };
+    }
+
+    /// Handles the first message of each pending connection that has one
+    /// (`ready`, in the order of `self.pending`); drops those past their
+    /// deadline.
+    fn on_pending(&mut self, ready: &[bool]) {
+        let now = Instant::now();
+        let all = std::mem::take(&mut self.pending);
+        for (i, p) in all.into_iter().enumerate() {
+            if !ready.get(i).copied().unwrap_or(false) {
+                if p.deadline > now {
+                    self.pending.push(p);
+                }
+                continue;
+            }
+            let probe = Agent { pid: p.peer.pid, agent_fd: -1, conn: p.conn, running: true, restoring: false };
+            let Ok(Some(msg)) = probe.recv_within(Duration::ZERO) else { continue };
+            if kind_of(&msg) == transfer::RESTORE_HELLO {
+                self.on_restore_child(probe, &msg);
+            } else if kind_of(&msg) == kind::HELLO {
+                self.on_hello(probe, &msg);
+            }
+        }
+    }
+
+    fn on_hello(&mut self, probe: Agent, msg: &[u8]) {
+        let Some((_, v)) = decode::<Hello>(msg) else { return };
         let Some(h) = v.first() else { return };
         if h.version != PROTOCOL_VERSION {
-            eprintln!("ckrun: process {} runs an agent of another ckrun build; it cannot be checkpointed", h.pid);
+            eprintln!("ckrun: process {} runs an agent of another ckrun build; it cannot be checkpointed", probe.pid);
+            return;
+        }
+        if h.pid != probe.pid {
+            // In a PID namespace of its own (its pids differ from ours),
+            // or lying: either way not a process ckrun can checkpoint.
+            let peer = peers::Peer { pid: probe.pid, uid: 0 };
+            self.refusals.report(peer, "says it is another process");
+            return;
+        }
+        if !(0..1 << 30).contains(&h.agent_fd) {
             return;
         }
         // A process that exec'd reconnects with the same pid.
         self.agents.retain(|a| a.pid != h.pid);
-        self.agents.push(Agent { pid: h.pid, agent_fd: h.agent_fd, ..probe });
+        self.agents.push(Agent { agent_fd: h.agent_fd, ..probe });
     }
 
     fn on_agent(&mut self, pid: i32) {
         let Some(i) = self.agents.iter().position(|a| a.pid == pid) else {
             return;
         };
+        let restoring = self.agents[i].restoring;
         match self.agents[i].recv_within(Duration::ZERO) {
+            // A restore child or restored process speaks of the restart
+            // only; a running agent only asks for checkpoints.
             Ok(Some(msg)) => match kind_of(&msg) {
-                kind::CHECKPOINT_REQUEST => self.checkpoint(),
-                kind::RESTORED => self.on_restored(i),
-                kind::RESTORE_FAILED => {
+                kind::CHECKPOINT_REQUEST if !restoring => self.checkpoint(),
+                kind::RESTORED if restoring => self.on_restored(i),
+                kind::RESTORE_FAILED if restoring => {
                     if let Some((_, v)) = decode::<ckrun_proto::RestoreFailure>(&msg) {
                         if let Some(f) = v.first() {
                             eprintln!("ckrun: {}", crate::restore::describe_failure(f));
                         }
                     }
                 }
-                transfer::READY => self.on_ready(pid),
-                transfer::FAILED => {
+                transfer::READY if restoring => self.on_ready(pid),
+                transfer::FAILED if restoring => {
                     let code = msg.get(8..12).map_or(EXIT_FAILURE, |c| i32::from_ne_bytes(c.try_into().unwrap()));
                     eprintln!("ckrun: process {pid}: {}", String::from_utf8_lossy(msg.get(12..).unwrap_or_default()));
                     self.abort_restore();
@@ -268,7 +365,7 @@ impl Coordinator {
                 Ok(zombies) => {
                     let live = self.live_agents();
                     let tree = checkpoint::Tree { live, zombies, root: self.program };
-                    checkpoint::take(&tree, &self.settings, &self.command, seq)
+                    checkpoint::take(&tree, &self.settings, &self.command, seq, self.key.as_ref())
                 }
                 Err(e) => Err(e),
             };
@@ -283,7 +380,7 @@ impl Coordinator {
         let merged = self.drain_requests() + result.as_ref().map_or(0, |o| o.merged_requests);
         match result {
             Ok(o) => {
-                self.sequence = seq;
+                self.sequence = o.sequence;
                 for w in &o.warnings {
                     eprintln!("ckrun: warning: {w}");
                 }
@@ -291,7 +388,8 @@ impl Coordinator {
                     eprintln!("ckrun: {merged} checkpoint request(s) arrived during checkpoint {seq}; merged into it");
                 }
                 eprintln!(
-                    "ckrun: checkpoint {seq}: {} (memory {}, image {}, paused {:.1} ms, total {:.0} ms)",
+                    "ckrun: checkpoint {}: {} (memory {}, image {}, paused {:.1} ms, total {:.0} ms)",
+                    o.sequence,
                     o.path.display(),
                     bytes(o.memory_bytes),
                     bytes(o.image_bytes),
@@ -328,11 +426,7 @@ impl Coordinator {
                     comm.trim()
                 );
             }
-            let mut p = libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd.
-            if unsafe { libc::poll(&mut p, 1, 20) } > 0 {
-                self.on_connection();
-            }
+            self.service_connections(20);
         }
     }
 
@@ -350,14 +444,7 @@ impl Coordinator {
             }
         }
         self.agents.retain(|a| !gone.contains(&a.pid));
-        loop {
-            let mut p = libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd.
-            if unsafe { libc::poll(&mut p, 1, 0) } <= 0 {
-                break;
-            }
-            self.on_connection();
-        }
+        self.service_connections(0);
     }
 
     /// The agents of the tree's live processes, parents first.

@@ -22,8 +22,13 @@ pub struct RestoreSession {
     pub agent_fds: Vec<i32>,
     /// The objects' fds, closed once everyone has them.
     pub objects: Vec<i32>,
+    /// Files to cut back once every process is ready (nothing is cut
+    /// before a restart is sure to go ahead).
+    pub cut_backs: Vec<crate::fdtypes::file::CutBack>,
     ready: Vec<i32>,
     restored: Vec<i32>,
+    /// Processes (by index) whose objects were sent.
+    handed: Vec<usize>,
     pub(super) go: bool,
 }
 
@@ -34,6 +39,7 @@ impl RestoreSession {
         pids: Vec<i32>,
         agent_fds: Vec<i32>,
         objects: Vec<i32>,
+        cut_backs: Vec<crate::fdtypes::file::CutBack>,
     ) -> Self {
         RestoreSession {
             image,
@@ -42,8 +48,10 @@ impl RestoreSession {
             pids,
             agent_fds,
             objects,
+            cut_backs,
             ready: vec![],
             restored: vec![],
+            handed: vec![],
             go: false,
         }
     }
@@ -55,16 +63,23 @@ impl Coordinator {
         let Some(r) = self.restore.as_mut() else { return };
         let Some(h) = msg.get(8..).and_then(ckrun_proto::read_pod::<transfer::Hello>) else { return };
         let i = h.index as usize;
-        if r.pids.get(i) != Some(&h.pid) {
+        // The kernel says who connected: it must be the process it claims
+        // to restore (each restore child has the PID it restores).
+        if r.pids.get(i) != Some(&h.pid) || h.pid != conn.pid {
+            self.refusals.report(super::peers::Peer { pid: conn.pid, uid: 0 }, "not the restore process it claims");
             return;
         }
+        if r.handed.contains(&i) {
+            return; // each process's objects go out once
+        }
+        r.handed.push(i);
         let (tags, fds) = &r.sends[i];
         if transfer::send_fds(conn.conn.as_raw_fd(), tags, fds).is_err() {
             return;
         }
         let agent_fd = r.agent_fds[i];
         self.agents.retain(|a| a.pid != h.pid);
-        self.agents.push(Agent { pid: h.pid, agent_fd, running: false, ..conn });
+        self.agents.push(Agent { pid: h.pid, agent_fd, running: false, restoring: true, ..conn });
     }
 
     pub(super) fn on_ready(&mut self, pid: i32) {
@@ -73,6 +88,14 @@ impl Coordinator {
             r.ready.push(pid);
         }
         if r.ready.len() == r.pids.len() && !r.go {
+            let mut k = crate::restore::kernel::Linux::default();
+            if let Err(e) = crate::fdtypes::commit(&mut k, &r.cut_backs) {
+                eprintln!("ckrun: restore failed: {e:#}");
+                let code = crate::error::exit_code_of(&e);
+                self.abort_restore();
+                self.ended = Some(super::Ending::Exited(code));
+                return;
+            }
             r.go = true;
             for a in self.agents.iter().filter(|a| r.pids.contains(&a.pid)) {
                 let _ = transfer::send(a.conn.as_raw_fd(), transfer::GO, &[]);
@@ -89,6 +112,7 @@ impl Coordinator {
         let config = Config::new(self.settings.trigger, std::process::id() as i32, &self.settings.socket_name);
         let _ = self.agents[i].send(kind::CONFIG, &[config]);
         self.agents[i].running = true;
+        self.agents[i].restoring = false;
         let Some(r) = self.restore.as_mut() else { return };
         if !r.restored.contains(&pid) {
             r.restored.push(pid);

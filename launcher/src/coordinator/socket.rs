@@ -28,10 +28,13 @@ fn seqpacket() -> io::Result<OwnedFd> {
     }
 }
 
-/// Listens on the abstract name `name`; `AddrInUse` if another process has it.
+/// Listens on the abstract name `name`; `AddrInUse` if another process
+/// has it. Non-blocking: the event loop accepts until nothing is left.
 pub fn listen(name: &str) -> io::Result<OwnedFd> {
     let (addr, len) = abstract_addr(name)?;
     let fd = seqpacket()?;
+    // SAFETY: fcntl on our own socket; only the status flags change.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
     // SAFETY: bind and listen on our socket with a valid address.
     unsafe {
         if libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) != 0

@@ -1,11 +1,17 @@
 //! Regular files, directories and devices: reopened by path with the same
-//! flags, at the same offset, with the same locks. A file that changed
-//! since the checkpoint is reopened as it is now.
+//! flags, at the same offset, with the same locks. A file whose content
+//! changed since the checkpoint is reopened as it is now; a path that is
+//! now a symlink or another file (another inode) is refused before
+//! anything is created or cut back. What the job wrote after the
+//! checkpoint is cut off only once the whole tree is ready to run
+//! ([`CutBack`], applied by `fdtypes::commit`).
 
 use super::ProcFd;
-use crate::image::manifest::{FileLock, LockKind, OpenFile, PathKind};
+use crate::error::CkError;
+use crate::image::manifest::{FileIdentity, FileLock, LockKind, OpenFile, PathKind};
 use crate::restore::kernel::Kernel;
 use anyhow::Result;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub fn capture(f: &ProcFd, meta: &std::fs::Metadata) -> Result<OpenFile> {
@@ -25,6 +31,7 @@ pub fn capture(f: &ProcFd, meta: &std::fs::Metadata) -> Result<OpenFile> {
         kind,
         locks: locks(&f.info),
         written_size,
+        identity: FileIdentity { dev: meta.dev(), inode: meta.ino() },
     })
 }
 
@@ -60,6 +67,43 @@ pub fn reopen_flags(flags: i32) -> i32 {
     flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) | libc::O_CLOEXEC
 }
 
+/// A file to cut back to its size at the checkpoint once the restart is
+/// sure to go ahead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutBack {
+    pub fd: i32,
+    pub size: u64,
+    pub path: PathBuf,
+    /// The description's offset and whether it appends (where ckrun's own
+    /// lines put back after the cut leave the program's next write).
+    pub pos: u64,
+    pub append: bool,
+}
+
+/// How a restart compares a file with the one at the checkpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct Expect {
+    pub identity: FileIdentity,
+    /// Device numbers are only comparable on the machine that made the image.
+    pub same_machine: bool,
+}
+
+impl Expect {
+    pub fn matches(&self, now: FileIdentity) -> bool {
+        now.inode == self.identity.inode && (!self.same_machine || now.dev == self.identity.dev)
+    }
+}
+
+/// The message for a path that is not the file it was.
+pub fn changed(path: &Path, how: &str) -> CkError {
+    CkError::Environment(format!(
+        "{}: {how} since the checkpoint; the program had the file there open, and a restart \
+         never uses another file in its place",
+        path.display()
+    ))
+}
+
+/// Reopens the file (no truncation yet: see [`CutBack`]).
 #[allow(clippy::too_many_arguments)]
 pub fn restore(
     k: &mut impl Kernel,
@@ -68,13 +112,16 @@ pub fn restore(
     pos: u64,
     kind: PathKind,
     locks: &[FileLock],
-    written_size: Option<u64>,
+    expect: Expect,
 ) -> Result<i32> {
-    let fd = k
-        .open(path, reopen_flags(flags))
-        .map_err(|e| crate::error::CkError::Environment(format!("cannot reopen {}: {e}", path.display())))?;
-    if let Some(size) = written_size {
-        cut_back(k, fd, size, path)?;
+    let fd = k.open(path, reopen_flags(flags)).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => changed(path, "became a symbolic link"),
+        _ => CkError::Environment(format!("cannot reopen {}: {e}", path.display())),
+    })?;
+    let now = k.identity_of(fd)?;
+    if !expect.matches(now) {
+        k.close(fd);
+        return Err(changed(path, "was replaced by another file").into());
     }
     if kind == PathKind::Regular && pos != 0 {
         k.seek(fd, pos)?;
@@ -84,16 +131,34 @@ pub fn restore(
 }
 
 /// Cuts a file the job writes back to its size at the checkpoint, if it
-/// grew since (only then: a file someone shortened meanwhile is left alone).
-fn cut_back(k: &mut impl Kernel, fd: i32, size: u64, path: &Path) -> Result<()> {
-    let now = k.file_size(fd)?;
-    if now > size {
-        k.truncate(fd, size).map_err(|e| {
-            crate::error::CkError::Environment(format!(
-                "cannot cut {} back to its size at the checkpoint ({size} bytes): {e}",
-                path.display()
-            ))
-        })?;
+/// grew since (only then: a file someone shortened meanwhile is left
+/// alone). When the file is also ckrun's own stderr (`ckrun prog >> log
+/// 2>&1`), ckrun's lines written after the checkpoint are kept: they are
+/// put back right after the cut.
+pub fn cut_back(k: &mut impl Kernel, c: &CutBack, ours: Option<FileIdentity>) -> Result<()> {
+    let now = k.file_size(c.fd)?;
+    if now <= c.size {
+        return Ok(());
+    }
+    let shared_with_ckrun = ours.is_some_and(|o| k.identity_of(c.fd).is_ok_and(|i| i == o));
+    let kept: Vec<u8> = if shared_with_ckrun {
+        let tail = k.pread(c.fd, (now - c.size).min(16 << 20) as usize, c.size)?;
+        tail.split_inclusive(|&b| b == b'\n').filter(|l| l.starts_with(b"ckrun: ")).flatten().copied().collect()
+    } else {
+        Vec::new()
+    };
+    k.truncate(c.fd, c.size).map_err(|e| {
+        CkError::Environment(format!(
+            "cannot cut {} back to its size at the checkpoint ({} bytes): {e}",
+            c.path.display(),
+            c.size
+        ))
+    })?;
+    if !kept.is_empty() {
+        k.pwrite_all(c.fd, &kept, c.size)?;
+        if !c.append && c.pos >= c.size {
+            k.seek(c.fd, c.pos + kept.len() as u64)?;
+        }
     }
     Ok(())
 }

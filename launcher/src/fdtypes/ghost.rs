@@ -6,9 +6,8 @@
 //! mappings of one ghost still see one file.
 
 use super::{file, ProcFd};
-use crate::checkpoint::memory::CHUNK_PAGES;
 use crate::image::manifest::{ChunkRef, FileLock, GhostFile, OpenFile};
-use crate::image::{ImageReader, ImageWriter};
+use crate::image::{ImageReader, ImageWriter, CHUNK_PAGES};
 use crate::restore::kernel::Kernel;
 use crate::sys::mem::{is_zero_page, RemoteMemory};
 use crate::sys::procfs::MapEntry;
@@ -142,41 +141,55 @@ fn save_content(f: &mut std::fs::File, size: u64, out: &ImageWriter) -> Result<V
     Ok(chunks)
 }
 
-/// A recreated ghost: its fd, and the path to unlink once everything that
-/// needs it is open.
-pub struct Recreated {
-    pub fd: i32,
-    pub unlink: Option<PathBuf>,
-}
-
-pub fn recreate(k: &mut impl Kernel, img: &ImageReader, g: &GhostFile) -> Result<Recreated> {
-    let (fd, unlink) = if g.memfd {
+/// Recreates ghost `g` (with the rights of the process that uses it: the
+/// caller has taken its identity). A deleted file is created at its old
+/// path, exclusively, and unlinked at once, before its content is written,
+/// so that a restart that fails later leaves nothing behind (and the
+/// program's /proc/self/fd still shows "PATH (deleted)"); if the name is
+/// taken again, it is an unnamed O_TMPFILE in the same directory. Set-id
+/// bits are never given to a recreated file.
+pub fn recreate(k: &mut impl Kernel, img: &ImageReader, g: &GhostFile) -> Result<i32> {
+    let fd = if g.memfd {
         let name = g.path.to_string_lossy();
         let name = name.strip_prefix("/memfd:").unwrap_or(name.trim_start_matches('/'));
-        (k.memfd(name, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)?, None)
+        k.memfd(name, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)?
     } else {
-        create_unnamed(k, &g.path, g.mode)?
+        create_unnamed(k, &g.path, g.mode & 0o777)?
     };
-    let mut buf = Vec::new();
-    let mut scratch = Vec::new();
-    for c in &g.chunks {
-        buf.resize(c.npages as usize * PAGE_SIZE as usize, 0);
-        img.read_chunk(c, &mut buf, &mut scratch)?;
-        k.pwrite_all(fd, &buf, c.addr)?;
+    let mut fill = || -> Result<()> {
+        let mut buf = Vec::new();
+        let mut scratch = Vec::new();
+        for c in &g.chunks {
+            buf.resize(c.npages as usize * PAGE_SIZE as usize, 0);
+            img.read_chunk(c, &mut buf, &mut scratch)?;
+            k.pwrite_all(fd, &buf, c.addr)?;
+        }
+        k.truncate(fd, g.size)?;
+        if g.seals != 0 {
+            k.fcntl(fd, libc::F_ADD_SEALS, g.seals as i64).context("sealing a memfd")?;
+        }
+        Ok(())
+    };
+    if let Err(e) = fill() {
+        k.close(fd);
+        return Err(e);
     }
-    k.truncate(fd, g.size)?;
-    if g.seals != 0 {
-        k.fcntl(fd, libc::F_ADD_SEALS, g.seals as i64).context("sealing a memfd")?;
-    }
-    Ok(Recreated { fd, unlink })
+    Ok(fd)
 }
 
-/// Creates the file where it was (to unlink it later, as the program had
-/// it: "/old/path (deleted)"), or, if that name is taken again, as an
-/// unnamed O_TMPFILE in the same directory.
-fn create_unnamed(k: &mut impl Kernel, path: &Path, mode: u32) -> Result<(i32, Option<PathBuf>)> {
-    match k.create(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, mode) {
-        Ok(fd) => Ok((fd, Some(path.to_owned()))),
+/// Creates the file where it was and unlinks it again at once (as the
+/// program had it: "/old/path (deleted)"), or, if that name is taken, as
+/// an unnamed O_TMPFILE in the same directory.
+fn create_unnamed(k: &mut impl Kernel, path: &Path, mode: u32) -> Result<i32> {
+    let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    match k.create(path, flags, mode) {
+        Ok(fd) => {
+            if let Err(e) = k.unlink(path) {
+                k.close(fd);
+                return Err(anyhow::Error::new(e).context(format!("removing the recreated {}", path.display())));
+            }
+            Ok(fd)
+        }
         Err(_) => {
             let dir = path.parent().unwrap_or(Path::new("/tmp"));
             let fd = k.create(dir, libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, mode).map_err(|e| {
@@ -186,18 +199,17 @@ fn create_unnamed(k: &mut impl Kernel, path: &Path, mode: u32) -> Result<(i32, O
                     dir.display()
                 ))
             })?;
-            Ok((fd, None))
+            Ok(fd)
         }
     }
 }
 
 /// A new open file description of a recreated ghost, as the program had it.
 pub fn reopen(k: &mut impl Kernel, ghost_fd: i32, flags: i32, pos: u64, locks: &[FileLock]) -> Result<i32> {
-    let path = PathBuf::from(format!("/proc/self/fd/{ghost_fd}"));
-    let fd = k.open(&path, file::reopen_flags(flags)).context("reopening a recreated deleted file")?;
+    let fd = k.reopen(ghost_fd, file::reopen_flags(flags)).context("reopening a recreated deleted file")?;
     if pos != 0 {
         k.seek(fd, pos)?;
     }
-    file::take_locks(k, fd, locks, &path)?;
+    file::take_locks(k, fd, locks, Path::new(&format!("fd {ghost_fd}")))?;
     Ok(fd)
 }

@@ -28,7 +28,9 @@ pub mod socket;
 pub mod timerfd;
 pub mod tty;
 
-use crate::image::manifest::{FdImage, FileLock, GhostFile, LockKind, OpenFile, PipeImage, ProcessImage, SocketState};
+use crate::image::manifest::{
+    FdImage, FileLock, GhostFile, LockKind, Manifest, OpenFile, PipeImage, ProcessImage, RegionKind, SocketState,
+};
 use crate::image::{ImageReader, ImageWriter};
 use crate::restore::kernel::Kernel;
 use crate::sys::proc::same_file_description;
@@ -207,62 +209,123 @@ pub fn info_u64(info: &str, key: &str, radix: u32) -> Option<u64> {
 pub struct Objects {
     pub files: Vec<Option<i32>>,
     pub ghosts: Vec<i32>,
+    /// Files to cut back once the whole tree is ready ([`commit`]).
+    pub cut_backs: Vec<file::CutBack>,
 }
 
-/// Makes the tree's objects. POSIX locks are left to the processes that
-/// own them ([`place`]); flock and OFD locks belong to the description and
-/// are taken here.
+/// The process whose rights open description `desc` or ghost `ghost`: the
+/// first (parents first) that has it.
+fn user_of(m: &Manifest, uses: impl Fn(&ProcessImage) -> bool) -> Option<&ProcessImage> {
+    m.processes.iter().find(|p| uses(p))
+}
+
+/// Makes the tree's objects, each with the rights of the process that
+/// uses it (its file-system identity, taken for the time of the open), so
+/// that a restart by root never opens or creates for a user what the user
+/// could not. POSIX locks are left to the processes that own them
+/// ([`place`]); flock and OFD locks belong to the description and are
+/// taken here. Nothing is cut back yet.
 pub fn create_objects(k: &mut impl Kernel, img: &ImageReader) -> Result<Objects> {
     let m = &img.manifest;
     let mut o = Objects::default();
-    for g in &m.ghosts {
-        let r = ghost::recreate(k, img, g)?;
-        if let Some(p) = &r.unlink {
-            let _ = k.unlink(p);
+    let result = create_objects_as_users(k, img, m, &mut o);
+    k.become_identity(None).context("taking back ckrun's own identity")?;
+    if let Err(e) = result {
+        for fd in o.files.iter().flatten().chain(&o.ghosts) {
+            k.close(*fd);
         }
-        o.ghosts.push(r.fd);
+        return Err(e);
     }
-    let used: Vec<bool> =
-        (0..m.files.len()).map(|d| m.processes.iter().any(|p| p.fds.iter().any(|f| f.desc as usize == d))).collect();
+    Ok(o)
+}
+
+fn create_objects_as_users(k: &mut impl Kernel, img: &ImageReader, m: &Manifest, o: &mut Objects) -> Result<()> {
+    let same_machine = m.info.hostname == crate::sys::machine::uname().0;
+    let mut who = Acting::default();
+    for (i, g) in m.ghosts.iter().enumerate() {
+        let user = user_of(m, |p| {
+            p.regions.iter().any(|r| matches!(r.kind, RegionKind::Ghost { ghost, .. } if ghost as usize == i))
+                || p.fds
+                    .iter()
+                    .any(|f| matches!(m.files[f.desc as usize], OpenFile::Ghost { ghost, .. } if ghost as usize == i))
+        });
+        who.become_user(k, user)?;
+        let fd = ghost::recreate(k, img, g)?;
+        o.ghosts.push(fd);
+    }
     let shared_locks =
         |l: &[FileLock]| -> Vec<FileLock> { l.iter().filter(|l| l.kind != LockKind::Posix).copied().collect() };
     let mut pipes = pipe::Restored::default();
     let mut sockets = socket::Restored::default();
     for (d, f) in m.files.iter().enumerate() {
-        let fd = if !used[d] {
-            None
-        } else {
-            match f {
-                OpenFile::Path { path, flags, pos, kind, locks, written_size } => {
-                    Some(file::restore(k, path, *flags, *pos, *kind, &shared_locks(locks), *written_size)?)
+        let user = user_of(m, |p| p.fds.iter().any(|f| f.desc as usize == d));
+        if user.is_none() {
+            o.files.push(None);
+            continue;
+        }
+        who.become_user(k, user)?;
+        let fd = match f {
+            OpenFile::Path { path, flags, pos, kind, locks, written_size, identity } => {
+                let expect = file::Expect { identity: *identity, same_machine };
+                let fd = file::restore(k, path, *flags, *pos, *kind, &shared_locks(locks), expect)?;
+                if let Some(size) = written_size {
+                    let append = flags & libc::O_APPEND != 0;
+                    o.cut_backs.push(file::CutBack { fd, size: *size, path: path.clone(), pos: *pos, append });
                 }
-                OpenFile::Inherited { fd, termios, .. } => {
-                    let mine = k.dup_above(*fd, 3)?;
-                    if let Some(t) = termios {
-                        tty::apply(k, mine, t);
-                    }
-                    Some(mine)
-                }
-                OpenFile::Ghost { ghost, flags, pos, locks } => {
-                    Some(ghost::reopen(k, o.ghosts[*ghost as usize], *flags, *pos, &shared_locks(locks))?)
-                }
-                OpenFile::Pipe { pipe, write, flags } => {
-                    Some(pipes.end(k, &m.pipes[*pipe as usize], *pipe, *write, *flags)?)
-                }
-                OpenFile::EventFd { count, flags } => Some(eventfd::restore(k, *count, *flags)?),
-                OpenFile::TimerFd { clock, flags, value_ns, interval_ns, ticks } => {
-                    Some(timerfd::restore(k, *clock, *flags, *value_ns, *interval_ns, *ticks)?)
-                }
-                OpenFile::SignalFd { mask, flags } => Some(signalfd::restore(k, *mask, *flags)?),
-                OpenFile::Socket(s) => Some(sockets.make(k, s)?),
-                OpenFile::Epoll { .. } | OpenFile::Unsupported { .. } => None,
+                Some(fd)
             }
+            OpenFile::Inherited { fd, termios, .. } => {
+                let mine = k.dup_above(*fd, 3)?;
+                if let Some(t) = termios {
+                    tty::apply(k, mine, t);
+                }
+                Some(mine)
+            }
+            OpenFile::Ghost { ghost, flags, pos, locks } => {
+                Some(ghost::reopen(k, o.ghosts[*ghost as usize], *flags, *pos, &shared_locks(locks))?)
+            }
+            OpenFile::Pipe { pipe, write, flags } => {
+                Some(pipes.end(k, &m.pipes[*pipe as usize], *pipe, *write, *flags)?)
+            }
+            OpenFile::EventFd { count, flags } => Some(eventfd::restore(k, *count, *flags)?),
+            OpenFile::TimerFd { clock, flags, value_ns, interval_ns, ticks } => {
+                Some(timerfd::restore(k, *clock, *flags, *value_ns, *interval_ns, *ticks)?)
+            }
+            OpenFile::SignalFd { mask, flags } => Some(signalfd::restore(k, *mask, *flags)?),
+            OpenFile::Socket(s) => Some(sockets.make(k, s)?),
+            OpenFile::Epoll { .. } | OpenFile::Unsupported { .. } => None,
         };
         o.files.push(fd);
     }
     pipes.finish(k);
     sockets.finish(k);
-    Ok(o)
+    Ok(())
+}
+
+/// The identity this thread opens files with, changed only when needed.
+#[derive(Default)]
+struct Acting(Option<crate::creds::Identity>);
+
+impl Acting {
+    fn become_user(&mut self, k: &mut impl Kernel, p: Option<&ProcessImage>) -> Result<()> {
+        let want = p.map(|p| p.creds.identity());
+        if want != self.0 {
+            k.become_identity(want.as_ref()).context("taking the program's identity to open its files")?;
+            self.0 = want;
+        }
+        Ok(())
+    }
+}
+
+/// The last step before the restored tree runs: cuts the files the job
+/// writes back to their size at the checkpoint (keeping ckrun's own lines
+/// where ckrun's stderr is one of them).
+pub fn commit(k: &mut impl Kernel, cut_backs: &[file::CutBack]) -> Result<()> {
+    let ours = k.identity_of(2).ok();
+    for c in cut_backs {
+        file::cut_back(k, c, ours)?;
+    }
+    Ok(())
 }
 
 /// Takes the process's own (POSIX) locks, on one of its fds of each file.
@@ -341,7 +404,7 @@ pub fn place(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::manifest::{FileLock, LockKind, PathKind};
+    use crate::image::manifest::{FileIdentity, FileLock, LockKind, PathKind};
     use crate::restore::kernel::recording::{Call, Recording};
     use crate::restore::plan::tests::process;
 
@@ -360,6 +423,7 @@ mod tests {
                     FileLock { kind: LockKind::Posix, write: true, start: 10, len: 5 },
                 ],
                 written_size: None,
+                identity: FileIdentity::default(),
             },
             OpenFile::Unsupported { what: "socket".into() },
         ];
@@ -399,28 +463,64 @@ mod tests {
     }
 
     #[test]
-    fn files_reopen_without_truncating_but_cut_back_what_was_written_after() {
+    fn files_reopen_without_truncating_and_are_cut_back_only_at_commit() {
         let mut k = Recording::default();
         k.sizes = 500;
+        k.identity = FileIdentity { dev: 7, inode: 9 };
+        let expect = file::Expect { identity: k.identity, same_machine: true };
         let flock = FileLock { kind: LockKind::Flock, write: true, start: 0, len: 0 };
         let path = std::path::Path::new("/tmp/out");
-        let fd =
-            file::restore(&mut k, path, libc::O_WRONLY | libc::O_TRUNC, 42, PathKind::Regular, &[flock], Some(420))
-                .unwrap();
+        let fd = file::restore(&mut k, path, libc::O_WRONLY | libc::O_TRUNC, 42, PathKind::Regular, &[flock], expect)
+            .unwrap();
         assert_eq!(
             k.calls,
             vec![
                 Call::Open { path: "/tmp/out".into(), flags: libc::O_WRONLY | libc::O_CLOEXEC, fd },
-                Call::FileSize(fd),
-                Call::Truncate { fd, len: 420 },
                 Call::Seek { fd, pos: 42 },
                 Call::Lock { fd, lock: flock },
             ]
         );
+        k.calls.clear();
+        let cut = file::CutBack { fd, size: 420, path: path.into(), pos: 42, append: false };
+        commit(&mut k, std::slice::from_ref(&cut)).unwrap();
+        assert_eq!(k.calls, vec![Call::FileSize(fd), Call::Truncate { fd, len: 420 }]);
         // A file that did not grow is left as it is.
-        let mut k = Recording::default();
+        k.calls.clear();
         k.sizes = 300;
-        file::restore(&mut k, path, libc::O_WRONLY, 0, PathKind::Regular, &[], Some(420)).unwrap();
+        commit(&mut k, &[cut]).unwrap();
         assert!(!k.calls.iter().any(|c| matches!(c, Call::Truncate { .. })));
+    }
+
+    #[test]
+    fn another_file_at_the_path_is_refused_before_anything_changes() {
+        let mut k = Recording::default();
+        k.identity = FileIdentity { dev: 7, inode: 10 };
+        let expect = file::Expect { identity: FileIdentity { dev: 7, inode: 9 }, same_machine: false };
+        let path = std::path::Path::new("/tmp/out");
+        let e = file::restore(&mut k, path, libc::O_WRONLY, 42, PathKind::Regular, &[], expect).unwrap_err();
+        assert!(format!("{e:#}").contains("replaced by another file"), "{e:#}");
+        assert!(!k.calls.iter().any(|c| matches!(c, Call::Truncate { .. } | Call::Seek { .. })));
+        // Another machine: only the inode counts.
+        k.identity = FileIdentity { dev: 8, inode: 9 };
+        assert!(file::restore(&mut k, path, libc::O_WRONLY, 0, PathKind::Regular, &[], expect).is_ok());
+    }
+
+    #[test]
+    fn ckruns_own_lines_survive_the_cut_back_of_its_stderr() {
+        let mut k = Recording::default();
+        k.identity = FileIdentity { dev: 1, inode: 2 }; // every fd, fd 2 included
+        k.tail = b"tick 3\nckrun: checkpoint 1: x\ntick 4\n".to_vec();
+        k.sizes = 10 + k.tail.len() as u64;
+        let cut = file::CutBack { fd: 5, size: 10, path: "/log".into(), pos: 10, append: false };
+        commit(&mut k, &[cut]).unwrap();
+        assert_eq!(
+            k.calls,
+            vec![
+                Call::FileSize(5),
+                Call::Truncate { fd: 5, len: 10 },
+                Call::Pwrite { fd: 5, len: "ckrun: checkpoint 1: x\n".len(), offset: 10 },
+                Call::Seek { fd: 5, pos: 10 + "ckrun: checkpoint 1: x\n".len() as u64 },
+            ]
+        );
     }
 }

@@ -71,6 +71,9 @@ pub struct Settings {
     /// Refuse to checkpoint when an fd cannot be restored (else: it comes
     /// back closed, with a warning).
     pub strict: bool,
+    /// `--key-file`: images of this job are sealed with the key it holds
+    /// (the key itself is never stored).
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -96,6 +99,32 @@ pub struct ProcessImage {
     pub threads: Vec<ThreadImage>,
     /// fd number of the agent's coordinator connection.
     pub agent_fd: i32,
+    /// Who the process is and what it may do.
+    pub creds: Credentials,
+}
+
+/// A process's credentials, as /proc/PID/status and the agent report
+/// them. A restart gives them back exactly, and never more than the
+/// image's owner has (see `crate::creds`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Credentials {
+    /// Real, effective, saved and file-system user ID.
+    pub uid: [u32; 4],
+    /// Real, effective, saved and file-system group ID.
+    pub gid: [u32; 4],
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// Capability sets (bit n: capability n).
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub cap_ambient: u64,
+    pub no_new_privs: bool,
+    /// prctl(PR_GET_SECUREBITS).
+    pub securebits: u32,
+    /// prctl(PR_GET_DUMPABLE).
+    pub dumpable: u32,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -216,6 +245,9 @@ pub enum OpenFile {
         /// writes it again), so output files end as after an
         /// uninterrupted run.
         written_size: Option<u64>,
+        /// Device and inode at the checkpoint: a restart refuses to use
+        /// another file that has taken the path since.
+        identity: FileIdentity,
     },
     /// The terminal or a pipe/socket from outside the tree, on fd 0..2 of
     /// the program: at restart the program gets ckrun's own fd `fd` (with
@@ -294,6 +326,13 @@ pub enum SocketState {
     /// Connected to a peer outside the tree: comes back as a socket whose
     /// peer has closed (reads see EOF, writes EPIPE).
     Disconnected { peer: String },
+}
+
+/// What tells one file from another at the same path.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub inode: u64,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -22,16 +22,26 @@
 pub mod inspect;
 pub mod manifest;
 mod reader;
-mod writer;
+pub mod seal;
+pub mod validate;
+pub mod writer;
 
 pub use reader::ImageReader;
 pub use writer::ImageWriter;
 
 pub const MAGIC: &[u8; 8] = b"CKRUNIMG";
 pub const TRAILER_MAGIC: &[u8; 8] = b"CKRUNEND";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 pub const HEADER_LEN: u64 = 64;
 pub const TRAILER_LEN: u64 = 64;
+/// Largest run of pages compressed as one chunk (1 MiB): small enough to
+/// spread over all cores, large enough for lz4 to find its matches. A
+/// reader never decompresses more than this at once.
+pub const CHUNK_PAGES: u32 = 256;
+/// Largest manifest a reader accepts (a tree of thousands of processes
+/// with a 1 TiB of memory each stays far below it), so that a crafted
+/// length cannot make it allocate without bound.
+pub const MAX_MANIFEST: u64 = 256 << 20;
 
 pub fn checksum(b: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(b)
@@ -49,19 +59,33 @@ struct Trailer {
     manifest_len: u64,
     manifest_checksum: u64,
     file_len: u64,
+    /// Keyed seal over the manifest and the trailer's first 40 bytes
+    /// (`seal`), all zero when the image is not sealed.
+    seal: Option<[u8; 16]>,
 }
 
 impl Trailer {
-    fn to_bytes(&self) -> [u8; TRAILER_LEN as usize] {
-        let mut t = [0u8; TRAILER_LEN as usize];
+    /// The first 40 bytes (magic and the four words), which the trailer's
+    /// checksum and the seal cover.
+    fn head(&self) -> [u8; 40] {
+        let mut t = [0u8; 40];
         t[..8].copy_from_slice(TRAILER_MAGIC);
         for (i, v) in
             [self.manifest_offset, self.manifest_len, self.manifest_checksum, self.file_len].iter().enumerate()
         {
             t[8 + 8 * i..16 + 8 * i].copy_from_slice(&v.to_le_bytes());
         }
+        t
+    }
+
+    fn to_bytes(&self) -> [u8; TRAILER_LEN as usize] {
+        let mut t = [0u8; TRAILER_LEN as usize];
+        t[..40].copy_from_slice(&self.head());
         let c = checksum(&t[..40]);
         t[40..48].copy_from_slice(&c.to_le_bytes());
+        if let Some(s) = self.seal {
+            t[48..64].copy_from_slice(&s);
+        }
         t
     }
 
@@ -73,6 +97,13 @@ impl Trailer {
         if word(4) != checksum(&t[..40]) {
             return None;
         }
-        Some(Trailer { manifest_offset: word(0), manifest_len: word(1), manifest_checksum: word(2), file_len: word(3) })
+        let seal: [u8; 16] = t[48..64].try_into().unwrap();
+        Some(Trailer {
+            manifest_offset: word(0),
+            manifest_len: word(1),
+            manifest_checksum: word(2),
+            file_len: word(3),
+            seal: (seal != [0; 16]).then_some(seal),
+        })
     }
 }

@@ -11,6 +11,12 @@
 //!
 //! Until step 4 nothing of the program runs, so any error leaves no
 //! half-restored process: the coordinator aborts the whole tree.
+//!
+//! The image comes as an fd the coordinator opened and checked (never by
+//! path again: the file at a path may be replaced meanwhile). Once its
+//! own children exist, the child takes the process's users and groups
+//! (`creds::become_process`), so everything it opens for the program is
+//! opened with the program's rights.
 
 use super::kernel::{Kernel, Linux};
 use super::plan::RestorePlan;
@@ -24,14 +30,14 @@ use crate::sys::{proc::fork_with_pid, procfs};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-pub fn main(image: &Path, index: usize, socket: &str) -> Result<i32> {
-    let conn = crate::coordinator::socket::connect(socket).context("restore failed: cannot reach the coordinator")?;
+pub fn main(image_fd: i32, index: usize, socket: &str) -> Result<i32> {
+    let conn = crate::coordinator::socket::connect(socket).context("cannot reach the coordinator")?;
     let fd = conn.as_raw_fd();
-    match restore(image, index, fd) {
+    match restore(image_fd, index, fd) {
         Ok(never) => match never {},
         Err(e) => {
             let e = e.context("restore failed");
@@ -44,8 +50,11 @@ pub fn main(image: &Path, index: usize, socket: &str) -> Result<i32> {
     }
 }
 
-fn restore(image: &Path, index: usize, ctl: i32) -> Result<std::convert::Infallible> {
-    let img = ImageReader::open(image)?;
+fn restore(image_fd: i32, index: usize, ctl: i32) -> Result<std::convert::Infallible> {
+    // SAFETY: the coordinator (or the parent restore child) passed its
+    // image fd down to us; nothing else in this process owns it.
+    let file = unsafe { std::fs::File::from_raw_fd(image_fd) };
+    let img = ImageReader::from_file(file, Path::new(&format!("/proc/self/fd/{image_fd}")))?;
     let m = &img.manifest;
     let p = m.processes.get(index).ok_or_else(|| anyhow!("the image has no process #{index}"))?.clone();
     let hello = transfer::Hello { index: index as u32, pid: p.pid };
@@ -53,10 +62,11 @@ fn restore(image: &Path, index: usize, ctl: i32) -> Result<std::convert::Infalli
     let (files, ghosts) = receive_objects(ctl, m)?;
 
     join_session_and_group(m, &p);
-    start_children(m, &p, image, ctl)?;
+    start_children(m, &p, image_fd, ctl)?;
+    crate::creds::become_process(&p.creds)?;
 
     let plan = RestorePlan::build(&p, &procfs::maps(std::process::id() as i32)?)?;
-    let mut k = Linux;
+    let mut k = Linux::default();
     memory::map(&mut k, &plan, &p, &ghosts)?;
     memory::fill(&img, &plan, &p)?;
     memory::protect(&mut k, &plan, &p)?;
@@ -74,10 +84,7 @@ fn restore(image: &Path, index: usize, ctl: i32) -> Result<std::convert::Infalli
         .with_context(|| format!("opening {}", p.exe.path.display()))?;
     let exe_fd = k.dup_above(exe, have.iter().copied().max().unwrap_or(2) + 1)?;
     k.close(exe);
-    // Not root: the capabilities came from ckrun's own user namespace.
-    // SAFETY: geteuid cannot fail.
-    let drop_caps = unsafe { libc::geteuid() } != 0;
-    let enc = restorer::encode(&plan, &p, exe_fd, p.agent_fd, drop_caps)?;
+    let enc = restorer::encode(&plan, &p, exe_fd, p.agent_fd)?;
     close_other_fds(&have, exe_fd)?;
     fdtypes::take_own_locks(&mut k, &p, &descriptions)?;
 
@@ -139,14 +146,14 @@ fn join_session_and_group(m: &Manifest, p: &ProcessImage) {
 /// Creates this process's children (restore children themselves) and its
 /// unreaped zombies, each with its PID, before this process restores
 /// anything (children are copies of it: better small).
-fn start_children(m: &Manifest, p: &ProcessImage, image: &Path, ctl: i32) -> Result<()> {
+fn start_children(m: &Manifest, p: &ProcessImage, image_fd: i32, ctl: i32) -> Result<()> {
     let exe = CString::new(std::env::current_exe()?.as_os_str().as_bytes())?;
     let socket = crate::coordinator::socket::name_of(ctl).context("the coordinator socket's name")?;
     for (i, q) in m.processes.iter().enumerate().filter(|(_, q)| q.ppid == p.pid) {
         let args: Vec<CString> = [
             "ckrun".as_bytes(),
             b"--restore-child",
-            image.as_os_str().as_bytes(),
+            image_fd.to_string().as_bytes(),
             i.to_string().as_bytes(),
             socket.as_bytes(),
         ]
@@ -156,9 +163,13 @@ fn start_children(m: &Manifest, p: &ProcessImage, image: &Path, ctl: i32) -> Res
         let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
         fork_with_pid(q.pid, || {
-            // SAFETY: execv with NUL-terminated strings prepared before the
-            // fork; async-signal-safe.
-            unsafe { libc::execv(exe.as_ptr(), argv.as_ptr()) };
+            // SAFETY: fcntl and execv with NUL-terminated strings prepared
+            // before the fork; async-signal-safe. The image fd stays open
+            // across the exec in the child only.
+            unsafe {
+                libc::fcntl(image_fd, libc::F_SETFD, 0);
+                libc::execv(exe.as_ptr(), argv.as_ptr());
+            }
         })
         .map_err(|e| crate::restore::pid_error(q.pid, e))?;
     }

@@ -4,7 +4,8 @@
 //! which file, which region is mapped how) is unit-tested without a
 //! process to restore.
 
-use crate::image::manifest::{FileLock, LockKind};
+use crate::creds::Identity;
+use crate::image::manifest::{FileIdentity, FileLock, LockKind};
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -13,7 +14,18 @@ use std::path::Path;
 pub trait Kernel {
     fn mmap(&mut self, at: u64, len: u64, prot: i32, flags: i32, fd: i32, offset: u64) -> io::Result<()>;
     fn mprotect(&mut self, at: u64, len: u64, prot: i32) -> io::Result<()>;
+    /// Opens `path` without following a symlink in its last component
+    /// (paths from an image are resolved paths: a symlink there now was
+    /// put there since).
     fn open(&mut self, path: &Path, flags: i32) -> io::Result<i32>;
+    /// A new open file description of what `fd` refers to.
+    fn reopen(&mut self, fd: i32, flags: i32) -> io::Result<i32>;
+    /// Device and inode of the file `fd` refers to.
+    fn identity_of(&mut self, fd: i32) -> io::Result<FileIdentity>;
+    /// From now on, this thread's opens and creations are checked as
+    /// `id` (file-system uid and gid, groups); `None`: as ckrun again.
+    fn become_identity(&mut self, id: Option<&Identity>) -> io::Result<()>;
+    fn pread(&mut self, fd: i32, len: usize, offset: u64) -> io::Result<Vec<u8>>;
     /// dup3: `from` onto `to`.
     fn dup_to(&mut self, from: i32, to: i32, cloexec: bool) -> io::Result<()>;
     /// F_DUPFD_CLOEXEC: a copy of `fd` at the lowest free number >= `min`.
@@ -63,7 +75,11 @@ fn cpath(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
 }
 
-pub struct Linux;
+#[derive(Default)]
+pub struct Linux {
+    /// ckrun's own groups, while this thread has taken another identity.
+    own_groups: Option<Vec<u32>>,
+}
 
 impl Kernel for Linux {
     fn mmap(&mut self, at: u64, len: u64, prot: i32, flags: i32, fd: i32, offset: u64) -> io::Result<()> {
@@ -83,9 +99,90 @@ impl Kernel for Linux {
         cvt(unsafe { libc::mprotect(at as *mut _, len as usize, prot) } as _).map(drop)
     }
     fn open(&mut self, path: &Path, flags: i32) -> io::Result<i32> {
+        // O_NOFOLLOW itself would stay in the file's flags (F_GETFL shows
+        // it to the program): pin the file with an O_PATH handle that does
+        // not follow a symlink, refuse a symlink, then open what it pins.
         let c = cpath(path)?;
         // SAFETY: c is NUL-terminated.
+        let handle =
+            cvt(unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) } as _)? as i32;
+        // SAFETY: stat is plain data; fstat fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: st is a valid stat buffer; handle is ours.
+        let r = cvt(unsafe { libc::fstat(handle, &mut st) } as _);
+        let fd = match r {
+            Ok(_) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => Err(io::Error::from_raw_os_error(libc::ELOOP)),
+            Ok(_) => self.reopen(handle, flags),
+            Err(e) => Err(e),
+        };
+        self.close(handle);
+        fd
+    }
+    fn reopen(&mut self, fd: i32, flags: i32) -> io::Result<i32> {
+        let c = CString::new(format!("/proc/self/fd/{fd}")).unwrap();
+        // SAFETY: c is NUL-terminated; the /proc link names our own fd.
         cvt(unsafe { libc::open(c.as_ptr(), flags, 0) } as _).map(|fd| fd as i32)
+    }
+    fn identity_of(&mut self, fd: i32) -> io::Result<FileIdentity> {
+        // SAFETY: stat is plain data; fstat fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: st is a valid stat buffer.
+        cvt(unsafe { libc::fstat(fd, &mut st) } as _)?;
+        Ok(FileIdentity { dev: st.st_dev, inode: st.st_ino })
+    }
+    fn become_identity(&mut self, id: Option<&Identity>) -> io::Result<()> {
+        use crate::creds::raw;
+        match id {
+            Some(id) => {
+                if self.own_groups.is_none() {
+                    self.own_groups = Some(crate::creds::current_groups());
+                }
+                // Without privileges (a user namespace that denies
+                // setgroups) the groups stay the user's own.
+                match raw::setgroups(&id.groups) {
+                    Err(e) if e.raw_os_error() != Some(libc::EPERM) => return Err(e),
+                    _ => {}
+                }
+                raw::setfsgid(id.gid)?;
+                raw::setfsuid(id.uid)
+            }
+            None => {
+                // SAFETY: geteuid/getegid cannot fail.
+                let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+                raw::setfsuid(uid)?;
+                raw::setfsgid(gid)?;
+                match self.own_groups.take() {
+                    Some(g) => {
+                        raw::setgroups(&g).or_else(
+                            |e| {
+                                if e.raw_os_error() == Some(libc::EPERM) {
+                                    Ok(())
+                                } else {
+                                    Err(e)
+                                }
+                            },
+                        )
+                    }
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+    fn pread(&mut self, fd: i32, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            // SAFETY: buf[got..] is writable for len - got bytes.
+            let n = cvt(unsafe {
+                libc::pread(fd, buf[got..].as_mut_ptr().cast(), len - got, (offset + got as u64) as libc::off_t)
+            } as _)?;
+            if n == 0 {
+                break;
+            }
+            got += n as usize;
+        }
+        buf.truncate(got);
+        Ok(buf)
     }
     fn dup_to(&mut self, from: i32, to: i32, cloexec: bool) -> io::Result<()> {
         if from == to {
@@ -272,6 +369,8 @@ pub mod recording {
         Mmap { at: u64, len: u64, prot: i32, flags: i32, fd: i32, offset: u64 },
         Mprotect { at: u64, len: u64, prot: i32 },
         Open { path: PathBuf, flags: i32, fd: i32 },
+        Reopen { from: i32, flags: i32, fd: i32 },
+        Become(Option<u32>),
         DupTo { from: i32, to: i32, cloexec: bool },
         DupAbove { fd: i32, min: i32, got: i32 },
         Seek { fd: i32, pos: u64 },
@@ -311,6 +410,10 @@ pub mod recording {
         next_fd: i32,
         /// What file_size answers.
         pub sizes: u64,
+        /// What identity_of answers.
+        pub identity: FileIdentity,
+        /// What pread answers.
+        pub tail: Vec<u8>,
     }
 
     impl Recording {
@@ -334,6 +437,21 @@ pub mod recording {
             let fd = self.fd(0);
             self.calls.push(Call::Open { path: path.into(), flags, fd });
             Ok(fd)
+        }
+        fn reopen(&mut self, from: i32, flags: i32) -> io::Result<i32> {
+            let fd = self.fd(0);
+            self.calls.push(Call::Reopen { from, flags, fd });
+            Ok(fd)
+        }
+        fn identity_of(&mut self, _fd: i32) -> io::Result<FileIdentity> {
+            Ok(self.identity)
+        }
+        fn become_identity(&mut self, id: Option<&Identity>) -> io::Result<()> {
+            self.calls.push(Call::Become(id.map(|i| i.uid)));
+            Ok(())
+        }
+        fn pread(&mut self, _fd: i32, len: usize, _offset: u64) -> io::Result<Vec<u8>> {
+            Ok(self.tail.iter().copied().take(len).collect())
         }
         fn dup_to(&mut self, from: i32, to: i32, cloexec: bool) -> io::Result<()> {
             self.calls.push(Call::DupTo { from, to, cloexec });

@@ -21,6 +21,7 @@ pub use restorer::RESTORER_FAILED;
 
 use crate::cli::Overrides;
 use crate::coordinator::{self, socket, Coordinator, RestoreSession};
+use crate::creds;
 use crate::error::CkError;
 use crate::fdtypes;
 use crate::image::inspect;
@@ -29,13 +30,16 @@ use crate::image::ImageReader;
 use crate::launch::{become_subreaper, image_dir};
 use crate::sys::{machine, proc::fork_with_pid, procfs::file_stamp};
 use anyhow::{Context, Result};
-use kernel::Linux;
+use kernel::{Kernel, Linux};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-pub fn inspect(path: &Path, json: bool) -> Result<i32> {
+pub fn inspect(path: &Path, json: bool, given: Option<PathBuf>) -> Result<i32> {
     let img = ImageReader::open(path)?;
+    if let Some(k) = &key_file(&Overrides { key_file: given, ..Default::default() }) {
+        crate::image::seal::check(&img, &crate::image::seal::Key::load(k)?)?;
+    }
     img.verify_chunks()?;
     if json {
         println!("{}", inspect::json(&img));
@@ -86,9 +90,21 @@ fn check_compatible(m: &Manifest) -> Result<(), CkError> {
 /// file faults, of a longer one shows other data); code must be unchanged.
 /// Data files a program keeps writing through a shared mapping change
 /// after every checkpoint: they are used as they are now. The files it had
-/// open must exist.
-fn check_files(m: &Manifest) -> Result<(), CkError> {
+/// open must still be there, be no symlink now, and be the same file (same
+/// inode). Each process's files are looked at with that process's rights,
+/// so that an image cannot make a restart by root tell a user about files
+/// the user could not see.
+fn check_files(m: &Manifest) -> Result<()> {
+    let mut k = Linux::default();
+    let result = check_files_as_users(&mut k, m);
+    k.become_identity(None).context("taking back ckrun's own identity")?;
+    result
+}
+
+fn check_files_as_users(k: &mut Linux, m: &Manifest) -> Result<()> {
+    let same_machine = m.info.hostname == machine::uname().0;
     for p in &m.processes {
+        k.become_identity(Some(&p.creds.identity())).context("taking the program's identity to check its files")?;
         let mapped = p.regions.iter().filter_map(|r| match &r.kind {
             RegionKind::File { file, .. } => Some((file, r.prot & libc::PROT_EXEC != 0)),
             _ => None,
@@ -105,32 +121,57 @@ fn check_files(m: &Manifest) -> Result<(), CkError> {
                     "{} changed size since the checkpoint ({} -> {size} bytes); the program has it mapped in memory",
                     f.path.display(),
                     f.size
-                )));
+                ))
+                .into());
             }
             if code && mtime != f.mtime_ns {
                 return Err(CkError::Environment(format!(
                     "{} was modified since the checkpoint; the program runs code from it",
                     f.path.display()
-                )));
+                ))
+                .into());
             }
         }
-    }
-    for f in &m.files {
-        if let OpenFile::Path { path, .. } = f {
-            if !path.exists() {
-                return Err(CkError::Environment(format!(
-                    "{}: the program had this file open, and it is gone",
+        for fd in &p.fds {
+            let OpenFile::Path { path, identity, .. } = &m.files[fd.desc as usize] else { continue };
+            let meta = std::fs::symlink_metadata(path).map_err(|e| {
+                CkError::Environment(format!(
+                    "{}: the program had this file open, and it is gone ({e})",
                     path.display()
-                )));
+                ))
+            })?;
+            use std::os::unix::fs::MetadataExt;
+            if meta.file_type().is_symlink() {
+                return Err(fdtypes::file::changed(path, "became a symbolic link").into());
+            }
+            let expect = fdtypes::file::Expect { identity: *identity, same_machine };
+            let now = crate::image::manifest::FileIdentity { dev: meta.dev(), inode: meta.ino() };
+            if !expect.matches(now) {
+                return Err(fdtypes::file::changed(path, "was replaced by another file").into());
             }
         }
     }
     Ok(())
 }
 
+/// The key to seal and check images with: `--key-file`, or
+/// `$CKRUN_KEY_FILE`.
+pub fn key_file(opts: &Overrides) -> Option<PathBuf> {
+    opts.key_file.clone().or_else(|| std::env::var_os("CKRUN_KEY_FILE").filter(|v| !v.is_empty()).map(PathBuf::from))
+}
+
 pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     let path = resolve_image(image)?;
     let img = ImageReader::open(&path)?;
+    let given_key = key_file(&opts);
+    if let Some(k) = &given_key {
+        crate::image::seal::check(&img, &crate::image::seal::Key::load(k)?)?;
+    }
+    {
+        use std::os::unix::fs::MetadataExt;
+        let group = std::fs::metadata(&path).map(|m| m.gid()).unwrap_or(u32::MAX);
+        creds::check(&img.manifest, &path, img.owner, group)?;
+    }
     check_compatible(&img.manifest)?;
     check_files(&img.manifest)?;
     let m = &img.manifest;
@@ -143,10 +184,22 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     settings.trigger = opts.trigger.unwrap_or(settings.trigger);
     settings.frozen = opts.frozen.unwrap_or(settings.frozen);
     settings.strict |= opts.strict;
+    // The image names a key file to seal later images with; only its own
+    // owner's choice is followed (root does not read a file a user named).
+    // SAFETY: geteuid cannot fail.
+    if img.owner != unsafe { libc::geteuid() } {
+        settings.key_file = None;
+    }
+    if given_key.is_some() {
+        settings.key_file = given_key;
+    }
+    let key = settings.key_file.as_deref().map(crate::image::seal::Key::load).transpose()?;
     if dry_run {
         print!("{}", dry_run_text(&img)?);
         return Ok(0);
     }
+    crate::image::writer::check_writable(&settings.dir)?;
+    crate::image::writer::remove_stale_temporaries(&settings.dir);
     let taken: Vec<String> = m
         .processes
         .iter()
@@ -190,7 +243,7 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     become_subreaper();
 
     // The tree's shared objects, made once here and handed out.
-    let objects = fdtypes::create_objects(&mut Linux, &img)?;
+    let objects = fdtypes::create_objects(&mut Linux::default(), &img)?;
     let sends: Vec<(Vec<u32>, Vec<i32>)> = m.processes.iter().map(|p| share_of(p, &objects)).collect();
     let all_fds: Vec<i32> = objects.files.iter().flatten().copied().chain(objects.ghosts.iter().copied()).collect();
     let session = RestoreSession::new(
@@ -199,12 +252,15 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
         m.processes.iter().map(|p| p.pid).collect(),
         m.processes.iter().map(|p| p.agent_fd).collect(),
         all_fds,
+        objects.cut_backs.clone(),
     );
 
     // The roots of the tree are ckrun's children; each restores its own.
     let pids: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
     let exe = CString::new(std::env::current_exe()?.as_os_str().as_bytes())?;
-    let image_arg = CString::new(path.canonicalize()?.as_os_str().as_bytes())?;
+    // The children read the very file checked here, never the path again.
+    let image_fd = img.raw_fd();
+    let image_arg = CString::new(image_fd.to_string())?;
     let socket_arg = CString::new(settings.socket_name.clone())?;
     for (i, p) in m.processes.iter().enumerate().filter(|(_, p)| !pids.contains(&p.ppid)) {
         let index = CString::new(i.to_string())?;
@@ -224,6 +280,7 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
                 let mut none: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut none);
                 libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+                libc::fcntl(image_fd, libc::F_SETFD, 0);
                 libc::execv(exe.as_ptr(), argv.as_ptr());
             }
         })
@@ -231,6 +288,7 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     }
     let root = if pids.contains(&m.root) { m.root } else { pids[0] };
     let mut c = Coordinator::new(settings, m.info.command.clone(), listener, sigfd, root, m.info.sequence);
+    c.seal_with(key);
     c.start_restore(session);
     drop(img);
     let end = c.run()?;

@@ -25,8 +25,7 @@ use crate::image::manifest::{ProcessImage, RegionKind};
 use crate::sys::procfs::MapEntry;
 use crate::sys::PAGE_SIZE;
 
-/// Top of the x86-64 user address space (4-level page tables).
-pub const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+pub use crate::image::validate::TASK_SIZE;
 /// Page-table granule that mremap can move without copying entries.
 pub const HUGE: u64 = 2 << 20;
 /// Where staging starts looking for room (16 TiB): far from where the
@@ -331,6 +330,7 @@ pub mod tests {
                 })
                 .collect(),
             agent_fd: 1000,
+            creds: Default::default(),
         }
     }
 

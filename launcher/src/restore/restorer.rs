@@ -164,7 +164,9 @@ fn put(buf: &mut [u8], off: usize, v: u64) {
 }
 
 /// Lays out the header, the operation table and what they point to.
-pub fn encode(plan: &RestorePlan, p: &ProcessImage, exe_fd: i32, report_fd: i32, drop_caps: bool) -> Result<Encoded> {
+/// Every restored thread takes the process's credentials from it (see
+/// `crate::creds`).
+pub fn encode(plan: &RestorePlan, p: &ProcessImage, exe_fd: i32, report_fd: i32) -> Result<Encoded> {
     let nthreads = p.threads.len();
     let dlen = data_len(plan.ops.len(), p.auxv.len(), nthreads) as usize;
     let base = plan.blob_at + PAGE_SIZE;
@@ -186,7 +188,16 @@ pub fn encode(plan: &RestorePlan, p: &ProcessImage, exe_fd: i32, report_fd: i32,
     put(&mut d, rh::OFF_REPORT_FD, report_fd as u64);
     put(&mut d, rh::OFF_BLOB_BASE, plan.blob_at);
     put(&mut d, rh::OFF_BLOB_LEN, plan.blob_len);
-    put(&mut d, rh::OFF_DROP_CAPS, drop_caps as u64);
+    let c = &p.creds;
+    put(&mut d, rh::OFF_CREDS, 1);
+    put(&mut d, rh::OFF_CAP_EFFECTIVE, c.cap_effective);
+    put(&mut d, rh::OFF_CAP_PERMITTED, c.cap_permitted);
+    put(&mut d, rh::OFF_CAP_INHERITABLE, c.cap_inheritable);
+    put(&mut d, rh::OFF_CAP_BOUNDING, c.cap_bounding);
+    put(&mut d, rh::OFF_CAP_AMBIENT, c.cap_ambient);
+    put(&mut d, rh::OFF_SECUREBITS, c.securebits as u64);
+    put(&mut d, rh::OFF_NO_NEW_PRIVS, c.no_new_privs as u64);
+    put(&mut d, rh::OFF_DUMPABLE, c.dumpable as u64);
     d[rh::OFF_FAIL_MSG..rh::OFF_FAIL_MSG + 4].copy_from_slice(&kind::RESTORE_FAILED.to_ne_bytes());
     d[rh::OFF_FAIL_MSG + 4..rh::OFF_FAIL_MSG + 8].copy_from_slice(&1u32.to_ne_bytes());
 

@@ -83,17 +83,106 @@ pub fn restore_thread(rec: &ThreadRecord) {
     }
 }
 
-/// Drops every capability of the calling thread (ambient, effective,
-/// permitted, inheritable).
-pub fn drop_capabilities() {
-    const VERSION_3: u32 = 0x2008_0522;
-    let header = [VERSION_3, 0u32];
-    let data = [0u32; 6];
-    // SAFETY: prctl takes integers; capset reads a version-3 header and two
-    // zeroed data structs, all on this stack.
-    unsafe {
-        sys::syscall6(sys::SYS_prctl, libc::PR_CAP_AMBIENT as u64, libc::PR_CAP_AMBIENT_CLEAR_ALL as u64, 0, 0, 0, 0);
-        sys::syscall2(libc::SYS_capset, header.as_ptr() as u64, data.as_ptr() as u64);
+/// The credentials a restored thread takes before the program resumes,
+/// as the restorer's header carries them.
+pub struct Creds {
+    effective: u64,
+    permitted: u64,
+    inheritable: u64,
+    bounding: u64,
+    ambient: u64,
+    securebits: u64,
+    no_new_privs: bool,
+    dumpable: u64,
+}
+
+impl Creds {
+    /// The credentials in the restorer header at `header`, if it has them.
+    pub fn from_restorer(header: u64) -> Option<Creds> {
+        use ckrun_proto::restorer_header as rh;
+        if header == 0 {
+            return None;
+        }
+        // SAFETY: the restorer passes its header page, mapped and readable
+        // until every thread has arrived; every offset is inside it.
+        let word = |off: usize| unsafe { *((header + off as u64) as *const u64) };
+        if word(rh::OFF_MAGIC) != rh::MAGIC || word(rh::OFF_CREDS) == 0 {
+            return None;
+        }
+        Some(Creds {
+            effective: word(rh::OFF_CAP_EFFECTIVE),
+            permitted: word(rh::OFF_CAP_PERMITTED),
+            inheritable: word(rh::OFF_CAP_INHERITABLE),
+            bounding: word(rh::OFF_CAP_BOUNDING),
+            ambient: word(rh::OFF_CAP_AMBIENT),
+            securebits: word(rh::OFF_SECUREBITS),
+            no_new_privs: word(rh::OFF_NO_NEW_PRIVS) != 0,
+            dumpable: word(rh::OFF_DUMPABLE),
+        })
+    }
+
+    /// Takes these credentials in the calling thread (credentials are per
+    /// thread): the bounding set and securebits while CAP_SETPCAP is still
+    /// there, then the capability sets, the ambient set, no_new_privs, and
+    /// (`process_wide`, once) dumpable. Raw syscalls: it runs with the
+    /// other threads parked.
+    pub fn apply(&self, process_wide: bool) {
+        let prctl = |a: i32, b: u64| {
+            // SAFETY: prctl with integer arguments only.
+            unsafe { sys::syscall6(sys::SYS_prctl, a as u64, b, 0, 0, 0, 0) }
+        };
+        for cap in 0..64u64 {
+            if self.bounding & (1 << cap) == 0 {
+                // EINVAL past the kernel's last capability: harmless.
+                prctl(libc::PR_CAPBSET_DROP, cap);
+            }
+        }
+        if prctl(libc::PR_GET_SECUREBITS, 0) as u64 != self.securebits {
+            prctl(libc::PR_SET_SECUREBITS, self.securebits);
+        }
+        const VERSION_3: u32 = 0x2008_0522;
+        let header = [VERSION_3, 0u32];
+        let (lo, hi) = (|v: u64| v as u32, |v: u64| (v >> 32) as u32);
+        let data = [
+            lo(self.effective),
+            lo(self.permitted),
+            lo(self.inheritable),
+            hi(self.effective),
+            hi(self.permitted),
+            hi(self.inheritable),
+        ];
+        // SAFETY: capset reads a version-3 header and two data structs, all
+        // on this stack.
+        unsafe { sys::syscall2(libc::SYS_capset, header.as_ptr() as u64, data.as_ptr() as u64) };
+        // SAFETY: prctl with integer arguments only.
+        unsafe {
+            sys::syscall6(
+                sys::SYS_prctl,
+                libc::PR_CAP_AMBIENT as u64,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as u64,
+                0,
+                0,
+                0,
+                0,
+            );
+            for cap in (0..64u64).filter(|c| self.ambient & (1 << c) != 0) {
+                sys::syscall6(
+                    sys::SYS_prctl,
+                    libc::PR_CAP_AMBIENT as u64,
+                    libc::PR_CAP_AMBIENT_RAISE as u64,
+                    cap,
+                    0,
+                    0,
+                    0,
+                );
+            }
+        }
+        if self.no_new_privs {
+            prctl(libc::PR_SET_NO_NEW_PRIVS, 1);
+        }
+        if process_wide {
+            prctl(libc::PR_SET_DUMPABLE, self.dumpable);
+        }
     }
 }
 

@@ -220,7 +220,14 @@ extern "C" fn leader_checkpoint(arg: u64) {
     let brk = kstate::capture_process();
     let snapshot_pid = if frozen { 0 } else { snapshot::fork_snapshot().max(0) };
     let nthreads = NSLOTS.load(Acquire).min(MAX_THREADS as u32);
-    let head = Suspended { epoch: epoch as u64, snapshot_pid, nthreads, brk };
+    // SAFETY: prctl queries with integer arguments.
+    let (securebits, dumpable) = unsafe {
+        (
+            sys::syscall2(sys::SYS_prctl, libc::PR_GET_SECUREBITS as u64, 0) as u32,
+            sys::syscall2(sys::SYS_prctl, libc::PR_GET_DUMPABLE as u64, 0) as u32,
+        )
+    };
+    let head = Suspended { epoch: epoch as u64, snapshot_pid, nthreads, brk, securebits, dumpable };
     if send_msg(kind::SUSPENDED, &[head]) {
         // SAFETY: all slots below nthreads are written (their threads bumped
         // PARKED before we got here); the leader only reads them.
@@ -243,15 +250,15 @@ extern "C" fn leader_checkpoint(arg: u64) {
 /// Second life of the leader's fork point, in the restarted process.
 extern "C" fn leader_restarted(_arg: u64, restorer: u64) {
     let others = NSLOTS.load(Acquire).saturating_sub(1);
-    let drop_caps = restorer_flag(restorer, rh::OFF_DROP_CAPS);
+    let creds = kstate::Creds::from_restorer(restorer);
     // The restorer starts the threads one by one; once all are back in
     // their handlers, none executes restorer code any more.
     wait_count(&ARRIVED, others);
     unmap_restorer(restorer);
     kstate::restore_process();
     kstate::restore_thread(slot(0));
-    if drop_caps {
-        kstate::drop_capabilities();
+    if let Some(c) = &creds {
+        c.apply(true);
     }
     let pid = sys::getpid();
     send_msg(kind::RESTORED, &[Restored { pid, nthreads: others + 1 }]);
@@ -316,21 +323,14 @@ extern "C" fn park_checkpoint(arg: u64) {
 
 extern "C" fn park_restarted(arg: u64, restorer: u64) {
     // Read before arriving: the leader unmaps the restorer once all arrived.
-    let drop_caps = restorer_flag(restorer, rh::OFF_DROP_CAPS);
+    let creds = kstate::Creds::from_restorer(restorer);
     ARRIVED.fetch_add(1, Release);
     sys::futex_wake(&ARRIVED);
     wait_released(arg as u32);
     kstate::restore_thread(slot((arg >> 32) as usize));
-    if drop_caps {
-        kstate::drop_capabilities();
+    if let Some(c) = &creds {
+        c.apply(false);
     }
-}
-
-/// A word of the restorer's header (0 if there is none).
-fn restorer_flag(header: u64, off: usize) -> bool {
-    // SAFETY: the restorer passes its header page, mapped and readable
-    // until every thread has arrived; `off` is within it.
-    header != 0 && unsafe { *((header + off as u64) as *const u64) } != 0
 }
 
 fn release(epoch: u32) {
