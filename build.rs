@@ -1,6 +1,9 @@
-//! Compiles the C example programs in `examples/` for the end-to-end tests.
+//! Compiles the C example programs in `examples/` (and the test-only
+//! programs in `tests/progs/`, such as the security tests' attacker) for
+//! the end-to-end tests.
 //!
-//! Every `examples/*.c` becomes `$OUT_DIR/examples/<stem>`, built with
+//! Every `examples/*.c` and `tests/progs/*.c` becomes
+//! `$OUT_DIR/examples/<stem>`, built with
 //! `cc -O1 -g -Wall -pthread`. Two naming rules add flags:
 //! - `*omp*.c` also gets `-fopenmp` (multi-threaded examples);
 //! - `static_*.c` is linked `-static`, to check that ckrun refuses programs
@@ -19,20 +22,23 @@ use std::process::Command;
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
-    let src_dir = manifest_dir.join("examples");
     let bin_dir = out_dir.join("examples");
     fs::create_dir_all(&bin_dir).expect("create $OUT_DIR/examples");
 
-    // Re-run when a file is added to or removed from examples/, and when
-    // any C source changes (listed one by one below).
-    println!("cargo:rerun-if-changed=examples");
+    // Re-run when a file is added to or removed from the directories, and
+    // when any C source changes (listed one by one below).
     println!("cargo:rerun-if-env-changed=CC");
-
-    let mut sources: Vec<PathBuf> = fs::read_dir(&src_dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", src_dir.display()))
-        .map(|entry| entry.expect("read examples/ entry").path())
-        .filter(|p| p.extension().is_some_and(|ext| ext == "c"))
-        .collect();
+    let mut sources: Vec<PathBuf> = Vec::new();
+    for dir in ["examples", "tests/progs"] {
+        println!("cargo:rerun-if-changed={dir}");
+        let src_dir = manifest_dir.join(dir);
+        sources.extend(
+            fs::read_dir(&src_dir)
+                .unwrap_or_else(|e| panic!("read {}: {e}", src_dir.display()))
+                .map(|entry| entry.expect("read directory entry").path())
+                .filter(|p| p.extension().is_some_and(|ext| ext == "c")),
+        );
+    }
     sources.sort();
 
     let cc = env::var("CC").unwrap_or_else(|_| "cc".to_string());

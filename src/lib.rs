@@ -21,8 +21,9 @@
 //! - Each test works in its own directory `target/e2e-tmp/<name>-<pid>/`,
 //!   removed when the test passes and kept when it fails.
 //!
-//! The library only uses `std`: dev-dependencies are not visible to it, so
-//! the handful of libc calls it needs are declared in [`sys`].
+//! The library only uses `std` (and xxhash, to re-seal images tests
+//! alter): dev-dependencies are not visible to it, so the handful of libc
+//! calls it needs are declared in [`sys`].
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -444,6 +445,65 @@ pub fn list_images(dir: &Path) -> Vec<PathBuf> {
     };
     images.sort_by_key(|p| (ImageName::parse(p).map(|i| i.n), p.clone()));
     images
+}
+
+/// Rewrites the manifest of `image` with `edit` (same length) and re-seals
+/// it as the README documents the format: the trailer (last 64 bytes)
+/// holds the manifest's offset (bytes 8..16), length (16..24) and xxh3-64
+/// checksum (24..32), and its own checksum of bytes 0..40 at 40..48.
+/// Returns the altered image's bytes; anyone could make them.
+pub fn reseal_manifest(image: &Path, edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
+    let mut b = fs::read(image).unwrap_or_else(|e| panic!("read {}: {e}", image.display()));
+    let t = b.len() - 64;
+    let word = |b: &[u8], i: usize| u64::from_le_bytes(b[t + i..t + i + 8].try_into().unwrap()) as usize;
+    let (off, len) = (word(&b, 8), word(&b, 16));
+    edit(&mut b[off..off + len]);
+    reseal(&mut b);
+    b
+}
+
+/// Recomputes the checksums of an image's trailer for its manifest as it is.
+pub fn reseal(b: &mut [u8]) {
+    let t = b.len() - 64;
+    let word = |b: &[u8], i: usize| u64::from_le_bytes(b[t + i..t + i + 8].try_into().unwrap()) as usize;
+    let (off, len) = (word(b, 8), word(b, 16));
+    let sum = xxhash_rust::xxh3::xxh3_64(&b[off..off + len]);
+    b[t + 24..t + 32].copy_from_slice(&sum.to_le_bytes());
+    let own = xxhash_rust::xxh3::xxh3_64(&b[t..t + 40]);
+    b[t + 40..t + 48].copy_from_slice(&own.to_le_bytes());
+}
+
+// ---------------------------------------------------------------------------
+// Another user
+// ---------------------------------------------------------------------------
+
+/// The unprivileged user the security and rootless tests act as
+/// (`nobody`, uid and gid 65534, no supplementary groups), through
+/// `setpriv`, which execs the rest of the command line.
+pub const NOBODY: [&str; 4] = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+pub const NOBODY_UID: u32 = 65534;
+
+/// Whether this test process may act as another user (it is root); when
+/// not, says so, so that a skipped test is visible.
+pub fn can_switch_users(test: &str) -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !root {
+        eprintln!("{test}: SKIPPED: needs root, to act as another user (nobody) against a root-run ckrun");
+    }
+    root
+}
+
+/// Makes `dir` (and the files in it) usable by everyone, so that another
+/// user can work there.
+pub fn open_to_everyone(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).unwrap();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_file() {
+            fs::set_permissions(e.path(), fs::Permissions::from_mode(0o666)).unwrap();
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

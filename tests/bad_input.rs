@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ckrun_suite::{run_ckrun, Ckrun, CmdOutput, Program, TestDir, TIMEOUT};
+use ckrun_suite::{reseal_manifest, run_ckrun, Ckrun, CmdOutput, Program, TestDir, TIMEOUT};
 
 /// Deadline of one ckrun command: failing fast is part of the contract.
 const CMD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -110,23 +110,6 @@ fn inspect_missing_image_exits_5() {
 /// The kernel build this machine runs (`uname -v`), as the image records it.
 fn kernel_version() -> String {
     fs::read_to_string("/proc/sys/kernel/version").unwrap().trim().to_string()
-}
-
-/// Rewrites the manifest of `image` with `edit` (same length) and re-seals
-/// it as the README documents the format: the trailer (last 64 bytes) holds
-/// the manifest's offset (bytes 8..16), length (16..24) and xxh3-64
-/// checksum (24..32), and its own checksum of bytes 0..40 at 40..48.
-fn reseal_manifest(image: &Path, edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
-    let mut b = fs::read(image).unwrap();
-    let t = b.len() - 64;
-    let word = |b: &[u8], i: usize| u64::from_le_bytes(b[t + i..t + i + 8].try_into().unwrap()) as usize;
-    let (off, len) = (word(&b, 8), word(&b, 16));
-    edit(&mut b[off..off + len]);
-    let sum = xxhash_rust::xxh3::xxh3_64(&b[off..off + len]);
-    b[t + 24..t + 32].copy_from_slice(&sum.to_le_bytes());
-    let own = xxhash_rust::xxh3::xxh3_64(&b[t..t + 40]);
-    b[t + 40..t + 48].copy_from_slice(&own.to_le_bytes());
-    b
 }
 
 #[test]

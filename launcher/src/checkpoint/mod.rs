@@ -78,6 +78,8 @@ struct ResumeGuard<'a, 'b> {
     stopped: &'b mut Vec<Stopped<'a>>,
     /// Asked to stop, not yet heard from.
     signalled: Vec<&'a Agent>,
+    /// Every agent's pid (no snapshot may be one of them).
+    agents: Vec<i32>,
     resumed: bool,
 }
 
@@ -99,7 +101,7 @@ impl Drop for ResumeGuard<'_, '_> {
         let late: Vec<&Agent> = std::mem::take(&mut self.signalled);
         for a in late {
             let deadline = Instant::now() + Duration::from_secs(5);
-            if let Ok(s) = collect_suspended(a, deadline, &mut 0) {
+            if let Ok(s) = collect_suspended(a, deadline, &mut 0, &self.agents) {
                 let _ = a.send(kind::RESUME, &[Resume { aborted: 1, _pad: 0 }]);
                 self.stopped.push(s);
             }
@@ -151,7 +153,8 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
     // 1. Suspend every process, then check nobody forked meanwhile.
     let value = SUSPEND_MAGIC | SUSPEND_LEAD | (settings.frozen as u64) << 8;
     let mut stopped = Vec::new();
-    let mut guard = ResumeGuard { stopped: &mut stopped, signalled: Vec::new(), resumed: false };
+    let agents: Vec<i32> = tree.live.iter().map(|a| a.pid).collect();
+    let mut guard = ResumeGuard { stopped: &mut stopped, signalled: Vec::new(), agents: agents.clone(), resumed: false };
     for a in &tree.live {
         if sigqueue(a.pid, SUSPEND_SIGNAL, value).is_err() {
             return Err(TreeChanged.into()); // gone meanwhile
@@ -159,7 +162,7 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
         guard.signalled.push(a);
     }
     while let Some(a) = guard.signalled.first().copied() {
-        let s = wait_suspended(a, &mut merged_requests)?;
+        let s = wait_suspended(a, &mut merged_requests, &agents)?;
         guard.signalled.remove(0);
         guard.stopped.push(s);
     }
@@ -293,17 +296,46 @@ fn capture_stopped(
     })
 }
 
-/// Collects an agent's SUSPENDED report and its thread records.
-fn wait_suspended<'a>(a: &'a Agent, merged: &mut u32) -> Result<Stopped<'a>> {
-    collect_suspended(a, Instant::now() + SUSPEND_TIMEOUT, merged)
+/// An agent's report names processes and threads that ckrun then reads
+/// (and kills, for the snapshot): each must be what it says. The threads
+/// are threads of the agent's own process; the snapshot is a child of
+/// ckrun (the agent's leader forked it, and it was re-parented to ckrun)
+/// that is not a process of the tree (none of `agents`).
+fn check_report(pid: i32, h: &Suspended, threads: &[ThreadRecord], agents: &[i32]) -> Result<()> {
+    let bad = |why: String| anyhow!("process {pid} reported {why}; checkpoint abandoned");
+    if threads.is_empty() || threads.len() > ckrun_proto::MAX_THREADS || threads.len() != h.nthreads as usize {
+        return Err(bad(format!("{} threads", threads.len())));
+    }
+    for t in threads {
+        if t.tid <= 0 || !std::path::Path::new(&format!("/proc/{pid}/task/{}", t.tid)).exists() {
+            return Err(bad(format!("thread {}, which is not one of its own", t.tid)));
+        }
+    }
+    if h.snapshot_pid > 0 {
+        let me = std::process::id() as i32;
+        let parent = crate::sys::procfs::read(h.snapshot_pid, "stat")
+            .ok()
+            .and_then(|t| crate::sys::procfs::parse_stat(&t).ok())
+            .map(|s| s.ppid);
+        if parent != Some(me) || agents.contains(&h.snapshot_pid) {
+            return Err(bad(format!("a snapshot {} that is not ckrun's", h.snapshot_pid)));
+        }
+    }
+    Ok(())
 }
 
-fn collect_suspended<'a>(a: &'a Agent, deadline: Instant, merged: &mut u32) -> Result<Stopped<'a>> {
+/// Collects an agent's SUSPENDED report and its thread records.
+fn wait_suspended<'a>(a: &'a Agent, merged: &mut u32, agents: &[i32]) -> Result<Stopped<'a>> {
+    collect_suspended(a, Instant::now() + SUSPEND_TIMEOUT, merged, agents)
+}
+
+fn collect_suspended<'a>(a: &'a Agent, deadline: Instant, merged: &mut u32, agents: &[i32]) -> Result<Stopped<'a>> {
     let mut head: Option<Suspended> = None;
     let mut threads = Vec::new();
     loop {
         if let Some(h) = &head {
             if threads.len() >= h.nthreads as usize {
+                check_report(a.pid, h, &threads, agents)?;
                 return Ok(Stopped { agent: a, head: *h, threads });
             }
         }

@@ -421,9 +421,10 @@ impl Coordinator {
             if Instant::now() > deadline {
                 let comm = crate::sys::procfs::read(m.pid, "comm").unwrap_or_default();
                 anyhow::bail!(
-                    "process {} ({}) of the tree runs without ckrun's agent (a static binary?); it cannot be checkpointed",
+                    "process {} ({}) of the tree runs without ckrun's agent ({}); it cannot be checkpointed",
                     m.pid,
-                    comm.trim()
+                    comm.trim(),
+                    why_no_agent(m.pid)
                 );
             }
             self.service_connections(20);
@@ -474,6 +475,22 @@ impl Coordinator {
             }
             Err(_) => merged,
         }
+    }
+}
+
+/// Why a process of the tree has no agent, as far as /proc tells.
+fn why_no_agent(pid: i32) -> &'static str {
+    let status = crate::sys::procfs::read(pid, "status").unwrap_or_default();
+    let differ = |key: &str| {
+        crate::sys::procfs::status_field(&status, key).is_some_and(|v| {
+            let ids: Vec<&str> = v.split_whitespace().collect();
+            ids.windows(2).any(|w| w[0] != w[1])
+        })
+    };
+    if differ("Uid") || differ("Gid") {
+        "a set-user-ID or set-group-ID program: the dynamic loader ignores LD_PRELOAD for it"
+    } else {
+        "a static binary, or one started with an environment without LD_PRELOAD?"
     }
 }
 

@@ -44,8 +44,12 @@ pub fn main(image_fd: i32, index: usize, socket: &str) -> Result<i32> {
             let code = exit_code_of(&e);
             let mut body = code.to_ne_bytes().to_vec();
             body.extend_from_slice(format!("{e:#}").as_bytes());
-            let _ = transfer::send(fd, transfer::FAILED, &body);
-            Err(e)
+            // The coordinator reports it (once, for the whole restart);
+            // only if it cannot hear us do we say it ourselves.
+            match transfer::send(fd, transfer::FAILED, &body) {
+                Ok(()) => Ok(code),
+                Err(_) => Err(e),
+            }
         }
     }
 }

@@ -94,18 +94,24 @@ fn snapshot_main() -> ! {
     let all = !0u64;
     sys::sigprocmask(libc::SIG_SETMASK, Some(&all), None);
     let coordinator = crate::state::COORDINATOR.load(Relaxed) as i64;
-    // Wait until re-parented to ckrun (the intermediate is exiting), so
-    // that the death signal is tied to ckrun. Inside a PID namespace ckrun
-    // is PID 1.
-    // SAFETY: getppid, sched_yield and prctl take integers only.
+    // Wait until re-parented to ckrun (the intermediate is exiting, which
+    // it always does at once, however long a loaded machine takes to run
+    // it), so that the death signal is tied to ckrun. Inside a PID
+    // namespace ckrun is PID 1.
+    // SAFETY: getppid, sched_yield, nanosleep and prctl take integers or
+    // point to a timespec on this stack.
     unsafe {
         let first = sys::syscall1(libc::SYS_getppid, 0);
         let mut parent = first;
-        for _ in 0..100_000 {
-            if parent != first {
-                break;
+        let nap = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+        let mut spins = 0u32;
+        while parent == first {
+            if spins < 1000 {
+                sys::syscall1(libc::SYS_sched_yield, 0);
+                spins += 1;
+            } else {
+                sys::syscall2(libc::SYS_nanosleep, &nap as *const _ as u64, 0);
             }
-            sys::syscall1(libc::SYS_sched_yield, 0);
             parent = sys::syscall1(libc::SYS_getppid, 0);
         }
         sys::syscall2(sys::SYS_prctl, libc::PR_SET_PDEATHSIG as u64, libc::SIGKILL as u64);
