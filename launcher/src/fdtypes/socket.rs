@@ -47,15 +47,39 @@ fn name(fd: RawFd, peer: bool) -> Option<Vec<u8>> {
     }
 }
 
-/// A copy of another process's fd (same open file description).
-fn steal(pid: i32, fd: i32) -> Result<OwnedFd> {
-    // SAFETY: pidfd_open and pidfd_getfd take integers; the fds returned are ours.
-    unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
-        if pidfd < 0 {
-            bail!("pidfd_open({pid}): {}", std::io::Error::last_os_error());
+/// `pidfd_open` flag (Linux 6.9): a pidfd for one thread.
+const PIDFD_THREAD: libc::c_long = libc::O_EXCL as libc::c_long;
+
+/// A pidfd for `tid`, a thread that shares its process's fd table: the
+/// checkpoint reads /proc through the thread that led it, which need not
+/// be the main thread, and a plain pidfd_open takes process ids only.
+fn pidfd_of(tid: i32) -> Result<OwnedFd> {
+    let tgid = || {
+        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse::<i32>().ok()
+    };
+    // A process id; a live thread (6.9+; the main thread may have ended);
+    // the thread's process.
+    let tries = [(tid, 0), (tid, PIDFD_THREAD), (tgid().unwrap_or(tid), 0)];
+    let mut err = None;
+    for (id, flags) in tries {
+        // SAFETY: pidfd_open takes integers; the fd returned is ours.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, id, flags) };
+        if pidfd >= 0 {
+            // SAFETY: a fresh fd nobody else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) });
         }
-        let pidfd = OwnedFd::from_raw_fd(pidfd as RawFd);
+        err.get_or_insert_with(std::io::Error::last_os_error);
+    }
+    bail!("pidfd_open({tid}): {}", err.unwrap())
+}
+
+/// A copy of another process's fd (same open file description); `pid` may
+/// be any thread of the process.
+fn steal(pid: i32, fd: i32) -> Result<OwnedFd> {
+    let pidfd = pidfd_of(pid)?;
+    // SAFETY: pidfd_getfd takes integers; the fd returned is ours.
+    unsafe {
         let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
         if got < 0 {
             bail!("pidfd_getfd({pid}, {fd}): {}", std::io::Error::last_os_error());
