@@ -21,7 +21,10 @@ use crate::fdtypes;
 use crate::image::manifest::{FdImage, GhostFile, ImageInfo, Manifest, ProcessImage, Settings, ThreadImage, Zombie};
 use crate::image::ImageWriter;
 use crate::sys::mem::RemoteMemory;
-use crate::sys::{machine, proc::sigqueue};
+use crate::sys::{
+    machine,
+    proc::{sigqueue, tgsigqueue},
+};
 use anyhow::{anyhow, bail, Context, Result};
 use ckrun_proto::{
     decode, kind, read_pod, Failure, Resume, Suspended, ThreadRecord, SUSPEND_LEAD, SUSPEND_MAGIC, SUSPEND_SIGNAL,
@@ -141,7 +144,7 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32)
     let mut stopped = Vec::new();
     let mut guard = ResumeGuard { stopped: &mut stopped, signalled: Vec::new(), resumed: false };
     for a in &tree.live {
-        if sigqueue(a.pid, SUSPEND_SIGNAL, value).is_err() {
+        if ask_to_lead(a.pid, value).is_err() {
             return Err(TreeChanged.into()); // gone meanwhile
         }
         guard.signalled.push(a);
@@ -281,6 +284,24 @@ fn capture_stopped(
 }
 
 /// Collects an agent's SUSPENDED report and its thread records.
+/// Sends the suspend signal that makes one thread of `pid` lead its
+/// checkpoint: to the main thread while it lives. A signal for the whole
+/// process wakes one thread but may be taken by another (one that handles
+/// a signal of its own meanwhile), and the woken thread's sigtimedwait,
+/// epoll_wait, io_getevents or timed socket call then fails with an EINTR
+/// the agent cannot tell from the program's: no handler ran in that
+/// thread. A main thread that ended (pthread_exit) gets nothing: then the
+/// process is signalled.
+fn ask_to_lead(pid: i32, value: u64) -> std::io::Result<()> {
+    let main_alive = crate::sys::procfs::read(pid, &format!("task/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])));
+    if main_alive {
+        tgsigqueue(pid, pid, SUSPEND_SIGNAL, value)
+    } else {
+        sigqueue(pid, SUSPEND_SIGNAL, value)
+    }
+}
+
 fn wait_suspended<'a>(a: &'a Agent, merged: &mut u32) -> Result<Stopped<'a>> {
     collect_suspended(a, Instant::now() + SUSPEND_TIMEOUT, merged)
 }
