@@ -36,6 +36,18 @@
 //! interrupted thread: another thread's program signals must not let a
 //! checkpoint's EINTR through.
 //!
+//! One EINTR comes with no handler run in the thread at all: a signal sent
+//! to the whole process wakes one thread, but another thread that happens
+//! to take a signal of its own meanwhile may dequeue it first; the woken
+//! thread's `sigtimedwait`, `epoll_wait`, `io_getevents` or timed socket
+//! call then fails with EINTR while the other thread is only about to bump
+//! [`CKRUN`]. (The coordinator sends its suspend signal to the main thread
+//! for that reason, but a trigger sent to the program's pid from outside is
+//! process-wide.) After such an EINTR the wrapper waits for [`CKRUN`] to
+//! move, on a futex, for at most [`GRACE_NS`]: the bump wakes it at once.
+//! An EINTR that really was the program's (or the kernel's: after
+//! SIGSTOP/SIGCONT) reaches it that much later.
+//!
 //! Relative timeouts are recomputed from a `CLOCK_MONOTONIC` deadline
 //! noted before the call (the vDSO reads it without a syscall; only for a
 //! finite, non-zero timeout), capped at the original timeout: after a
@@ -54,11 +66,21 @@ pub mod calls;
 pub mod handlers;
 
 use core::ffi::c_int;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicU32, AtomicUsize,
+    Ordering::{Relaxed, SeqCst},
+};
 
 /// Handler runs of ckrun's own that the program does not see (see the
-/// module docs). Wraps around; only equality matters.
+/// module docs). Wraps around; only equality matters. Also a futex word.
 static CKRUN: AtomicU32 = AtomicU32::new(0);
+
+/// Wrappers waiting on [`CKRUN`] after an EINTR without a handler.
+static WAITERS: AtomicU32 = AtomicU32::new(0);
+
+/// How long such a wrapper waits for another thread's handler of a ckrun
+/// signal to bump [`CKRUN`] (it normally does within microseconds).
+pub const GRACE_NS: u64 = 20_000_000;
 
 thread_local! {
     /// The program's handler runs on this thread. Reached through
@@ -77,7 +99,22 @@ static PROGRAM_ANY_THREAD: AtomicU32 = AtomicU32::new(0);
 /// Notes, from a handler of the agent, that ckrun interrupted this thread.
 #[inline]
 pub(crate) fn ckrun_signal() {
-    CKRUN.fetch_add(1, Relaxed);
+    CKRUN.fetch_add(1, SeqCst);
+    if WAITERS.load(SeqCst) != 0 {
+        crate::sys::futex_wake(&CKRUN);
+    }
+}
+
+/// Waits until [`CKRUN`] is no longer `seen`, at most [`GRACE_NS`] (less
+/// if a signal interrupts the wait); returns its value.
+#[cold]
+fn grace(seen: u32) -> u32 {
+    // SeqCst on both sides: either the bumper sees a waiter and wakes it,
+    // or the futex sees the new value and does not sleep.
+    WAITERS.fetch_add(1, SeqCst);
+    crate::sys::futex_wait(&CKRUN, seen, GRACE_NS);
+    WAITERS.fetch_sub(1, SeqCst);
+    CKRUN.load(SeqCst)
 }
 
 /// Notes, just before a program handler runs, that the program's own
@@ -161,8 +198,14 @@ impl Watch {
         if err != libc::EINTR {
             return false;
         }
-        let now = CKRUN.load(Relaxed);
-        if now == self.ckrun || program_counter().load(Relaxed) != self.program {
+        let program = program_counter();
+        let mut now = CKRUN.load(Relaxed);
+        if now == self.ckrun && program.load(Relaxed) == self.program {
+            // No handler of either kind counted here: perhaps a signal of
+            // ckrun's that another thread is taking (see the module docs).
+            now = grace(self.ckrun);
+        }
+        if now == self.ckrun || program.load(Relaxed) != self.program {
             return false;
         }
         self.ckrun = now;
@@ -318,12 +361,18 @@ mod tests {
         assert_eq!(d.left_timespec().tv_nsec, 1);
     }
 
+    /// The tests below move the process-wide counters: one at a time.
+    static COUNTERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// What the wrappers decide after an EINTR, driven by the counters as
     /// the handlers move them.
     #[test]
     fn only_ckrun_alone_resumes() {
+        let _one = COUNTERS.lock().unwrap();
         let w = Watch::start();
+        let t0 = now_ns();
         assert!(!{ w }.resume(libc::EINTR), "nothing ran: the EINTR came from elsewhere");
+        assert!(now_ns() - t0 >= GRACE_NS, "after waiting for another thread's handler");
         let mut w = Watch::start();
         ckrun_signal();
         assert!(!w.resume(libc::EAGAIN), "only EINTR is resumed");
@@ -333,5 +382,21 @@ mod tests {
         ckrun_signal();
         program_signal();
         assert!(!w.resume(libc::EINTR), "the program's own signal ran too");
+    }
+
+    /// A ckrun signal that another thread handles wakes a wrapper that got
+    /// an EINTR with no handler run in its own thread.
+    #[test]
+    fn another_threads_ckrun_signal_ends_the_grace_wait() {
+        let _one = COUNTERS.lock().unwrap();
+        let mut w = Watch::start();
+        let other = std::thread::spawn(|| {
+            while WAITERS.load(SeqCst) == 0 {
+                core::hint::spin_loop();
+            }
+            ckrun_signal();
+        });
+        assert!(w.resume(libc::EINTR), "the other thread's ckrun signal counts");
+        other.join().unwrap();
     }
 }
