@@ -48,10 +48,15 @@
 //! An EINTR that really was the program's (or the kernel's: after
 //! SIGSTOP/SIGCONT) reaches it that much later.
 //!
-//! Relative timeouts are recomputed from a `CLOCK_MONOTONIC` deadline
-//! noted before the call (the vDSO reads it without a syscall; only for a
-//! finite, non-zero timeout), capped at the original timeout: after a
-//! restart on another boot, the monotonic clock may be anywhere. Where the
+//! Relative timeouts are recomputed from a deadline noted before the call
+//! (only for a finite, non-zero timeout) on `CLOCK_MONOTONIC_COARSE`: the
+//! vDSO reads it in a few nanoseconds (the precise clock costs 20-30 ns
+//! here, which a ready `poll` with a timeout would pay on every call). The
+//! coarse clock lags by up to a tick, so the time left gets two ticks more
+//! ([`margin_ns`]): a resumed wait is never cut short, and ends at most a
+//! few milliseconds late, once per interruption. The time left never
+//! exceeds the original timeout: after a restart on another boot, the
+//! monotonic clock may be anywhere. Where the
 //! kernel itself reports the time left (`nanosleep`'s `rem`), that is used;
 //! absolute deadlines (`TIMER_ABSTIME`, `sem_timedwait`) are passed again
 //! unchanged. errno is put back to its value before the call, so a resumed
@@ -67,7 +72,7 @@ pub mod handlers;
 
 use core::ffi::c_int;
 use core::sync::atomic::{
-    AtomicU32, AtomicUsize,
+    AtomicU32, AtomicU64, AtomicUsize,
     Ordering::{Relaxed, SeqCst},
 };
 
@@ -236,11 +241,28 @@ pub(crate) fn minus_one<R: PartialEq + From<i8>>(r: R) -> Option<c_int> {
     (r == R::from(-1)).then(errno)
 }
 
+/// The coarse monotonic clock, in nanoseconds.
 fn now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a writable local; CLOCK_MONOTONIC is always valid.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: ts is a writable local; the clock id is valid on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What the time left gets on top for the coarse clock's lag, at the
+/// start and at the resumption: two of its ticks.
+fn margin_ns() -> u64 {
+    static MARGIN: AtomicU64 = AtomicU64::new(0);
+    let m = MARGIN.load(Relaxed);
+    if m != 0 {
+        return m;
+    }
+    let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: res is a writable local.
+    unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) };
+    let tick = (res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64).clamp(1_000_000, 100_000_000);
+    MARGIN.store(2 * tick, Relaxed);
+    2 * tick
 }
 
 /// The end of a relative timeout, on CLOCK_MONOTONIC.
@@ -290,9 +312,10 @@ impl Deadline {
         total_ns(t.tv_sec, t.tv_usec * 1000).filter(|&n| n > 0).map(Deadline::after)
     }
 
-    /// Nanoseconds left, never more than the original timeout.
+    /// Nanoseconds left (with the coarse clock's margin), never more than
+    /// the original timeout.
     pub fn left_ns(&self) -> u64 {
-        left(self.at, now_ns(), self.total)
+        left(self.at, now_ns(), margin_ns(), self.total)
     }
 
     /// Milliseconds left, rounded up (a wait is never cut short).
@@ -320,10 +343,10 @@ fn total_ns(sec: i64, nsec: i64) -> Option<u64> {
     Some((sec as u64).saturating_mul(1_000_000_000).saturating_add(nsec as u64))
 }
 
-/// Time left until `at` seen at `now`, capped at `total`: after a restart
-/// the monotonic clock may have started again from anywhere.
-fn left(at: u64, now: u64, total: u64) -> u64 {
-    at.saturating_sub(now).min(total)
+/// Time left until `at` seen at `now`, plus `margin`, capped at `total`:
+/// after a restart the monotonic clock may have started again from anywhere.
+fn left(at: u64, now: u64, margin: u64, total: u64) -> u64 {
+    at.saturating_add(margin).saturating_sub(now).min(total)
 }
 
 #[cfg(test)]
@@ -332,10 +355,12 @@ mod tests {
 
     #[test]
     fn time_left_is_capped_at_the_original_timeout() {
-        assert_eq!(left(1_000, 400, 1_000), 600);
-        assert_eq!(left(1_000, 2_000, 1_000), 0, "deadline passed");
+        assert_eq!(left(1_000, 400, 0, 1_000), 600);
+        assert_eq!(left(1_000, 400, 100, 1_000), 700, "the coarse clock's margin");
+        assert_eq!(left(1_000, 400, 900, 1_000), 1_000, "never more than the timeout");
+        assert_eq!(left(1_000, 2_000, 100, 1_000), 0, "deadline passed");
         // A restart on a boot whose monotonic clock is behind the deadline's.
-        assert_eq!(left(10_000_000, 5, 1_000), 1_000);
+        assert_eq!(left(10_000_000, 5, 100, 1_000), 1_000);
     }
 
     #[test]
@@ -352,9 +377,9 @@ mod tests {
 
     #[test]
     fn rounding_never_shortens_a_wait() {
-        let d = Deadline { at: now_ns() + 1_500_000_000, total: 1_500_000_000 };
-        let ms = d.left_ms();
-        assert!(ms > 1_400 && ms <= 1_500, "{ms}");
+        let d = Deadline { at: now_ns() + 1_000_000_000, total: 1_500_000_000 };
+        let ms = d.left_ms() as u64;
+        assert!(ms >= 1_000 + margin_ns() / 1_000_000 - 100 && ms <= 1_500, "{ms}");
         let d = Deadline { at: now_ns() + 10_000_000_000, total: 1 };
         assert_eq!(d.left_ms(), 1, "1 ns left is a 1 ms wait, not 0");
         assert_eq!(d.left_timeval().tv_usec, 1);
