@@ -48,8 +48,9 @@
 //!
 //! Interposition overhead of the LD_PRELOAD agent, bare vs under ckrun, runs
 //! interleaved: `syscalls getppid 2000000` (getppid + 1-byte write to
-//! /dev/null) and `syscalls open 200000` (open + close of /etc/hostname),
-//! which time their own loops (median of 7 runs, 5 with `--quick`); and
+//! /dev/null), `syscalls open 200000` (open + close of /etc/hostname) and
+//! `syscalls pollt 1000000` (poll of a ready fd with a 1 s timeout: the
+//! agent's EINTR wrapper at its dearest), which time their own loops (median of 7 runs, 5 with `--quick`); and
 //! start-up, `ckrun true` vs `true`, spawn → exit (median of 50).
 //!
 //! Every wait has a deadline and every child is killed and reaped, even after
@@ -87,6 +88,7 @@ const THREAD_CKPTS: usize = 5;
 const STARTUP_RUNS: usize = 50;
 const GETPPID_LOOPS: &str = "2000000";
 const OPEN_LOOPS: &str = "200000";
+const POLL_LOOPS: &str = "1000000";
 
 const USAGE: &str = "\
 usage: cargo run --release --example bench -- [OPTIONS]
@@ -256,10 +258,12 @@ fn run(args: &Args, tmp: &Path) -> Res<usize> {
     let getppid = syscall_loop(&tools, "getppid", GETPPID_LOOPS, args.loop_runs);
     progress("interposition: open+close loop");
     let open = syscall_loop(&tools, "open", OPEN_LOOPS, args.loop_runs);
+    progress("interposition: poll loop");
+    let poll = syscall_loop(&tools, "pollt", POLL_LOOPS, args.loop_runs);
     progress("start-up: ckrun true vs true");
     let startup = startup(&tools);
 
-    let report = Report { sizes, huge, threads, getppid, open, startup };
+    let report = Report { sizes, huge, threads, getppid, open, poll, startup };
     report.print();
     Ok(report.failures())
 }
@@ -1118,6 +1122,7 @@ struct Report {
     threads: Vec<(usize, Res<Vec<f64>>)>,
     getppid: Res<Overhead>,
     open: Res<Overhead>,
+    poll: Res<Overhead>,
     startup: Res<Overhead>,
 }
 
@@ -1145,7 +1150,7 @@ impl Report {
     fn failures(&self) -> usize {
         let sizes = self.sizes.iter().map(|(_, c, p)| c.is_err() as usize + p.is_err() as usize).sum::<usize>();
         let threads = self.threads.iter().filter(|(_, r)| r.is_err()).count();
-        sizes + threads + [&self.getppid, &self.open, &self.startup].iter().filter(|r| r.is_err()).count()
+        sizes + threads + [&self.getppid, &self.open, &self.poll, &self.startup].iter().filter(|r| r.is_err()).count()
     }
 
     fn print(&self) {
@@ -1287,15 +1292,16 @@ impl Report {
              | test | runs | bare ms | under ckrun ms | overhead (medians) | overhead (fastest runs) |\n\
              |---|---|---|---|---|---|\n",
         );
-        let rows: [(&str, &Res<Overhead>); 3] = [
+        let rows: [(&str, &Res<Overhead>); 4] = [
             ("2,000,000 x getppid + write(/dev/null, 1 byte): loop time", &self.getppid),
             ("200,000 x open + close of /etc/hostname: loop time", &self.open),
+            ("1,000,000 x poll(/dev/null, 1 s timeout), ready at once: loop time", &self.poll),
             ("`ckrun true` vs `true`: spawn → exit", &self.startup),
         ];
         for (i, (what, r)) in rows.iter().enumerate() {
             match r {
                 Ok(r) => {
-                    let (diff, diff_min) = if i == 2 {
+                    let (diff, diff_min) = if i == rows.len() - 1 {
                         let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
                         (
                             format!("{:+.2} ms ({:+.0}%)", r.ckrun_ms() - r.bare_ms(), r.percent()),

@@ -5,6 +5,9 @@
  *
  *   syscalls getppid N   N x (getppid() + write(fd of /dev/null, 1 byte))
  *   syscalls open N      N x (open("/etc/hostname") + close())
+ *   syscalls poll0 N     N x poll() of /dev/null, timeout 0
+ *   syscalls pollt N     N x poll() of /dev/null, timeout 1 s (ready at
+ *                        once: the agent's wrapper notes a deadline)
  *
  * It prints the loop's elapsed time in nanoseconds (CLOCK_MONOTONIC) as
  * "ns ELAPSED", so that neither process start-up nor ckrun's launch is
@@ -12,6 +15,7 @@
  * the C library's wrappers, the way real programs make them.
  */
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,8 +32,10 @@ static long long now_ns(void)
 int main(int argc, char **argv)
 {
     long n = argc == 3 ? atol(argv[2]) : 0;
-    if (n <= 0 || (strcmp(argv[1], "getppid") != 0 && strcmp(argv[1], "open") != 0)) {
-        fprintf(stderr, "usage: syscalls getppid|open N\n");
+    const char *mode = argc == 3 ? argv[1] : "";
+    int polling = strcmp(mode, "poll0") == 0 || strcmp(mode, "pollt") == 0;
+    if (n <= 0 || (strcmp(mode, "getppid") != 0 && strcmp(mode, "open") != 0 && !polling)) {
+        fprintf(stderr, "usage: syscalls getppid|open|poll0|pollt N\n");
         return 2;
     }
     /* Keeps the compiler from dropping or merging calls. */
@@ -48,6 +54,18 @@ int main(int argc, char **argv)
         }
         elapsed = now_ns() - start;
         close(fd);
+    } else if (polling) {
+        struct pollfd p = {.fd = open("/dev/null", O_RDONLY | O_CLOEXEC), .events = POLLIN};
+        int timeout = strcmp(mode, "pollt") == 0 ? 1000 : 0;
+        if (p.fd < 0) {
+            perror("syscalls: /dev/null");
+            return 1;
+        }
+        start = now_ns();
+        for (long i = 0; i < n; i++)
+            sink += poll(&p, 1, timeout);
+        elapsed = now_ns() - start;
+        close(p.fd);
     } else {
         start = now_ns();
         for (long i = 0; i < n; i++) {

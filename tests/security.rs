@@ -25,8 +25,8 @@ use std::thread;
 use std::time::Instant;
 
 use ckrun_suite::{
-    assert_same_output, can_switch_users, examples_bin_dir, list_images, open_to_everyone, reseal_manifest,
-    run_ckrun, Ckrun, Program, TestDir, NOBODY, NOBODY_UID, POLL, TIMEOUT,
+    assert_same_output, can_switch_users, examples_bin_dir, list_images, open_to_everyone, reseal_manifest, run_ckrun,
+    Ckrun, Program, TestDir, NOBODY, NOBODY_UID, POLL, TIMEOUT,
 };
 
 fn attacker() -> PathBuf {
@@ -236,7 +236,16 @@ fn root_restarts_a_users_image_as_that_user() {
     job.wait_for_tick(at + 5);
     let pid = job.program_pid();
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |k: &str| status.lines().find(|l| l.starts_with(k)).unwrap_or_default().split_whitespace().skip(1).collect::<Vec<_>>().join(" ");
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     assert_eq!(field("Uid:"), "65534 65534 65534 65534", "{status}");
     assert_eq!(field("Gid:"), "65534 65534 65534 65534", "{status}");
     assert_eq!(field("Groups:"), "", "{status}");

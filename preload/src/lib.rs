@@ -11,10 +11,17 @@
 //! Modules by role:
 //! - [`sys`]: raw syscalls (the only way code in handlers talks to the kernel);
 //! - [`signals`]: interposed signal functions and the trigger handler;
+//! - [`vmask`]: the program's own blocking of the trigger, kept virtually;
+//! - [`eintr`]: blocking calls a checkpoint or a restart interrupted are
+//!   resumed with the time they had left (poll, select, epoll, SysV IPC,
+//!   sleeps, pause, socket timeouts...), and the program's handlers run
+//!   behind a trampoline that tells their EINTRs from ckrun's;
 //! - [`suspend`]: parking threads, the fork point, restart fix-ups;
+//! - [`tree`]: forked children and exec'd programs stay under the agent;
 //! - [`channel`]: messages to and from the coordinator.
 
 pub mod channel;
+pub mod eintr;
 mod real;
 pub mod signals;
 pub mod state;
@@ -59,6 +66,8 @@ extern "C" fn agent_init() {
         sys::close(fd);
         return;
     }
+    // Before the program's handlers run: they go behind the trampoline.
+    eintr::init();
     tree::remember_env(name, trigger, coordinator);
     // A suspend signal pending from before an exec belongs to a checkpoint
     // of the program that exec'd (which the coordinator abandons): drop it.

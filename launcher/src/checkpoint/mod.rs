@@ -22,7 +22,10 @@ use crate::image::manifest::{FdImage, GhostFile, ImageInfo, Manifest, ProcessIma
 use crate::image::seal::Key;
 use crate::image::ImageWriter;
 use crate::sys::mem::RemoteMemory;
-use crate::sys::{machine, proc::sigqueue};
+use crate::sys::{
+    machine,
+    proc::{sigqueue, tgsigqueue},
+};
 use anyhow::{anyhow, bail, Context, Result};
 use ckrun_proto::{
     decode, kind, read_pod, Failure, Resume, Suspended, ThreadRecord, SUSPEND_LEAD, SUSPEND_MAGIC, SUSPEND_SIGNAL,
@@ -154,9 +157,10 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
     let value = SUSPEND_MAGIC | SUSPEND_LEAD | (settings.frozen as u64) << 8;
     let mut stopped = Vec::new();
     let agents: Vec<i32> = tree.live.iter().map(|a| a.pid).collect();
-    let mut guard = ResumeGuard { stopped: &mut stopped, signalled: Vec::new(), agents: agents.clone(), resumed: false };
+    let mut guard =
+        ResumeGuard { stopped: &mut stopped, signalled: Vec::new(), agents: agents.clone(), resumed: false };
     for a in &tree.live {
-        if sigqueue(a.pid, SUSPEND_SIGNAL, value).is_err() {
+        if ask_to_lead(a.pid, value).is_err() {
             return Err(TreeChanged.into()); // gone meanwhile
         }
         guard.signalled.push(a);
@@ -322,6 +326,24 @@ fn check_report(pid: i32, h: &Suspended, threads: &[ThreadRecord], agents: &[i32
         }
     }
     Ok(())
+}
+
+/// Sends the suspend signal that makes one thread of `pid` lead its
+/// checkpoint: to the main thread while it lives. A signal for the whole
+/// process wakes one thread but may be taken by another (one that handles
+/// a signal of its own meanwhile), and the woken thread's sigtimedwait,
+/// epoll_wait, io_getevents or timed socket call then fails with an EINTR
+/// the agent cannot tell from the program's: no handler ran in that
+/// thread. A main thread that ended (pthread_exit) gets nothing: then the
+/// process is signalled.
+fn ask_to_lead(pid: i32, value: u64) -> std::io::Result<()> {
+    let main_alive = crate::sys::procfs::read(pid, &format!("task/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])));
+    if main_alive {
+        tgsigqueue(pid, pid, SUSPEND_SIGNAL, value)
+    } else {
+        sigqueue(pid, SUSPEND_SIGNAL, value)
+    }
 }
 
 /// Collects an agent's SUSPENDED report and its thread records.

@@ -26,6 +26,26 @@ const OPTIONS: [(i32, i32); 5] = [
 ];
 /// IPV6_V6ONLY must be set before bind.
 const V6ONLY: (i32, i32) = (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY);
+/// Receive and send timeouts, kept (in milliseconds, rounded up) by every
+/// socket, pairs too: a restored `recv` must not wait forever where the
+/// original would have timed out.
+const TIMEOUTS: [i32; 2] = [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO];
+
+fn is_timeout(level: i32, opt: i32) -> bool {
+    level == libc::SOL_SOCKET && TIMEOUTS.contains(&opt)
+}
+
+/// A socket timeout in milliseconds (0: none).
+fn timeout_ms(fd: RawFd, opt: i32) -> Option<i32> {
+    let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+    let mut len = size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most len bytes into tv.
+    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, &mut tv as *mut _ as *mut _, &mut len) };
+    (r == 0).then(|| {
+        let ms = tv.tv_sec.saturating_mul(1000).saturating_add((tv.tv_usec + 999) / 1000);
+        ms.clamp(0, i32::MAX as i64) as i32
+    })
+}
 
 fn int_opt(fd: RawFd, level: i32, opt: i32) -> Option<i32> {
     let mut v: libc::c_int = 0;
@@ -47,15 +67,39 @@ fn name(fd: RawFd, peer: bool) -> Option<Vec<u8>> {
     }
 }
 
-/// A copy of another process's fd (same open file description).
-fn steal(pid: i32, fd: i32) -> Result<OwnedFd> {
-    // SAFETY: pidfd_open and pidfd_getfd take integers; the fds returned are ours.
-    unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
-        if pidfd < 0 {
-            bail!("pidfd_open({pid}): {}", std::io::Error::last_os_error());
+/// `pidfd_open` flag (Linux 6.9): a pidfd for one thread.
+const PIDFD_THREAD: libc::c_long = libc::O_EXCL as libc::c_long;
+
+/// A pidfd for `tid`, a thread that shares its process's fd table: the
+/// checkpoint reads /proc through the thread that led it, which need not
+/// be the main thread, and a plain pidfd_open takes process ids only.
+fn pidfd_of(tid: i32) -> Result<OwnedFd> {
+    let tgid = || {
+        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse::<i32>().ok()
+    };
+    // A process id; a live thread (6.9+; the main thread may have ended);
+    // the thread's process.
+    let tries = [(tid, 0), (tid, PIDFD_THREAD), (tgid().unwrap_or(tid), 0)];
+    let mut err = None;
+    for (id, flags) in tries {
+        // SAFETY: pidfd_open takes integers; the fd returned is ours.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, id, flags) };
+        if pidfd >= 0 {
+            // SAFETY: a fresh fd nobody else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) });
         }
-        let pidfd = OwnedFd::from_raw_fd(pidfd as RawFd);
+        err.get_or_insert_with(std::io::Error::last_os_error);
+    }
+    bail!("pidfd_open({tid}): {}", err.unwrap())
+}
+
+/// A copy of another process's fd (same open file description); `pid` may
+/// be any thread of the process.
+fn steal(pid: i32, fd: i32) -> Result<OwnedFd> {
+    let pidfd = pidfd_of(pid)?;
+    // SAFETY: pidfd_getfd takes integers; the fd returned is ours.
+    unsafe {
         let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
         if got < 0 {
             bail!("pidfd_getfd({pid}, {fd}): {}", std::io::Error::last_os_error());
@@ -74,6 +118,11 @@ pub fn capture(f: &ProcFd, inode: u64, tree: &HashSet<u64>) -> Result<OpenFile> 
     let protocol = int_opt(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
     let mut options: Vec<(i32, i32, i32)> =
         OPTIONS.iter().filter_map(|&(l, o)| int_opt(fd, l, o).filter(|&v| v != 0).map(|v| (l, o, v))).collect();
+    for opt in TIMEOUTS {
+        if let Some(ms) = timeout_ms(fd, opt).filter(|&ms| ms > 0) {
+            options.push((libc::SOL_SOCKET, opt, ms));
+        }
+    }
     if domain == libc::AF_INET6 {
         if let Some(v) = int_opt(fd, V6ONLY.0, V6ONLY.1) {
             options.push((V6ONLY.0, V6ONLY.1, v));
@@ -267,6 +316,14 @@ fn unix_diag(inode: u64) -> Option<UnixDiag> {
     }
 }
 
+/// The timeouts among `s`'s options (the others are for sockets made anew).
+fn set_timeouts(k: &mut impl Kernel, fd: i32, s: &SocketImage) -> Result<()> {
+    for &(l, o, v) in s.options.iter().filter(|&&(l, o, _)| is_timeout(l, o)) {
+        k.setsockopt(fd, l, o, v)?;
+    }
+    Ok(())
+}
+
 /// The sockets made so far in a restore: both ends of each pair.
 #[derive(Default)]
 pub struct Restored {
@@ -291,11 +348,14 @@ impl Restored {
                 for q in queued {
                     k.write_all(theirs, q).context("refilling a socket pair")?;
                 }
-                k.dup_above(mine, 0)?
+                let fd = k.dup_above(mine, 0)?;
+                set_timeouts(k, fd, s)?;
+                fd
             }
             SocketState::Disconnected { .. } => {
                 let (a, b) = k.socketpair(libc::AF_UNIX, s.stype | libc::SOCK_CLOEXEC)?;
                 k.close(b);
+                set_timeouts(k, a, s)?;
                 a
             }
             SocketState::Fresh | SocketState::Bound { .. } => {
@@ -386,6 +446,31 @@ mod tests {
             k.calls.ends_with(&[Call::Close(a), Call::Close(b)])
                 || k.calls.ends_with(&[Call::Close(b), Call::Close(a)])
         );
+    }
+
+    #[test]
+    fn a_pair_end_keeps_its_timeouts() {
+        let mut k = Recording::default();
+        let mut img = image(SocketState::Pair { key: 3, first: true, queued: vec![] });
+        img.options.push((libc::SOL_SOCKET, libc::SO_RCVTIMEO, 2));
+        let fd = Restored::default().make(&mut k, &img).unwrap();
+        let set: Vec<_> = k.calls.iter().filter(|c| matches!(c, Call::SetSockOpt { .. })).collect();
+        assert_eq!(set, [&Call::SetSockOpt { fd, level: libc::SOL_SOCKET, opt: libc::SO_RCVTIMEO, value: 2 }]);
+    }
+
+    #[test]
+    fn timeouts_are_read_in_milliseconds_rounded_up() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let tv = libc::timeval { tv_sec: 1, tv_usec: 1500 };
+        // SAFETY: setsockopt reads one timeval.
+        let r = unsafe {
+            libc::setsockopt(a.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const _, 16)
+        };
+        assert_eq!(r, 0);
+        // The kernel keeps jiffies: at least what was set, at most a jiffy more.
+        let ms = timeout_ms(a.as_raw_fd(), libc::SO_RCVTIMEO).unwrap();
+        assert!((1002..=1012).contains(&ms), "{ms}");
+        assert_eq!(timeout_ms(a.as_raw_fd(), libc::SO_SNDTIMEO), Some(0));
     }
 
     #[test]

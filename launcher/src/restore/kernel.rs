@@ -58,6 +58,7 @@ pub trait Kernel {
     /// Binds to a raw sockaddr.
     fn bind(&mut self, fd: i32, addr: &[u8]) -> io::Result<()>;
     fn listen(&mut self, fd: i32, backlog: i32) -> io::Result<()>;
+    /// An integer option; SO_RCVTIMEO and SO_SNDTIMEO take milliseconds.
     fn setsockopt(&mut self, fd: i32, level: i32, opt: i32, value: i32) -> io::Result<()>;
     /// Makes `sig` pending again for the process.
     fn raise(&mut self, sig: i32) -> io::Result<()>;
@@ -350,6 +351,13 @@ impl Kernel for Linux {
         cvt(unsafe { libc::listen(fd, backlog) } as _).map(drop)
     }
     fn setsockopt(&mut self, fd: i32, level: i32, opt: i32, value: i32) -> io::Result<()> {
+        if level == libc::SOL_SOCKET && (opt == libc::SO_RCVTIMEO || opt == libc::SO_SNDTIMEO) {
+            let tv = libc::timeval { tv_sec: (value / 1000) as _, tv_usec: (value % 1000 * 1000) as _ };
+            let len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+            // SAFETY: setsockopt reads one timeval.
+            return cvt(unsafe { libc::setsockopt(fd, level, opt, &tv as *const libc::timeval as *const _, len) } as _)
+                .map(drop);
+        }
         // SAFETY: setsockopt reads one int.
         cvt(unsafe { libc::setsockopt(fd, level, opt, &value as *const i32 as *const _, 4) } as _).map(drop)
     }

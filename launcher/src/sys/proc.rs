@@ -59,6 +59,30 @@ pub fn same_file_description(pid_a: i32, a: i32, pid_b: i32, b: i32) -> io::Resu
     }
 }
 
+/// Sends `sig` with `si_value = value` (SI_QUEUE) to thread `tid` of
+/// process `pid` (rt_tgsigqueueinfo).
+pub fn tgsigqueue(pid: i32, tid: i32, sig: i32, value: u64) -> io::Result<()> {
+    // SAFETY: siginfo_t is plain data; zeroed is a valid initial state.
+    let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    si.si_signo = sig;
+    si.si_code = libc::SI_QUEUE;
+    let words = &mut si as *mut libc::siginfo_t as *mut u32;
+    // SAFETY: x86-64 siginfo layout for SI_QUEUE: si_pid at byte 16,
+    // si_uid at 20, si_value at 24, within the 128 bytes of siginfo_t; the
+    // kernel copies it.
+    let r = unsafe {
+        *words.add(4) = libc::getpid() as u32;
+        *words.add(5) = libc::getuid();
+        *(words.add(6) as *mut u64) = value;
+        libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, sig, &si as *const libc::siginfo_t)
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Sends `sig` to process `pid` with `si_value = value` (SI_QUEUE).
 pub fn sigqueue(pid: i32, sig: i32, value: u64) -> io::Result<()> {
     // SAFETY: sigqueue copies the value; the union's pointer member is

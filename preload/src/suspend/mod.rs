@@ -90,6 +90,9 @@ pub(crate) extern "C" fn on_suspend(_sig: c_int, info: *mut libc::siginfo_t, _uc
     if code != libc::SI_QUEUE || value & !0xffff != SUSPEND_MAGIC {
         return; // not ours: someone else's stray real-time signal
     }
+    // Before the fork point, so that a restored thread, whose interrupted
+    // call fails with EINTR once the handler returns, sees it too.
+    crate::eintr::ckrun_signal();
     match value & 0xff {
         SUSPEND_LEAD => lead(value & 0x100 != 0),
         SUSPEND_PARK if sender == sys::getpid() => park(),
