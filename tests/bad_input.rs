@@ -199,3 +199,60 @@ fn restart_while_original_runs_with_no_pidns_exits_5() {
     let text = String::from_utf8_lossy(&last);
     assert!(text.lines().last().unwrap_or("").starts_with("done "), "{}", job.diagnostics());
 }
+
+/// A trailer that claims a manifest as long as a 6 GiB (sparse) file: the
+/// length is refused before anything is allocated (the run's address
+/// space is limited to 1 GiB, so an allocation would abort it).
+#[test]
+fn a_huge_manifest_length_is_refused_without_allocating() {
+    use std::os::unix::process::CommandExt;
+    let dir = TestDir::new("bad-huge-manifest");
+    let img = real_image(&dir);
+    let mut b = fs::read(&img).unwrap();
+    let t = b.len() - 64;
+    let trailer = b[t..].to_vec();
+    b.truncate(t);
+    let huge: u64 = 6 << 30;
+    let f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(dir.img.join("huge.ckimg")).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&b[..4096.min(b.len())], 0).unwrap();
+    let mut tr = trailer;
+    tr[8..16].copy_from_slice(&4096u64.to_le_bytes());
+    tr[16..24].copy_from_slice(&(huge - 4096).to_le_bytes());
+    tr[32..40].copy_from_slice(&(huge + 64).to_le_bytes());
+    let own = xxhash_rust::xxh3::xxh3_64(&tr[..40]);
+    tr[40..48].copy_from_slice(&own.to_le_bytes());
+    f.write_all_at(&tr, huge).unwrap();
+    drop(f);
+    for args in [["--inspect"], ["--restart"]] {
+        let out = dir.root.join("huge.stderr");
+        let mut cmd = std::process::Command::new(ckrun_suite::ckrun_bin());
+        cmd.args(args).arg(dir.img.join("huge.ckimg")).stderr(fs::File::create(&out).unwrap());
+        // SAFETY: setrlimit only touches the child, before it execs.
+        unsafe {
+            cmd.pre_exec(|| {
+                let l = libc::rlimit { rlim_cur: 1 << 30, rlim_max: 1 << 30 };
+                libc::setrlimit(libc::RLIMIT_AS, &l);
+                Ok(())
+            });
+        }
+        let status = cmd.status().unwrap();
+        let stderr = fs::read_to_string(&out).unwrap();
+        assert_eq!(status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("ckrun:") && stderr.contains("manifest"), "{stderr}");
+    }
+}
+
+/// An image path that is a FIFO (or a device) is refused at once: opening
+/// it must not wait for a writer.
+#[test]
+fn a_fifo_as_image_is_refused_without_blocking() {
+    let dir = TestDir::new("bad-fifo");
+    let fifo = dir.img.join("fifo.ckimg");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    inspect(&dir, &fifo).assert_error(3, Some("not a regular file"));
+    restart(&dir, &fifo).assert_error(3, Some("not a regular file"));
+    restart(&dir, Path::new("/dev/zero")).assert_error(3, Some("not a regular file"));
+}

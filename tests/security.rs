@@ -445,3 +445,94 @@ fn a_setuid_program_is_named_as_such() {
     assert_eq!(r.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("set-user-ID"), "{stderr}");
 }
+
+/// Restarting from image 1 after image 2 exists, then checkpointing: the
+/// new image takes the next free number (3) and image 2 stays as it was.
+#[test]
+fn an_image_is_never_replaced() {
+    let dir = TestDir::new("sec-never-replace");
+    let prog = Program::c("counter");
+    let reference = prog.run_bare(&["150"], &dir.bare);
+    let mut job = Ckrun::launch(&prog, &["150"], &dir.work, &dir.img, &[]);
+    job.wait_for_tick(10);
+    let img1 = job.checkpoint(TIMEOUT);
+    job.wait_for_tick(20);
+    let img2 = job.checkpoint(TIMEOUT);
+    job.kill9();
+    let before = fs::read(&img2).unwrap();
+    let mut job = Ckrun::restart(&img1, &dir.work, &[]);
+    job.wait_for_tick(job.last_tick().unwrap_or(0) + 3);
+    let img3 = job.checkpoint(TIMEOUT);
+    assert!(img3.to_string_lossy().ends_with(".3.ckimg"), "{}", img3.display());
+    assert_eq!(fs::read(&img2).unwrap(), before, "image 2 was replaced");
+    assert_eq!(job.wait(TIMEOUT), reference.code, "{}", job.diagnostics());
+    assert_same_output(&reference.stdout, &job.output(), "restart from an older image");
+}
+
+/// `ckrun prog >> log 2>&1`: the program's output and ckrun's own lines in
+/// one file. A restart cuts the file back to the checkpoint, and ckrun's
+/// lines written after it (the checkpoint's own line among them) survive.
+#[test]
+fn ckruns_own_lines_survive_in_a_shared_log() {
+    let dir = TestDir::new("sec-shared-log");
+    let prog = Program::c("counter");
+    let reference = prog.run_bare(&["150"], &dir.bare);
+    let log = dir.work.join("log.txt");
+    let bin = ckrun_suite::ckrun_bin();
+    // The killed program is re-parented to us, and reaped by its pid.
+    ckrun_suite::sys::become_subreaper().unwrap();
+    let sh = |args: &str| {
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("exec \"$0\" {args} >> log.txt 2>&1"))
+            .arg(&bin)
+            .current_dir(&dir.work)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    use std::os::unix::process::CommandExt;
+    let lines = || fs::read_to_string(&log).unwrap_or_default();
+    let mut first = sh(&format!("--dir {} {} 150", dir.img.display(), prog.path().display()));
+    wait_until("tick 20", || lines().contains("tick 20 "));
+    ckrun_suite::sys::send_signal(first.id() as i32, ckrun_suite::sys::SIGUSR2).unwrap();
+    wait_until("the checkpoint line", || lines().contains("ckrun: checkpoint 1:"));
+    wait_until("tick 30", || lines().contains("tick 30 "));
+    let _ = ckrun_suite::sys::send_signal(-(first.id() as i32), ckrun_suite::sys::SIGKILL);
+    first.wait().unwrap();
+    let img = list_images(&dir.img).pop().expect("an image");
+    // The program is gone once its pid is free.
+    let pid = ckrun_suite::ImageName::parse(&img).unwrap().pid;
+    wait_until("the program's end", || {
+        ckrun_suite::sys::try_reap(pid);
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    let mut second = sh(&format!("--restart {}", img.display()));
+    wait_exit(&mut second, "the restart");
+    let all = lines();
+    assert!(all.contains("ckrun: checkpoint 1:"), "the checkpoint's line was lost:\n{all}");
+    assert!(all.contains("ckrun: restarted"), "{all}");
+    let program: String = all.lines().filter(|l| !l.starts_with("ckrun: ")).map(|l| format!("{l}\n")).collect();
+    assert_same_output(&reference.stdout, program.as_bytes(), "the program's lines in the shared log");
+}
+
+/// `--inspect` checks the saved content of deleted files and memfds too,
+/// not only memory: one flipped byte there is reported (exit 3).
+#[test]
+fn inspect_verifies_deleted_files_content() {
+    let dir = TestDir::new("sec-inspect-ghosts");
+    let mut job = Ckrun::launch(&Program::c("fd_deleted"), &["unlinked"], &dir.work, &dir.img, &[]);
+    job.wait_for_tick(5);
+    let img = job.checkpoint(TIMEOUT);
+    job.kill9();
+    let m = manifest(&dir, &img);
+    let chunk = &m["ghosts"][0]["chunks"][0];
+    let at = chunk["offset"].as_u64().unwrap() as usize + chunk["clen"].as_u64().unwrap() as usize / 2;
+    let mut b = fs::read(&img).unwrap();
+    b[at] ^= 0x40;
+    let bad = dir.img.join("bad-ghost.ckimg");
+    fs::write(&bad, b).unwrap();
+    let out = run_ckrun(&[OsStr::new("--inspect"), bad.as_os_str()], &dir.root, TIMEOUT);
+    out.assert_error(3, Some("checksum"));
+}

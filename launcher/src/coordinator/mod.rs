@@ -56,6 +56,8 @@ pub struct Coordinator {
     /// Connections that have not said what they are yet.
     pending: Vec<peers::Pending>,
     refusals: peers::Refusals,
+    /// Restore failures already reported (by restore processes).
+    failures_reported: u32,
     /// `--key-file`: images are sealed with it.
     key: Option<crate::image::seal::Key>,
 }
@@ -104,6 +106,7 @@ impl Coordinator {
             ended: None,
             pending: Vec::new(),
             refusals: peers::Refusals::default(),
+            failures_reported: 0,
             key: None,
         }
     }
@@ -245,8 +248,10 @@ impl Coordinator {
                     Ending::Exited(libc::WEXITSTATUS(status))
                 };
                 if self.restore.is_some() {
+                    // Its report may still wait behind the SIGCHLD.
+                    let reported = self.drain_restore_reports();
                     self.abort_restore();
-                    return Some(restore_failure(&end));
+                    return Some(restore_failure(&end, reported));
                 }
                 return Some(end);
             }
@@ -314,6 +319,17 @@ impl Coordinator {
         self.agents.push(Agent { agent_fd: h.agent_fd, ..probe });
     }
 
+    /// Handles the reports restore processes sent before they ended;
+    /// returns whether there was a failure among them.
+    fn drain_restore_reports(&mut self) -> bool {
+        let restoring: Vec<i32> = self.agents.iter().filter(|a| a.restoring).map(|a| a.pid).collect();
+        let before = self.failures_reported;
+        for pid in restoring {
+            self.on_agent(pid);
+        }
+        self.failures_reported > before
+    }
+
     fn on_agent(&mut self, pid: i32) {
         let Some(i) = self.agents.iter().position(|a| a.pid == pid) else {
             return;
@@ -329,6 +345,7 @@ impl Coordinator {
                     if let Some((_, v)) = decode::<ckrun_proto::RestoreFailure>(&msg) {
                         if let Some(f) = v.first() {
                             eprintln!("ckrun: {}", crate::restore::describe_failure(f));
+                            self.failures_reported += 1;
                         }
                     }
                 }
@@ -336,6 +353,7 @@ impl Coordinator {
                 transfer::FAILED if restoring => {
                     let code = msg.get(8..12).map_or(EXIT_FAILURE, |c| i32::from_ne_bytes(c.try_into().unwrap()));
                     eprintln!("ckrun: process {pid}: {}", String::from_utf8_lossy(msg.get(12..).unwrap_or_default()));
+                    self.failures_reported += 1;
                     self.abort_restore();
                     self.ended = Some(Ending::Exited(code));
                 }
@@ -346,6 +364,7 @@ impl Coordinator {
                 self.agents.remove(i);
                 if self.restore.as_ref().is_some_and(|r| !r.go) && self.ended.is_none() {
                     eprintln!("ckrun: restore failed: process {pid} ended before it was restored");
+                    self.failures_reported += 1;
                     self.abort_restore();
                     self.ended = Some(Ending::Exited(EXIT_FAILURE));
                 }
@@ -494,13 +513,24 @@ fn why_no_agent(pid: i32) -> &'static str {
     }
 }
 
-/// The program died before the restart completed.
-fn restore_failure(end: &Ending) -> Ending {
+/// The program died before the restart completed; `reported`: the
+/// failure was already said (by a restore child or the restorer).
+fn restore_failure(end: &Ending, reported: bool) -> Ending {
     match *end {
         // The restorer reported the failed step over the agent connection.
-        Ending::Exited(crate::restore::RESTORER_FAILED) => Ending::Exited(crate::error::EXIT_FAILURE),
-        // The restore child reports its own errors and exits with ckrun's codes.
-        Ending::Exited(c) if c != 0 => Ending::Exited(c),
+        Ending::Exited(crate::restore::RESTORER_FAILED) => {
+            if !reported {
+                eprintln!("ckrun: restore failed in the restorer");
+            }
+            Ending::Exited(crate::error::EXIT_FAILURE)
+        }
+        // The restore child exits with ckrun's codes.
+        Ending::Exited(c) if c != 0 => {
+            if !reported {
+                eprintln!("ckrun: restore failed: the restore process exited with status {c}");
+            }
+            Ending::Exited(c)
+        }
         Ending::Signaled(s) => {
             eprintln!("ckrun: restore failed: the program died of signal {s} before it resumed");
             Ending::Exited(crate::error::EXIT_FAILURE)

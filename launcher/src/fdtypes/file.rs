@@ -142,7 +142,11 @@ pub fn cut_back(k: &mut impl Kernel, c: &CutBack, ours: Option<FileIdentity>) ->
     }
     let shared_with_ckrun = ours.is_some_and(|o| k.identity_of(c.fd).is_ok_and(|i| i == o));
     let kept: Vec<u8> = if shared_with_ckrun {
-        let tail = k.pread(c.fd, (now - c.size).min(16 << 20) as usize, c.size)?;
+        // The program's description may be write-only: read through one of ours.
+        let reader = k.reopen(c.fd, libc::O_RDONLY | libc::O_CLOEXEC)?;
+        let tail = k.pread(reader, (now - c.size).min(16 << 20) as usize, c.size);
+        k.close(reader);
+        let tail = tail?;
         tail.split_inclusive(|&b| b == b'\n').filter(|l| l.starts_with(b"ckrun: ")).flatten().copied().collect()
     } else {
         Vec::new()

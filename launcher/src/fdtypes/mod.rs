@@ -508,7 +508,8 @@ mod tests {
     #[test]
     fn ckruns_own_lines_survive_the_cut_back_of_its_stderr() {
         let mut k = Recording::default();
-        k.identity = FileIdentity { dev: 1, inode: 2 }; // every fd, fd 2 included
+        k.identity = FileIdentity { dev: 1, inode: 2 };
+        k.stderr_identity = k.identity; // the file is ckrun's stderr
         k.tail = b"tick 3\nckrun: checkpoint 1: x\ntick 4\n".to_vec();
         k.sizes = 10 + k.tail.len() as u64;
         let cut = file::CutBack { fd: 5, size: 10, path: "/log".into(), pos: 10, append: false };
@@ -517,6 +518,8 @@ mod tests {
             k.calls,
             vec![
                 Call::FileSize(5),
+                Call::Reopen { from: 5, flags: libc::O_RDONLY | libc::O_CLOEXEC, fd: 100 },
+                Call::Close(100),
                 Call::Truncate { fd: 5, len: 10 },
                 Call::Pwrite { fd: 5, len: "ckrun: checkpoint 1: x\n".len(), offset: 10 },
                 Call::Seek { fd: 5, pos: 10 + "ckrun: checkpoint 1: x\n".len() as u64 },

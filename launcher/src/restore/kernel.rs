@@ -418,8 +418,9 @@ pub mod recording {
         next_fd: i32,
         /// What file_size answers.
         pub sizes: u64,
-        /// What identity_of answers.
+        /// What identity_of answers (for fd 2: `stderr_identity`).
         pub identity: FileIdentity,
+        pub stderr_identity: FileIdentity,
         /// What pread answers.
         pub tail: Vec<u8>,
     }
@@ -451,8 +452,8 @@ pub mod recording {
             self.calls.push(Call::Reopen { from, flags, fd });
             Ok(fd)
         }
-        fn identity_of(&mut self, _fd: i32) -> io::Result<FileIdentity> {
-            Ok(self.identity)
+        fn identity_of(&mut self, fd: i32) -> io::Result<FileIdentity> {
+            Ok(if fd == 2 { self.stderr_identity } else { self.identity })
         }
         fn become_identity(&mut self, id: Option<&Identity>) -> io::Result<()> {
             self.calls.push(Call::Become(id.map(|i| i.uid)));
