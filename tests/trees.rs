@@ -713,3 +713,176 @@ fn restart_while_the_original_runs_uses_a_new_pid_namespace() {
         assert_same_files(&dir.bare, &dir.work);
     });
 }
+
+// ---------------------------------------------------------------------------
+// The tree is the job; failed checkpoints (issue 10)
+// ---------------------------------------------------------------------------
+
+/// Waits until `path` ends with a `done` line (a bare run whose program
+/// ends before the rest of its tree), and returns its content.
+fn finished_output(path: &Path) -> Vec<u8> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let out = fs::read(path).unwrap_or_default();
+        if complete_lines(&out).last().is_some_and(|l| l.starts_with("done ")) {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "{} never got its done line", path.display());
+        thread::sleep(POLL);
+    }
+}
+
+/// A launcher that forks a worker and exits (status 3): ckrun stays while
+/// the worker runs, checkpoints and restarts it (twice), and exits with the
+/// launcher's status once the worker is gone too.
+#[test]
+fn the_tree_outlives_the_program_ckrun_started() {
+    let dir = TestDir::new("trees-launcher");
+    with_stderr_dump(&dir, || {
+        let prog = Program::c("tree_launcher");
+        let bare = prog.run_bare(&[], &dir.bare);
+        assert_eq!(bare.code, 3, "{bare:?}");
+        let reference = finished_output(&dir.bare.join(ckrun_suite::OUT_FILE));
+
+        let mut job = Tree::launch(&prog, &[], &dir);
+        let root = job.program_pid();
+        job.wait_for_tick(20);
+        // The launcher is gone (ckrun reaped it); ckrun is still there.
+        assert!(!Path::new(&format!("/proc/{root}")).exists(), "the launcher still runs");
+        assert!(job.is_running(), "ckrun ended with the launcher\n{}", job.diagnostics());
+        let ckrun = job.ckrun_pid();
+        let img1 = job.checkpoint_by_signal(ckrun);
+        assert_eq!(ImageName::parse(&img1).map(|n| n.pid), Some(root), "named after the launcher");
+        let at = job.last_tick().unwrap();
+        job.wait_for_tick(at + RUN_ON);
+        job.kill();
+        let killed_at = job.last_tick().unwrap();
+
+        let mut job = Tree::restart(&img1, &dir, &[]);
+        job.wait_restarted();
+        job.wait_for_tick(killed_at + 5);
+        let ckrun = job.ckrun_pid();
+        let img2 = job.checkpoint_by_signal(ckrun);
+        let at = job.last_tick().unwrap();
+        job.wait_for_tick(at + RUN_ON);
+        job.kill();
+
+        let mut job = Tree::restart(&img2, &dir, &[]);
+        job.wait_restarted();
+        assert_eq!(job.wait(TIMEOUT), 3, "the launcher's status\n{}", job.diagnostics());
+        assert_same_output(&reference, &job.output(), "the worker's output");
+    });
+}
+
+/// A checkpoint that fails at `step` (injected: `CKRUN_TEST_FAIL`) lets
+/// every process of the tree go on, leaves no snapshot behind, and the next
+/// checkpoint succeeds; the image restarts to the bare run's end.
+fn a_failed_checkpoint_harms_nothing(step: &str) {
+    let dir = TestDir::new(&format!("trees-fail-{step}"));
+    with_stderr_dump(&dir, || {
+        let prog = Program::c("tree_workers");
+        let reference = reference(&prog, &PRIVATE, &dir.bare);
+        let env = format!("CKRUN_TEST_FAIL={step}");
+        let mut job = Tree { job: Ckrun::launch_via(&["env", &env], &prog, &PRIVATE, &dir.work, &dir.img, &[]) };
+        job.wait_for_tick(20);
+        let ckrun = job.ckrun_pid();
+        send_signal(ckrun, SIGUSR2).unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        while !job.stderr().lines().any(|l| l.starts_with("ckrun: checkpoint failed") && l.contains(step)) {
+            assert!(Instant::now() < deadline, "no injected failure at {step}\n{}", job.diagnostics());
+            thread::sleep(POLL);
+        }
+        assert!(list_images(&dir.img).is_empty(), "a failed checkpoint left an image");
+        // Every process goes on: the workers' results keep coming.
+        let at = job.last_tick().unwrap();
+        job.wait_for_tick(at + RUN_ON);
+        let img = job.checkpoint_by_signal(ckrun);
+        let root = job.program_pid();
+        let snapshots = |ck: i32| {
+            descendants(ck)
+                .into_iter()
+                .filter(|&p| fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "ckrun-snapshot"))
+                .count()
+        };
+        let deadline = Instant::now() + TIMEOUT;
+        while snapshots(ckrun) > 0 {
+            assert!(Instant::now() < deadline, "snapshot children left behind\n{}", job.diagnostics());
+            thread::sleep(POLL);
+        }
+        assert_image_is_live_tree(&img, root, &dir);
+        let at = job.last_tick().unwrap();
+        job.wait_for_tick(at + RUN_ON);
+        job.kill();
+        let mut job = Tree::restart(&img, &dir, &[]);
+        job.wait_restarted();
+        assert_eq!(job.wait(TIMEOUT), reference.code, "{}", job.diagnostics());
+        assert_same_output(&reference.stdout, &job.output(), step);
+    });
+}
+
+#[test]
+fn a_checkpoint_failing_at_creation_harms_nothing() {
+    a_failed_checkpoint_harms_nothing("create");
+}
+
+#[test]
+fn a_checkpoint_failing_with_a_process_still_stopping_harms_nothing() {
+    a_failed_checkpoint_harms_nothing("late");
+}
+
+#[test]
+fn a_checkpoint_failing_once_stopped_harms_nothing() {
+    a_failed_checkpoint_harms_nothing("stopped");
+}
+
+#[test]
+fn a_checkpoint_failing_after_the_fds_harms_nothing() {
+    a_failed_checkpoint_harms_nothing("fds");
+}
+
+#[test]
+fn a_checkpoint_failing_after_the_capture_harms_nothing() {
+    a_failed_checkpoint_harms_nothing("captured");
+}
+
+#[test]
+fn a_checkpoint_failing_after_the_resume_harms_nothing() {
+    a_failed_checkpoint_harms_nothing("resumed");
+}
+
+#[test]
+fn a_checkpoint_failing_after_the_memory_harms_nothing() {
+    a_failed_checkpoint_harms_nothing("memory");
+}
+
+#[test]
+fn a_checkpoint_failing_before_the_image_is_named_harms_nothing() {
+    a_failed_checkpoint_harms_nothing("finish");
+}
+
+/// 50 checkpoints in a row of a shell loop of pipelines of short-lived
+/// external commands: each succeeds (a snapshot child is never taken for a
+/// process of the program), and the last one restarts to the bare run's end.
+#[test]
+fn fifty_checkpoints_in_a_row_of_a_pipeline_loop() {
+    let dir = TestDir::new("trees-pipeline-50");
+    with_stderr_dump(&dir, || {
+        let (prog, args) = pipeline();
+        let mut args = args_of(&args);
+        args.push("400");
+        let reference = reference(&prog, &args, &dir.bare);
+        let mut job = Tree::launch(&prog, &args, &dir);
+        job.wait_for_tick(10);
+        let ckrun = job.ckrun_pid();
+        let mut last = None;
+        for _ in 0..50 {
+            last = Some(job.checkpoint_by_signal(ckrun));
+        }
+        assert!(!job.stderr().contains("checkpoint failed"), "{}", job.diagnostics());
+        job.kill();
+        let mut job = Tree::restart(&last.unwrap(), &dir, &[]);
+        job.wait_restarted();
+        assert_eq!(job.wait(TIMEOUT), reference.code, "{}", job.diagnostics());
+        assert_same_output(&reference.stdout, &job.output(), "after 50 checkpoints");
+    });
+}

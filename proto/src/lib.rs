@@ -34,6 +34,17 @@ pub const SUSPEND_MAGIC: u64 = 0x636b_7275_6e00_0000;
 pub const SUSPEND_LEAD: u64 = 1;
 /// Low byte of [`SUSPEND_MAGIC`]: the leading thread asks a sibling to park.
 pub const SUSPEND_PARK: u64 = 2;
+/// Bit 8 of a LEAD value: keep the program frozen (`--no-fork`).
+pub const SUSPEND_FROZEN: u64 = 1 << 8;
+/// Bits 9..16 of a LEAD value: the coordinator's request number (1..=127),
+/// echoed in [`Suspended::request`] and named by the [`Resume`] that ends
+/// it, so that a late or stale RESUME is never taken for another's.
+pub const SUSPEND_REQUEST_SHIFT: u32 = 9;
+pub const SUSPEND_REQUEST_MASK: u64 = 0x7f;
+
+/// The name (comm) a copy-on-write snapshot child gives itself, so that
+/// the coordinator never takes one for a process of the program.
+pub const SNAPSHOT_NAME: &core::ffi::CStr = c"ckrun-snapshot";
 
 /// The agent moves its coordinator connection to the first free fd at or
 /// above this number, out of the way of the program's own descriptors.
@@ -140,6 +151,9 @@ pub struct Suspended {
     /// does not show either.
     pub securebits: u32,
     pub dumpable: u32,
+    /// The request this answers (see [`SUSPEND_REQUEST_SHIFT`]).
+    pub request: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
@@ -185,7 +199,8 @@ pub struct RestoreFailure {
 pub struct Resume {
     /// Non-zero: the checkpoint was abandoned (the threads resume all the same).
     pub aborted: u32,
-    pub _pad: u32,
+    /// The request whose stop this ends.
+    pub request: u32,
 }
 
 #[repr(C)]

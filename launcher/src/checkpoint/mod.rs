@@ -81,16 +81,17 @@ struct ResumeGuard<'a, 'b> {
     stopped: &'b mut Vec<Stopped<'a>>,
     /// Asked to stop, not yet heard from.
     signalled: Vec<&'a Agent>,
-    /// Every agent's pid (no snapshot may be one of them).
-    agents: Vec<i32>,
+    /// This checkpoint's request number (see `ckrun_proto::SUSPEND_REQUEST_SHIFT`).
+    request: u32,
     resumed: bool,
 }
 
 impl ResumeGuard<'_, '_> {
     fn resume(&mut self, aborted: bool) {
         if !self.resumed {
+            let go = Resume { aborted: aborted as u32, request: self.request };
             for s in self.stopped.iter() {
-                let _ = s.agent.send(kind::RESUME, &[Resume { aborted: aborted as u32, _pad: 0 }]);
+                let _ = s.agent.send(kind::RESUME, &[go]);
             }
             self.resumed = true;
         }
@@ -99,15 +100,13 @@ impl ResumeGuard<'_, '_> {
 
 impl Drop for ResumeGuard<'_, '_> {
     fn drop(&mut self) {
-        // A process still stopping when the checkpoint was abandoned stops
-        // soon (or is gone): wait for it, briefly, to let it go too.
-        let late: Vec<&Agent> = std::mem::take(&mut self.signalled);
-        for a in late {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            if let Ok(s) = collect_suspended(a, deadline, &mut 0, &self.agents) {
-                let _ = a.send(kind::RESUME, &[Resume { aborted: 1, _pad: 0 }]);
-                self.stopped.push(s);
-            }
+        // A process asked to stop that has not answered yet gets its RESUME
+        // now, queued ahead of its answer: whenever it stops, it goes on at
+        // once (and the coordinator kills the snapshot its late report
+        // names: `discard_late_report`). Nothing waits for it.
+        let go = Resume { aborted: 1, request: self.request };
+        for a in std::mem::take(&mut self.signalled) {
+            let _ = a.send(kind::RESUME, &[go]);
         }
         self.resume(true);
         for s in self.stopped.iter() {
@@ -135,6 +134,10 @@ pub struct Tree<'a> {
     pub zombies: Vec<Zombie>,
     /// The program ckrun started (its pid names the image).
     pub root: i32,
+    /// Its wait status, if it has ended (the rest of the tree goes on).
+    pub root_status: Option<i32>,
+    /// This attempt's request number, 1..=127, new for every attempt.
+    pub request: u32,
 }
 
 /// The image name for number `n`.
@@ -154,11 +157,15 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
     let mut merged_requests = 0;
 
     // 1. Suspend every process, then check nobody forked meanwhile.
-    let value = SUSPEND_MAGIC | SUSPEND_LEAD | (settings.frozen as u64) << 8;
+    let frozen_bit = if settings.frozen { ckrun_proto::SUSPEND_FROZEN } else { 0 };
+    let value = SUSPEND_MAGIC
+        | SUSPEND_LEAD
+        | frozen_bit
+        | (tree.request as u64 & ckrun_proto::SUSPEND_REQUEST_MASK) << ckrun_proto::SUSPEND_REQUEST_SHIFT;
     let mut stopped = Vec::new();
     let agents: Vec<i32> = tree.live.iter().map(|a| a.pid).collect();
-    let mut guard =
-        ResumeGuard { stopped: &mut stopped, signalled: Vec::new(), agents: agents.clone(), resumed: false };
+    let mut guard = ResumeGuard { stopped: &mut stopped, signalled: Vec::new(), request: tree.request, resumed: false };
+    inject("create")?;
     for a in &tree.live {
         if ask_to_lead(a.pid, value).is_err() {
             return Err(TreeChanged.into()); // gone meanwhile
@@ -166,10 +173,14 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
         guard.signalled.push(a);
     }
     while let Some(a) = guard.signalled.first().copied() {
-        let s = wait_suspended(a, &mut merged_requests, &agents)?;
+        if guard.signalled.len() == 1 && guard.stopped.len() + 1 == tree.live.len() {
+            inject("late")?; // the last process is left to answer late
+        }
+        let s = wait_suspended(a, &mut merged_requests, &agents, tree.request)?;
         guard.signalled.remove(0);
         guard.stopped.push(s);
     }
+    inject("stopped")?;
     let snapshots: Vec<i32> = guard.stopped.iter().map(|s| s.head.snapshot_pid).filter(|&p| p > 0).collect();
     let now: Vec<i32> =
         tree::descendants(std::process::id() as i32, &snapshots).iter().filter(|m| !m.zombie).map(|m| m.pid).collect();
@@ -183,6 +194,7 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
     let reserved = 1u64 << (SUSPEND_SIGNAL - 1) | 1u64 << (settings.trigger - 1);
     let procs: Vec<(i32, i32)> = guard.stopped.iter().map(|s| (s.reader(), s.agent.agent_fd)).collect();
     let mut fds = fdtypes::capture(&procs, &out)?;
+    inject("fds")?;
     let what: Vec<String> = fds.unsupported.clone();
     if settings.strict && !what.is_empty() {
         bail!("{} cannot be restored (--strict)", what.join(", "));
@@ -196,10 +208,13 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
         images.push(capture_stopped(s, table, &mut fds.ghosts, &out, frozen, reserved, &mut memory_bytes)?);
     }
 
+    inject("captured")?;
+
     // 3./4. Resume; private memory from the snapshots.
     let t_captured = t0.elapsed();
     guard.resume(false);
     let paused = t0.elapsed();
+    inject("resumed")?;
     let stages = memory::Stages::default();
     if !frozen {
         for (s, img) in guard.stopped.iter().zip(images.iter_mut()) {
@@ -210,6 +225,7 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
         }
     }
     let t_memory = t0.elapsed();
+    inject("memory")?;
     drop(guard); // reaps the snapshot children
 
     let (hostname, kernel_release, kernel_version) = machine::uname();
@@ -230,12 +246,14 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
         },
         settings: settings.clone(),
         root: tree.root,
+        root_status: tree.root_status,
         processes: images,
         zombies: tree.zombies.clone(),
         files: fds.files,
         ghosts: fds.ghosts,
         pipes: fds.pipes,
     };
+    inject("finish")?;
     let (path, image_bytes) = out.finish(&manifest, &image_name(settings, tree.root, sequence), key)?;
     if std::env::var_os("CKRUN_TIMING").is_some() {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -347,11 +365,8 @@ fn ask_to_lead(pid: i32, value: u64) -> std::io::Result<()> {
 }
 
 /// Collects an agent's SUSPENDED report and its thread records.
-fn wait_suspended<'a>(a: &'a Agent, merged: &mut u32, agents: &[i32]) -> Result<Stopped<'a>> {
-    collect_suspended(a, Instant::now() + SUSPEND_TIMEOUT, merged, agents)
-}
-
-fn collect_suspended<'a>(a: &'a Agent, deadline: Instant, merged: &mut u32, agents: &[i32]) -> Result<Stopped<'a>> {
+fn wait_suspended<'a>(a: &'a Agent, merged: &mut u32, agents: &[i32], request: u32) -> Result<Stopped<'a>> {
+    let deadline = Instant::now() + SUSPEND_TIMEOUT;
     let mut head: Option<Suspended> = None;
     let mut threads = Vec::new();
     loop {
@@ -369,13 +384,17 @@ fn collect_suspended<'a>(a: &'a Agent, deadline: Instant, merged: &mut u32, agen
         };
         match kind_of(&msg) {
             kind::SUSPENDED => {
-                head = Some(
-                    decode::<Suspended>(&msg)
-                        .and_then(|(_, v)| v.first().copied())
-                        .ok_or_else(|| anyhow!("bad SUSPENDED message"))?,
-                )
+                let h = decode::<Suspended>(&msg)
+                    .and_then(|(_, v)| v.first().copied())
+                    .ok_or_else(|| anyhow!("bad SUSPENDED message"))?;
+                if h.request != request {
+                    // The late answer to an abandoned request.
+                    discard_late_report(&msg, agents);
+                    continue;
+                }
+                head = Some(h);
             }
-            kind::THREADS => {
+            kind::THREADS if head.is_some() => {
                 threads.extend(decode::<ThreadRecord>(&msg).ok_or_else(|| anyhow!("bad THREADS message"))?.1)
             }
             kind::SUSPEND_FAILED => {
@@ -392,4 +411,36 @@ fn collect_suspended<'a>(a: &'a Agent, deadline: Instant, merged: &mut u32, agen
             _ => {}
         }
     }
+}
+
+/// A SUSPENDED report that came after its checkpoint was abandoned (its
+/// process had its RESUME queued already, and goes on by itself): the
+/// snapshot it names is killed, if it is ckrun's (see [`check_report`]).
+pub fn discard_late_report(msg: &[u8], agents: &[i32]) {
+    let Some(h) = decode::<Suspended>(msg).and_then(|(_, v)| v.first().copied()) else { return };
+    if h.snapshot_pid <= 0 || agents.contains(&h.snapshot_pid) {
+        return;
+    }
+    if tree::is_snapshot(h.snapshot_pid, std::process::id() as i32) {
+        // SAFETY: plain signal to a snapshot child of ours (checked above);
+        // the coordinator's SIGCHLD handling reaps it.
+        unsafe { libc::kill(h.snapshot_pid, libc::SIGKILL) };
+    }
+}
+
+/// Test hook (`CKRUN_TEST_FAIL=STEP`, or `STEP:N` for the N-th time): the
+/// checkpoint fails at step STEP, to test that every failure lets the
+/// program go on and the next checkpoint succeed. Steps, in order:
+/// create, late (the last process to stop is left to answer late),
+/// stopped, fds, captured, resumed, memory, finish.
+fn inject(step: &str) -> Result<()> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEEN: AtomicU32 = AtomicU32::new(0);
+    let Some(spec) = std::env::var_os("CKRUN_TEST_FAIL") else { return Ok(()) };
+    let spec = spec.to_string_lossy();
+    let (want, nth) = spec.split_once(':').map_or((&*spec, 1), |(s, n)| (s, n.parse().unwrap_or(1)));
+    if want == step && SEEN.fetch_add(1, Ordering::Relaxed) + 1 == nth {
+        bail!("failure injected at step {step} (CKRUN_TEST_FAIL)");
+    }
+    Ok(())
 }

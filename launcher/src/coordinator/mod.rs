@@ -32,6 +32,15 @@ pub enum Ending {
 }
 
 impl Ending {
+    /// From a wait status.
+    pub fn of_status(status: i32) -> Ending {
+        if libc::WIFSIGNALED(status) {
+            Ending::Signaled(libc::WTERMSIG(status))
+        } else {
+            Ending::Exited(libc::WEXITSTATUS(status))
+        }
+    }
+
     /// ckrun's own exit code: the program's, or 128+N for signal N.
     pub fn exit_code(&self) -> i32 {
         match *self {
@@ -58,6 +67,11 @@ pub struct Coordinator {
     refusals: peers::Refusals,
     /// Restore failures already reported (by restore processes).
     failures_reported: u32,
+    /// The last checkpoint attempt's request number (1..=127, wrapping).
+    request: u32,
+    /// The wait status of the program ckrun started, once it has ended
+    /// (the rest of the tree may go on).
+    root_status: Option<i32>,
     /// `--key-file`: images are sealed with it.
     key: Option<crate::image::seal::Key>,
 }
@@ -107,6 +121,8 @@ impl Coordinator {
             pending: Vec::new(),
             refusals: peers::Refusals::default(),
             failures_reported: 0,
+            request: 0,
+            root_status: None,
             key: None,
         }
     }
@@ -225,37 +241,66 @@ impl Coordinator {
                     self.checkpoint();
                 }
             } else if from_user {
-                // SAFETY: plain kill.
-                unsafe { libc::kill(self.program, sig) };
+                self.forward(sig);
             }
         }
         Ok((merged, None))
     }
 
-    /// Reaps children; the program's end ends the run.
+    /// A termination signal for the program: to the program, or once it
+    /// has ended, to the processes of the tree that are ckrun's children
+    /// (each the top of what is left of the tree).
+    fn forward(&self, sig: i32) {
+        if self.root_status.is_none() {
+            // SAFETY: plain kill.
+            unsafe { libc::kill(self.program, sig) };
+            return;
+        }
+        let me = std::process::id() as i32;
+        for m in tree::descendants(me, &[]).iter().filter(|m| m.ppid == me && !m.zombie) {
+            // SAFETY: plain kill of a child of ours.
+            unsafe { libc::kill(m.pid, sig) };
+        }
+    }
+
+    /// Reaps children. The tree is the job: the run ends when its last
+    /// process has, with the status of the program ckrun started (which
+    /// may have ended long before: a launcher that forks workers and exits).
     fn reap(&mut self) -> Option<Ending> {
         loop {
             let mut status = 0;
             // SAFETY: waitpid writes status.
             let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
             if pid <= 0 {
-                return None;
+                return self.tree_ended();
             }
             if pid == self.program {
-                let end = if libc::WIFSIGNALED(status) {
-                    Ending::Signaled(libc::WTERMSIG(status))
-                } else {
-                    Ending::Exited(libc::WEXITSTATUS(status))
-                };
+                let end = Ending::of_status(status);
                 if self.restore.is_some() {
                     // Its report may still wait behind the SIGCHLD.
                     let reported = self.drain_restore_reports();
                     self.abort_restore();
                     return Some(restore_failure(&end, reported));
                 }
-                return Some(end);
+                self.root_status = Some(status);
             }
         }
+    }
+
+    /// The program's end, once it and every other process of the tree are gone.
+    fn tree_ended(&self) -> Option<Ending> {
+        let status = self.root_status?;
+        let me = std::process::id() as i32;
+        if tree::descendants(me, &[]).iter().any(|m| !m.zombie) {
+            return None;
+        }
+        Some(Ending::of_status(status))
+    }
+
+    /// The program ckrun started had ended (`status`) before the image
+    /// this run restarts was taken.
+    pub fn program_ended(&mut self, status: Option<i32>) {
+        self.root_status = status;
     }
 
     /// Accepts connections, keeping those of the job's own processes
@@ -340,6 +385,10 @@ impl Coordinator {
             // only; a running agent only asks for checkpoints.
             Ok(Some(msg)) => match kind_of(&msg) {
                 kind::CHECKPOINT_REQUEST if !restoring => self.checkpoint(),
+                kind::SUSPENDED if !restoring => {
+                    let pids: Vec<i32> = self.agents.iter().map(|a| a.pid).collect();
+                    checkpoint::discard_late_report(&msg, &pids);
+                }
                 kind::RESTORED if restoring => self.on_restored(i),
                 kind::RESTORE_FAILED if restoring => {
                     if let Some((_, v)) = decode::<ckrun_proto::RestoreFailure>(&msg) {
@@ -382,8 +431,15 @@ impl Coordinator {
         for _ in 0..5 {
             result = match self.await_agents() {
                 Ok(zombies) => {
+                    self.request = self.request % ckrun_proto::SUSPEND_REQUEST_MASK as u32 + 1;
                     let live = self.live_agents();
-                    let tree = checkpoint::Tree { live, zombies, root: self.program };
+                    let tree = checkpoint::Tree {
+                        live,
+                        zombies,
+                        root: self.program,
+                        root_status: self.root_status,
+                        request: self.request,
+                    };
                     checkpoint::take(&tree, &self.settings, &self.command, seq, self.key.as_ref())
                 }
                 Err(e) => Err(e),
@@ -425,6 +481,13 @@ impl Coordinator {
     /// Returns the tree's zombies.
     fn await_agents(&mut self) -> Result<Vec<Zombie>> {
         let me = std::process::id() as i32;
+        // No checkpoint runs: a snapshot still there belongs to one that was
+        // abandoned (its report never came).
+        for pid in tree::snapshots(me) {
+            // SAFETY: plain signal to a snapshot child of ours; reaped with
+            // the other children on SIGCHLD.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         let deadline = Instant::now() + Duration::from_secs(3);
         self.refresh_agents();
         loop {
@@ -477,10 +540,13 @@ impl Coordinator {
     /// requests and trigger signals); returns how many.
     fn drain_requests(&mut self) -> u32 {
         let mut merged = 0;
+        let pids: Vec<i32> = self.agents.iter().map(|a| a.pid).collect();
         for a in &self.agents {
             while let Ok(Some(m)) = a.recv_within(Duration::ZERO) {
-                if kind_of(&m) == kind::CHECKPOINT_REQUEST {
-                    merged += 1;
+                match kind_of(&m) {
+                    kind::CHECKPOINT_REQUEST => merged += 1,
+                    kind::SUSPENDED => checkpoint::discard_late_report(&m, &pids),
+                    _ => {}
                 }
             }
         }

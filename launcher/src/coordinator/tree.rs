@@ -10,8 +10,25 @@ pub struct Member {
     pub zombie: bool,
 }
 
+/// Whether `pid` is a copy-on-write snapshot child of `root` (ckrun): a
+/// child of it that gave itself the snapshot's name.
+pub fn is_snapshot(pid: i32, root: i32) -> bool {
+    read(pid, "comm").is_ok_and(|c| c.trim_end() == SNAPSHOT)
+        && read(pid, "stat").ok().and_then(|t| parse_stat(&t).ok()).is_some_and(|s| s.ppid == root)
+}
+
+const SNAPSHOT: &str = match ckrun_proto::SNAPSHOT_NAME.to_str() {
+    Ok(s) => s,
+    Err(_) => "",
+};
+
+/// ckrun's snapshot children (`root` is ckrun).
+pub fn snapshots(root: i32) -> Vec<i32> {
+    children(root).into_iter().filter(|&c| is_snapshot(c, root)).collect()
+}
+
 /// Every descendant of `root`, parents before children, except `skip`
-/// (ckrun's snapshot children).
+/// and ckrun's snapshot children (which are no part of the program).
 pub fn descendants(root: i32, skip: &[i32]) -> Vec<Member> {
     let mut out = Vec::new();
     let mut queue = vec![root];
@@ -19,7 +36,7 @@ pub fn descendants(root: i32, skip: &[i32]) -> Vec<Member> {
         let mut kids = children(p);
         kids.sort_unstable();
         for c in kids {
-            if skip.contains(&c) || out.iter().any(|m: &Member| m.pid == c) {
+            if skip.contains(&c) || out.iter().any(|m: &Member| m.pid == c) || (p == root && is_snapshot(c, root)) {
                 continue;
             }
             let Ok(text) = read(c, "stat") else { continue };

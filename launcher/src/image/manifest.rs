@@ -13,6 +13,9 @@ pub struct Manifest {
     pub settings: Settings,
     /// The program ckrun started.
     pub root: i32,
+    /// Its wait status, if it had ended while other processes of the tree
+    /// went on (ckrun exits with it once they are all gone).
+    pub root_status: Option<i32>,
     /// Parents before their children.
     pub processes: Vec<ProcessImage>,
     /// Exited children not yet reaped by their parent.

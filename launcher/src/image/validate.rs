@@ -307,6 +307,7 @@ pub mod tests {
                 key_file: None,
             },
             root: 100,
+            root_status: None,
             processes: vec![p],
             zombies: vec![],
             files: vec![],

@@ -286,8 +286,8 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
         })
         .map_err(|e| pid_error(p.pid, e))?;
     }
-    let root = if pids.contains(&m.root) { m.root } else { pids[0] };
-    let mut c = Coordinator::new(settings, m.info.command.clone(), listener, sigfd, root, m.info.sequence);
+    let mut c = Coordinator::new(settings, m.info.command.clone(), listener, sigfd, m.root, m.info.sequence);
+    c.program_ended(m.root_status);
     c.seal_with(key);
     c.start_restore(session);
     drop(img);

@@ -48,6 +48,8 @@ static ARRIVED: AtomicU32 = AtomicU32::new(0);
 static NSLOTS: AtomicU32 = AtomicU32::new(0);
 /// Tid of the current leader, 0 when no checkpoint runs (futex word).
 static LEADER: AtomicU32 = AtomicU32::new(0);
+/// The coordinator's number for the current checkpoint request (leader only).
+static REQUEST: AtomicU32 = AtomicU32::new(0);
 
 /// One record per thread. A slot is written only by the thread that took
 /// it (fetch_add on NSLOTS) before it bumps PARKED; the leader reads it
@@ -94,7 +96,10 @@ pub(crate) extern "C" fn on_suspend(_sig: c_int, info: *mut libc::siginfo_t, _uc
     // call fails with EINTR once the handler returns, sees it too.
     crate::eintr::ckrun_signal();
     match value & 0xff {
-        SUSPEND_LEAD => lead(value & 0x100 != 0),
+        SUSPEND_LEAD => lead(
+            value & ckrun_proto::SUSPEND_FROZEN != 0,
+            (value >> ckrun_proto::SUSPEND_REQUEST_SHIFT & ckrun_proto::SUSPEND_REQUEST_MASK) as u32,
+        ),
         SUSPEND_PARK if sender == sys::getpid() => park(),
         _ => {}
     }
@@ -102,7 +107,7 @@ pub(crate) extern "C" fn on_suspend(_sig: c_int, info: *mut libc::siginfo_t, _uc
 
 // ---- the leader -------------------------------------------------------
 
-fn lead(frozen: bool) {
+fn lead(frozen: bool, request: u32) {
     let me = sys::gettid() as u32;
     // The previous checkpoint's leader may still be letting its threads go
     // (the coordinator is done with it already): wait for it rather than
@@ -120,6 +125,7 @@ fn lead(frozen: bool) {
         sys::futex_wait(&LEADER, other, TICK_NS);
     }
     let epoch = EPOCH.load(Relaxed).wrapping_add(1);
+    REQUEST.store(request, Relaxed);
     NSLOTS.store(1, Relaxed);
     PARKED.store(0, Relaxed);
     ARRIVED.store(0, Relaxed);
@@ -230,7 +236,8 @@ extern "C" fn leader_checkpoint(arg: u64) {
             sys::syscall2(sys::SYS_prctl, libc::PR_GET_DUMPABLE as u64, 0) as u32,
         )
     };
-    let head = Suspended { epoch: epoch as u64, snapshot_pid, nthreads, brk, securebits, dumpable };
+    let request = REQUEST.load(Relaxed);
+    let head = Suspended { epoch: epoch as u64, snapshot_pid, nthreads, brk, securebits, dumpable, request, _pad: 0 };
     if send_msg(kind::SUSPENDED, &[head]) {
         // SAFETY: all slots below nthreads are written (their threads bumped
         // PARKED before we got here); the leader only reads them.
@@ -241,9 +248,12 @@ extern "C" fn leader_checkpoint(arg: u64) {
         }
         let mut buf = [0u8; 256];
         // Frozen or not, the coordinator says when the /proc state it reads
-        // while we are stopped (fds, offsets) is captured.
-        while let Some((h, _)) = recv_msg(&mut buf) {
-            if h.kind == kind::RESUME {
+        // while we are stopped (fds, offsets) is captured. A RESUME for
+        // another request (one abandoned before this process answered it)
+        // is not ours. The coordinator gone: go on.
+        while let Some((h, body)) = recv_msg(&mut buf) {
+            let r: Option<ckrun_proto::Resume> = ckrun_proto::read_pod(body);
+            if h.kind == kind::RESUME && r.is_some_and(|r| r.request == request) {
                 break;
             }
         }

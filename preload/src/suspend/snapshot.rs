@@ -93,6 +93,10 @@ extern "C" fn intermediate(_: u64) -> ! {
 fn snapshot_main() -> ! {
     let all = !0u64;
     sys::sigprocmask(libc::SIG_SETMASK, Some(&all), None);
+    // The name tells ckrun this child of its is a snapshot, not a process
+    // of the program (see `coordinator::tree`).
+    // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
+    unsafe { sys::syscall2(sys::SYS_prctl, libc::PR_SET_NAME as u64, ckrun_proto::SNAPSHOT_NAME.as_ptr() as u64) };
     let coordinator = crate::state::COORDINATOR.load(Relaxed) as i64;
     // Wait until re-parented to ckrun (the intermediate is exiting, which
     // it always does at once, however long a loaded machine takes to run
