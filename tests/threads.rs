@@ -412,6 +412,41 @@ fn stress_sixteen_threads_fifty_checkpoints() {
     });
 }
 
+/// A multi-threaded event loop (epoll over a timerfd, an eventfd and a
+/// pipe fed by 4 worker threads, `examples/event_loop.c`, which treats
+/// every EINTR as fatal) through 20 rounds of checkpoint -> kill -9 ->
+/// restart from the image just taken: each restart must make progress
+/// (a tick past the one it was killed at) within the harness's timeout,
+/// and the last run ends with what a bare run prints.
+#[test]
+fn event_loop_twenty_rounds_of_checkpoint_kill_restart() {
+    const ROUNDS: u32 = 20;
+    let test = "threads-event-loop";
+    let dir = TestDir::new(test);
+    let prog = Program::c("event_loop");
+    with_stderr_dump(&dir, || {
+        let reference = prog.run_bare(&["800"], &dir.bare);
+        assert_eq!(reference.code, 0, "bare run failed: {}", String::from_utf8_lossy(&reference.stderr));
+
+        let mut job = Ckrun::launch(&prog, &["800"], &dir.work, &dir.img, &[]);
+        job.wait_for_tick(5);
+        for round in 1..=ROUNDS {
+            let image = job.checkpoint(TIMEOUT);
+            let after = job.last_tick().unwrap();
+            job.wait_for_tick(after + 2);
+            job.kill9();
+            job = Ckrun::restart(&image, &dir.work, &[]);
+            let killed_at = job.last_tick().unwrap_or(0);
+            // Progress: the restored loop ticks on.
+            job.wait_for_tick(killed_at + 1);
+            eprintln!("{test}: round {round}: killed at tick {killed_at}, restarted from {}", image.display());
+        }
+        let code = job.wait(TIMEOUT);
+        assert_eq!(code, reference.code, "exit code after {ROUNDS} restarts\n{}", job.diagnostics());
+        assert_same_output(&reference.stdout, &job.output(), test);
+    });
+}
+
 /// The threads of `examples/stress.c` that live as long as the program:
 /// main (named after the program) and the workers.
 fn lasting(name: &str) -> bool {
@@ -429,6 +464,7 @@ fn examples_are_deterministic() {
         (Program::c("blocked"), vec![]),
         (Program::c("omp"), vec!["4"]),
         (Program::c("stress"), vec![]),
+        (Program::c("event_loop"), vec!["300"]),
         (Program::python("threads"), vec![]),
     ];
     let java = java_program("threads-determinism-java-classes");

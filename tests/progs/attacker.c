@@ -16,7 +16,9 @@
  *       "closed" if ckrun hung up on it, "open" if it listened.
  *   attacker silent NAME N READYFILE
  *       Holds N connections that never say anything (re-opening each one
- *       ckrun closes), after creating READYFILE. Runs until killed.
+ *       ckrun closes), after creating READYFILE. Runs until its parent
+ *       is gone (it is a process of the job's tree, and the tree is the
+ *       job: ckrun stays while it runs).
  *
  * Message layout (proto/src/lib.rs, launcher/src/restore/transfer.rs):
  * a header { u32 kind; u32 count } and fixed-layout records.
@@ -146,11 +148,15 @@ static _Noreturn void silent(const char *name, int n, const char *ready)
     int f = open(ready, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (f >= 0)
         close(f);
+    pid_t parent = getppid();
     for (;;) {
         struct pollfd p[256];
         for (int i = 0; i < n; i++)
             p[i] = (struct pollfd){fds[i], POLLIN, 0};
-        if (poll(p, (nfds_t)n, -1) < 0)
+        int r = poll(p, (nfds_t)n, 100);
+        if (getppid() != parent)
+            exit(0);
+        if (r <= 0)
             continue;
         for (int i = 0; i < n; i++) {
             if (fds[i] < 0 || p[i].revents) {

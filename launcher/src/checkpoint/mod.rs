@@ -389,7 +389,7 @@ fn wait_suspended<'a>(a: &'a Agent, merged: &mut u32, agents: &[i32], request: u
                     .ok_or_else(|| anyhow!("bad SUSPENDED message"))?;
                 if h.request != request {
                     // The late answer to an abandoned request.
-                    discard_late_report(&msg, agents);
+                    discard_late_report(a, &msg, agents);
                     continue;
                 }
                 head = Some(h);
@@ -413,11 +413,18 @@ fn wait_suspended<'a>(a: &'a Agent, merged: &mut u32, agents: &[i32], request: u
     }
 }
 
-/// A SUSPENDED report that came after its checkpoint was abandoned (its
-/// process had its RESUME queued already, and goes on by itself): the
-/// snapshot it names is killed, if it is ckrun's (see [`check_report`]).
-pub fn discard_late_report(msg: &[u8], agents: &[i32]) {
+/// A SUSPENDED report that came after its checkpoint was abandoned, or
+/// for a request the coordinator never made of this connection: the
+/// process is stopped, waiting for the RESUME of *that* request, which it
+/// is sent now (one queued earlier, if any, is skipped by the agent as
+/// stale at its next stop). A suspend signal sent to a process just
+/// before it exec'd reaches the new program, and is answered on the new
+/// program's connection, where no RESUME for it was ever queued: without
+/// this answer that process would wait for ever. The snapshot the report
+/// names is killed, if it is ckrun's (see [`check_report`]).
+pub fn discard_late_report(agent: &Agent, msg: &[u8], agents: &[i32]) {
     let Some(h) = decode::<Suspended>(msg).and_then(|(_, v)| v.first().copied()) else { return };
+    let _ = agent.send(kind::RESUME, &[Resume { aborted: 1, request: h.request }]);
     if h.snapshot_pid <= 0 || agents.contains(&h.snapshot_pid) {
         return;
     }

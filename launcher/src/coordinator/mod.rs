@@ -314,6 +314,9 @@ impl Coordinator {
             };
             match peers::authorize(peer) {
                 Ok(()) => self.pending.push(peers::Pending::new(conn, peer)),
+                // A short-lived command of the job that connected and ended
+                // before it was heard: nothing to say about it.
+                Err(_) if !peers::alive(peer.pid) => {}
                 Err(why) => self.refusals.report(peer, why),
             }
         }
@@ -387,7 +390,7 @@ impl Coordinator {
                 kind::CHECKPOINT_REQUEST if !restoring => self.checkpoint(),
                 kind::SUSPENDED if !restoring => {
                     let pids: Vec<i32> = self.agents.iter().map(|a| a.pid).collect();
-                    checkpoint::discard_late_report(&msg, &pids);
+                    checkpoint::discard_late_report(&self.agents[i], &msg, &pids);
                 }
                 kind::RESTORED if restoring => self.on_restored(i),
                 kind::RESTORE_FAILED if restoring => {
@@ -545,7 +548,7 @@ impl Coordinator {
             while let Ok(Some(m)) = a.recv_within(Duration::ZERO) {
                 match kind_of(&m) {
                     kind::CHECKPOINT_REQUEST => merged += 1,
-                    kind::SUSPENDED => checkpoint::discard_late_report(&m, &pids),
+                    kind::SUSPENDED => checkpoint::discard_late_report(a, &m, &pids),
                     _ => {}
                 }
             }

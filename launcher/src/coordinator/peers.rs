@@ -66,6 +66,11 @@ pub fn descends_from(pid: i32, root: i32) -> bool {
     false
 }
 
+/// Whether `pid` is still there (not yet reaped).
+pub fn alive(pid: i32) -> bool {
+    pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Whether a peer may talk to this coordinator (see the module docs), or
 /// why not.
 pub fn authorize(peer: Peer) -> Result<(), &'static str> {
