@@ -24,12 +24,19 @@
  *             writes through the mapping and through pwrite and checks each
  *             write through the other view; checks the seals (and that
  *             ftruncate to 0 is refused), the name and FD_CLOEXEC.
+ *   vanished  vanish.d/sub/v.dat: written (16 KiB pattern), opened, mapped
+ *             shared, then unlinked, and its directories removed too (a
+ *             build's temporary directory, gone with its files). Each tick
+ *             writes a record through the fd and checks it through the
+ *             mapping and back; the fd must still show
+ *             "vanish.d/sub/v.dat (deleted)", and vanish.d must not exist
+ *             again. Not in the default set.
  *
  * Output: "tick N ..." per tick (flushed), then "done ...". 20 ms pacing,
  * 200 ticks: about 4 s. Any failed check prints "FAIL tick N: ..." and
  * exits 1. Exit code 0.
  *
- * Usage: fd_deleted [unlinked] [mmap] [memfd]
+ * Usage: fd_deleted [unlinked] [mmap] [memfd] [vanished]
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -376,11 +383,59 @@ static uint64_t memfd_tick(int t)
     return fnv(1469598103934665603ull, mmem, MEMFD_LEN);
 }
 
+/* --------------------------------------------------------------- vanished */
+
+#define VAN_LEN (16 * 1024)
+#define VAN_SLOTS (VAN_LEN / 64)
+static int van_fd;
+static unsigned char *van_map;
+
+static void vanished_setup(void)
+{
+    if (mkdir("vanish.d", 0755) != 0 || mkdir("vanish.d/sub", 0755) != 0)
+        fail("mkdir vanish.d/sub: %s", strerror(errno));
+    van_fd = must_open("vanish.d/sub/v.dat", O_RDWR | O_CREAT | O_TRUNC);
+    unsigned char buf[VAN_LEN];
+    for (size_t i = 0; i < VAN_LEN; i++)
+        buf[i] = pat(5, i);
+    write_exact(van_fd, buf, VAN_LEN, "v.dat");
+    van_map = mmap(NULL, VAN_LEN, PROT_READ | PROT_WRITE, MAP_SHARED, van_fd, 0);
+    if (van_map == MAP_FAILED)
+        fail("mmap v.dat: %s", strerror(errno));
+    if (unlink("vanish.d/sub/v.dat") != 0 || rmdir("vanish.d/sub") != 0 || rmdir("vanish.d") != 0)
+        fail("removing vanish.d: %s", strerror(errno));
+}
+
+static uint64_t vanished_tick(int t)
+{
+    char rec[REC + 1], back[REC];
+    size_t slot = (size_t)(t * 29) % VAN_SLOTS;
+    record(rec, 'v', t);
+    pwrite_exact(van_fd, rec, REC, (off_t)slot * 64, "v.dat");
+    if (memcmp(van_map + slot * 64, rec, REC) != 0)
+        fail("v.dat: a write to the file is not in the shared mapping");
+    record(rec, 'w', t);
+    memcpy(van_map + slot * 64 + 32, rec, REC);
+    pread_exact(van_fd, back, REC, (off_t)slot * 64 + 32, "v.dat");
+    if (memcmp(back, rec, REC) != 0)
+        fail("v.dat: a write to the shared mapping is not in the file");
+    if (van_map[slot * 64 + 63] != pat(5, slot * 64 + 63))
+        fail("v.dat: pattern lost at %zu", slot * 64 + 63);
+    struct stat st;
+    if (fstat(van_fd, &st) != 0 || st.st_nlink != 0 || st.st_size != VAN_LEN)
+        fail("v.dat: fstat nlink %lu size %lld", (unsigned long)st.st_nlink, (long long)st.st_size);
+    check_link(van_fd, "/vanish.d/sub/v.dat (deleted)", "v.dat");
+    check_maps(van_map, "/vanish.d/sub/v.dat (deleted)", "v.dat mapping");
+    if (stat("vanish.d", &st) == 0 || errno != ENOENT)
+        fail("vanish.d exists again");
+    return fnv(1469598103934665603ull, van_map, VAN_LEN);
+}
+
 /* ------------------------------------------------------------------- main */
 
 int main(int argc, char **argv)
 {
-    int do_unlinked = argc <= 1, do_mmap = argc <= 1, do_memfd = argc <= 1;
+    int do_unlinked = argc <= 1, do_mmap = argc <= 1, do_memfd = argc <= 1, do_vanished = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "unlinked") == 0)
             do_unlinked = 1;
@@ -388,8 +443,10 @@ int main(int argc, char **argv)
             do_mmap = 1;
         else if (strcmp(argv[i], "memfd") == 0)
             do_memfd = 1;
+        else if (strcmp(argv[i], "vanished") == 0)
+            do_vanished = 1;
         else {
-            fprintf(stderr, "usage: fd_deleted [unlinked] [mmap] [memfd]\n");
+            fprintf(stderr, "usage: fd_deleted [unlinked] [mmap] [memfd] [vanished]\n");
             return 2;
         }
     }
@@ -399,6 +456,8 @@ int main(int argc, char **argv)
         mmap_setup();
     if (do_memfd)
         memfd_setup();
+    if (do_vanished)
+        vanished_setup();
 
     uint64_t sum = 0;
     for (tick = 1; tick <= TICKS; tick++) {
@@ -418,6 +477,11 @@ int main(int argc, char **argv)
             uint64_t h = memfd_tick(tick);
             sum = sum * 31 + h;
             len += snprintf(line + len, sizeof line - len, " memfd %016" PRIx64, h);
+        }
+        if (do_vanished) {
+            uint64_t h = vanished_tick(tick);
+            sum = sum * 31 + h;
+            len += snprintf(line + len, sizeof line - len, " vanished %016" PRIx64, h);
         }
         printf("%s sum %016" PRIx64 "\n", line, sum);
         fflush(stdout);

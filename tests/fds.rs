@@ -201,7 +201,8 @@ fn kind(path: &Path) -> &'static str {
 /// the examples' fault.
 #[test]
 fn examples_are_deterministic_when_run_bare() {
-    let names = ["fd_files", "fd_deleted", "fd_pipes", "fd_devices", "fd_events", "fd_inotify", "fd_files.py"];
+    let names =
+        ["fd_files", "fd_deleted", "fd_pipes", "fd_devices", "fd_events", "fd_inotify", "fd_proc", "fd_files.py"];
     thread::scope(|s| {
         let handles: Vec<_> = names
             .iter()
@@ -293,6 +294,23 @@ fn deleted_file_open() {
 #[test]
 fn deleted_file_mapped_shared() {
     spine("fds-deleted-mmap", &Program::c("fd_deleted"), &["mmap"]);
+}
+
+/// A deleted file whose directories were removed too (a build's temporary
+/// directory): recreated where it was (the directories made for the
+/// moment and removed again), so the fd still shows its old path, with its
+/// content, and shared with its mapping.
+#[test]
+fn deleted_file_whose_directory_is_gone() {
+    spine("fds-deleted-vanished", &Program::c("fd_deleted"), &["vanished"]);
+}
+
+/// Files of /proc kept open (/proc/self/status, maps, the fd directory,
+/// /proc/meminfo): after a restart they describe the restored process,
+/// and a sequential reader's offset is kept.
+#[test]
+fn proc_files_reopen_for_the_restored_process() {
+    spine("fds-proc", &Program::c("fd_proc"), &[]);
 }
 
 /// A sealed memfd, written through its fd and a shared mapping.

@@ -178,30 +178,72 @@ pub fn recreate(k: &mut impl Kernel, img: &ImageReader, g: &GhostFile) -> Result
 }
 
 /// Creates the file where it was and unlinks it again at once (as the
-/// program had it: "/old/path (deleted)"), or, if that name is taken, as
-/// an unnamed O_TMPFILE in the same directory.
+/// program had it: "/old/path (deleted)"). If that name is taken, it is
+/// an unnamed O_TMPFILE in the same directory. If the directory is gone
+/// too (a build's temporary directory), the missing directories are made
+/// for the moment (0700, as the process's user) and removed again once
+/// the file is unlinked, so that the fd still shows the old path. Where
+/// none of that works (a file system without O_TMPFILE, a parent no
+/// longer writable), the file comes back as a memfd named after its old
+/// path: the program's fds and shared mappings still share one file with
+/// the checkpoint's content. A deleted file never fails a restart.
 fn create_unnamed(k: &mut impl Kernel, path: &Path, mode: u32) -> Result<i32> {
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    match k.create(path, flags, mode) {
-        Ok(fd) => {
-            if let Err(e) = k.unlink(path) {
-                k.close(fd);
-                return Err(anyhow::Error::new(e).context(format!("removing the recreated {}", path.display())));
-            }
-            Ok(fd)
+    let made = match k.create(path, flags, mode) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            let made = make_parents(k, path);
+            k.create(path, flags, mode).map(|fd| (fd, made))
         }
-        Err(_) => {
-            let dir = path.parent().unwrap_or(Path::new("/tmp"));
-            let fd = k.create(dir, libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, mode).map_err(|e| {
+        r => r.map(|fd| (fd, Vec::new())),
+    };
+    let named = match made {
+        Ok((fd, made)) => {
+            let unlinked = k.unlink(path);
+            for dir in made.iter().rev() {
+                // Someone's file in it meanwhile: the directory stays.
+                let _ = k.rmdir(dir);
+            }
+            match unlinked {
+                Ok(()) => return Ok(fd),
+                Err(e) => {
+                    k.close(fd);
+                    return Err(anyhow::Error::new(e).context(format!("removing the recreated {}", path.display())));
+                }
+            }
+        }
+        Err(e) => e,
+    };
+    let dir = path.parent().unwrap_or(Path::new("/tmp"));
+    match k.create(dir, libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, mode) {
+        Ok(fd) => Ok(fd),
+        Err(unnamed) => {
+            let name = path.to_string_lossy();
+            let name: String = name.chars().take(200).collect();
+            k.memfd(&name, libc::MFD_CLOEXEC).map_err(|e| {
                 crate::error::CkError::Environment(format!(
-                    "cannot recreate the deleted file {} (in {}): {e}",
+                    "cannot recreate the deleted file {} (at its path: {named}; in {}: {unnamed}; as a memfd: {e})",
                     path.display(),
                     dir.display()
                 ))
-            })?;
-            Ok(fd)
+                .into()
+            })
         }
     }
+}
+
+/// Makes the missing ancestors of `path` (0700); returns those it made,
+/// outermost first.
+fn make_parents(k: &mut impl Kernel, path: &Path) -> Vec<PathBuf> {
+    let missing: Vec<&Path> =
+        path.ancestors().skip(1).take_while(|d| !d.as_os_str().is_empty() && !d.exists()).collect();
+    let mut made = Vec::new();
+    for dir in missing.into_iter().rev() {
+        if k.mkdir(dir, 0o700).is_err() {
+            break;
+        }
+        made.push(dir.to_path_buf());
+    }
+    made
 }
 
 /// A new open file description of a recreated ghost, as the program had it.

@@ -8,6 +8,7 @@
 //! | regular file, directory, device | [`file`] | reopened by path, offset, locks |
 //! | terminal or outside pipe on stdio | [`tty`] | ckrun's own fd, with the termios |
 //! | deleted file, memfd | [`ghost`] | recreated from the image's copy |
+//! | file of /proc (`/proc/self/maps`...) | [`procfile`] | reopened for the restored process |
 //! | pipe, FIFO | [`pipe`] | new pipe, bytes in flight written back |
 //! | eventfd, timerfd, signalfd | [`eventfd`], [`timerfd`], [`signalfd`] | new one, same state |
 //! | epoll | [`epoll`] | new one, same interest list |
@@ -23,6 +24,7 @@ pub mod eventfd;
 pub mod file;
 pub mod ghost;
 pub mod pipe;
+pub mod procfile;
 pub mod signalfd;
 pub mod socket;
 pub mod timerfd;
@@ -113,7 +115,8 @@ pub fn capture(procs: &[(i32, i32)], out: &ImageWriter) -> Result<FdTables> {
     let mut t = FdTables { fds: vec![Vec::new(); procs.len()], ..Default::default() };
     let ends = pipe::Ends::of(all.iter().map(|(_, _, f)| f));
     let sockets: HashSet<u64> = all.iter().filter_map(|(_, _, f)| inode_of(&f.target, "socket:[")).collect();
-    let tree = Tree { ends, sockets };
+    let pids = procs.iter().map(|&(pid, _)| pid).collect();
+    let tree = Tree { ends, sockets, pids };
     for &r in &reps {
         let f = &all[r].2;
         // An fd whose state cannot be read (not ours to open, say) comes
@@ -137,6 +140,7 @@ pub fn capture(procs: &[(i32, i32)], out: &ImageWriter) -> Result<FdTables> {
 struct Tree {
     ends: pipe::Ends,
     sockets: HashSet<u64>,
+    pids: Vec<i32>,
 }
 
 /// The inode in a target like `pipe:[123]`.
@@ -169,6 +173,9 @@ fn classify(f: &ProcFd, tree: &Tree, t: &mut FdTables, out: &ImageWriter) -> Res
     }
     if !target.starts_with('/') {
         return Ok(unsupported(target));
+    }
+    if procfile::is_proc(target) {
+        return Ok(procfile::capture(f, &tree.pids));
     }
     if ghost::is_ghost(target) {
         return ghost::capture_fd(f, &mut t.ghosts, out);
@@ -293,7 +300,8 @@ fn create_objects_as_users(k: &mut impl Kernel, img: &ImageReader, m: &Manifest,
             }
             OpenFile::SignalFd { mask, flags } => Some(signalfd::restore(k, *mask, *flags)?),
             OpenFile::Socket(s) => Some(sockets.make(k, s)?),
-            OpenFile::Epoll { .. } | OpenFile::Unsupported { .. } => None,
+            // Made by each process itself (`place`).
+            OpenFile::Epoll { .. } | OpenFile::Proc { .. } | OpenFile::Unsupported { .. } => None,
         };
         o.files.push(fd);
     }
@@ -374,8 +382,27 @@ pub fn place(
             have.push(f.fd);
         }
     }
-    // epoll last: its interest list names the other fds by their numbers.
+    // Files of /proc, opened by the restore child, which is the process
+    // they describe (or one of its relatives, all there by now), in the
+    // /proc of its PID namespace.
     let mut made = Vec::new();
+    for f in &p.fds {
+        if let OpenFile::Proc { pid, rel, flags, pos } = &files[f.desc as usize] {
+            let fd = match made.iter().find(|(d, _)| *d == f.desc) {
+                Some(&(_, fd)) => fd,
+                None => {
+                    let fd = procfile::restore(k, *pid, rel, *flags, *pos)?;
+                    let hi = k.dup_above(fd, high)?;
+                    k.close(fd);
+                    made.push((f.desc, hi));
+                    hi
+                }
+            };
+            k.dup_to(fd, f.fd, f.cloexec)?;
+            have.push(f.fd);
+        }
+    }
+    // epoll last: its interest list names the other fds by their numbers.
     for f in &p.fds {
         if let OpenFile::Epoll { flags, items } = &files[f.desc as usize] {
             let ep = match made.iter().find(|(d, _)| *d == f.desc) {

@@ -128,6 +128,11 @@ fn describe_file(p: &Manifest, f: &OpenFile) -> String {
         OpenFile::Path { path, flags, pos, locks: l, .. } => {
             format!("{} ({}, offset {pos}{})", path.display(), access(*flags), locks(l))
         }
+        OpenFile::Proc { pid, rel, flags, pos } => format!(
+            "{} ({}, offset {pos}): reopened for the restored process",
+            crate::fdtypes::procfile::path_of(*pid, rel).display(),
+            access(*flags)
+        ),
         OpenFile::Inherited { fd, what, termios } => format!(
             "{what}: gets ckrun's fd {fd} at restart{}",
             if termios.is_some() { ", with its terminal settings" } else { "" }

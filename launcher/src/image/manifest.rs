@@ -295,6 +295,14 @@ pub enum OpenFile {
         items: Vec<EpollItem>,
     },
     Socket(SocketImage),
+    /// A file of /proc: `/proc/PID/REL` for a process of the tree (`pid`),
+    /// or `/proc/REL`; reopened for the restored process.
+    Proc {
+        pid: Option<i32>,
+        rel: PathBuf,
+        flags: i32,
+        pos: u64,
+    },
     /// Not restorable: restored as a closed descriptor.
     Unsupported {
         what: String,

@@ -191,6 +191,13 @@ impl Check<'_> {
         let what = || format!("open file #{i}");
         match f {
             OpenFile::Path { path, .. } => self.path_ok(path, &what()),
+            OpenFile::Proc { pid, rel, .. } => {
+                self.path_ok(rel, &what())?;
+                if let Some(p) = pid {
+                    self.pid_ok(*p, &what())?;
+                }
+                self.ensure(crate::fdtypes::procfile::rel_ok(rel), || format!("{}: a path outside /proc", what()))
+            }
             OpenFile::Inherited { fd, termios, .. } => self.ensure(
                 (0..=2).contains(fd)
                     && termios.as_ref().is_none_or(|t| t.len() == std::mem::size_of::<libc::termios>()),

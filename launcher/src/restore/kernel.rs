@@ -52,6 +52,10 @@ pub trait Kernel {
     fn epoll_add(&mut self, ep: i32, fd: i32, events: u32, data: u64) -> io::Result<()>;
     fn memfd(&mut self, name: &str, flags: u32) -> io::Result<i32>;
     fn unlink(&mut self, path: &Path) -> io::Result<()>;
+    fn mkdir(&mut self, path: &Path, mode: u32) -> io::Result<()>;
+    fn rmdir(&mut self, path: &Path) -> io::Result<()>;
+    /// The calling thread's name (comm), at most 15 bytes.
+    fn set_name(&mut self, name: &[u8]) -> io::Result<()>;
     fn tcsetattr(&mut self, fd: i32, termios: &[u8]) -> io::Result<()>;
     fn socket(&mut self, domain: i32, stype: i32, protocol: i32) -> io::Result<i32>;
     fn socketpair(&mut self, domain: i32, stype: i32) -> io::Result<(i32, i32)>;
@@ -322,6 +326,23 @@ impl Kernel for Linux {
         // SAFETY: c is NUL-terminated.
         cvt(unsafe { libc::unlink(c.as_ptr()) } as _).map(drop)
     }
+    fn mkdir(&mut self, path: &Path, mode: u32) -> io::Result<()> {
+        let c = cpath(path)?;
+        // SAFETY: c is NUL-terminated.
+        cvt(unsafe { libc::mkdir(c.as_ptr(), mode) } as _).map(drop)
+    }
+    fn rmdir(&mut self, path: &Path) -> io::Result<()> {
+        let c = cpath(path)?;
+        // SAFETY: c is NUL-terminated.
+        cvt(unsafe { libc::rmdir(c.as_ptr()) } as _).map(drop)
+    }
+    fn set_name(&mut self, name: &[u8]) -> io::Result<()> {
+        let mut comm = [0u8; 16];
+        let n = name.iter().position(|&b| b == 0).unwrap_or(name.len()).min(15);
+        comm[..n].copy_from_slice(&name[..n]);
+        // SAFETY: comm is a NUL-terminated 16-byte buffer, as PR_SET_NAME reads.
+        cvt(unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) } as _).map(drop)
+    }
     fn tcsetattr(&mut self, fd: i32, termios: &[u8]) -> io::Result<()> {
         if termios.len() != std::mem::size_of::<libc::termios>() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "termios of another size"));
@@ -402,6 +423,9 @@ pub mod recording {
         EpollAdd { ep: i32, fd: i32, events: u32, data: u64 },
         Memfd { name: String, fd: i32 },
         Unlink(PathBuf),
+        Mkdir(PathBuf),
+        Rmdir(PathBuf),
+        SetName(Vec<u8>),
         Tcsetattr(i32),
         Raise(i32),
         Socket { domain: i32, stype: i32, fd: i32 },
@@ -558,6 +582,18 @@ pub mod recording {
         }
         fn unlink(&mut self, path: &Path) -> io::Result<()> {
             self.calls.push(Call::Unlink(path.into()));
+            Ok(())
+        }
+        fn mkdir(&mut self, path: &Path, _mode: u32) -> io::Result<()> {
+            self.calls.push(Call::Mkdir(path.into()));
+            Ok(())
+        }
+        fn rmdir(&mut self, path: &Path) -> io::Result<()> {
+            self.calls.push(Call::Rmdir(path.into()));
+            Ok(())
+        }
+        fn set_name(&mut self, name: &[u8]) -> io::Result<()> {
+            self.calls.push(Call::SetName(name.to_vec()));
             Ok(())
         }
         fn tcsetattr(&mut self, fd: i32, _termios: &[u8]) -> io::Result<()> {
