@@ -201,8 +201,17 @@ fn kind(path: &Path) -> &'static str {
 /// the examples' fault.
 #[test]
 fn examples_are_deterministic_when_run_bare() {
-    let names =
-        ["fd_files", "fd_deleted", "fd_pipes", "fd_devices", "fd_events", "fd_inotify", "fd_proc", "fd_files.py"];
+    let names = [
+        "fd_files",
+        "fd_deleted",
+        "fd_pipes",
+        "fd_devices",
+        "fd_events",
+        "fd_inotify",
+        "fd_proc",
+        "shm_posix",
+        "fd_files.py",
+    ];
     thread::scope(|s| {
         let handles: Vec<_> = names
             .iter()
@@ -311,6 +320,15 @@ fn deleted_file_whose_directory_is_gone() {
 #[test]
 fn proc_files_reopen_for_the_restored_process() {
     spine("fds-proc", &Program::c("fd_proc"), &[]);
+}
+
+/// A POSIX shared memory object (shm_open) mapped by two processes, which
+/// open it by name all the time: saved with the image, recreated with the
+/// checkpoint's content (not the killed run's later one) and given its
+/// name back, shared by both again.
+#[test]
+fn posix_shared_memory_between_two_processes() {
+    spine("fds-shm-posix", &Program::c("shm_posix"), &[]);
 }
 
 /// A sealed memfd, written through its fd and a shared mapping.

@@ -37,6 +37,7 @@ pub fn classify(maps: &[MapEntry], mut ghost: impl FnMut(&MapEntry) -> Result<u3
             p if m.shared && (p.is_empty() || p.starts_with("[anon")) => RegionKind::Detached,
             p if p.is_empty() || p.starts_with('[') => RegionKind::Anon,
             p if crate::fdtypes::ghost::is_ghost(p) => RegionKind::Ghost { ghost: ghost(m)?, offset: m.offset },
+            p if crate::fdtypes::ghost::is_shm_object(p) => RegionKind::Ghost { ghost: ghost(m)?, offset: m.offset },
             p if p.starts_with("/dev/") => {
                 bail!("a device is mapped into memory ({p} at {:#x}); ckrun cannot save device memory", m.start)
             }

@@ -22,9 +22,9 @@ pub struct RestoreSession {
     pub agent_fds: Vec<i32>,
     /// The objects' fds, closed once everyone has them.
     pub objects: Vec<i32>,
-    /// Files to cut back once every process is ready (nothing is cut
-    /// before a restart is sure to go ahead).
-    pub cut_backs: Vec<crate::fdtypes::file::CutBack>,
+    /// What waits until every process is ready (nothing is cut back or
+    /// renamed before a restart is sure to go ahead).
+    pub deferred: Vec<crate::fdtypes::Deferred>,
     ready: Vec<i32>,
     restored: Vec<i32>,
     /// Processes (by index) whose objects were sent.
@@ -39,7 +39,7 @@ impl RestoreSession {
         pids: Vec<i32>,
         agent_fds: Vec<i32>,
         objects: Vec<i32>,
-        cut_backs: Vec<crate::fdtypes::file::CutBack>,
+        deferred: Vec<crate::fdtypes::Deferred>,
     ) -> Self {
         RestoreSession {
             image,
@@ -48,7 +48,7 @@ impl RestoreSession {
             pids,
             agent_fds,
             objects,
-            cut_backs,
+            deferred,
             ready: vec![],
             restored: vec![],
             handed: vec![],
@@ -89,7 +89,7 @@ impl Coordinator {
         }
         if r.ready.len() == r.pids.len() && !r.go {
             let mut k = crate::restore::kernel::Linux::default();
-            if let Err(e) = crate::fdtypes::commit(&mut k, &r.cut_backs) {
+            if let Err(e) = crate::fdtypes::commit(&mut k, &r.deferred) {
                 eprintln!("ckrun: restore failed: {e:#}");
                 let code = crate::error::exit_code_of(&e);
                 self.abort_restore();
@@ -142,5 +142,6 @@ impl Coordinator {
             // SAFETY: closing our own fds.
             unsafe { libc::close(fd) };
         }
+        crate::fdtypes::abandon(&mut crate::restore::kernel::Linux::default(), &r.deferred);
     }
 }

@@ -31,6 +31,17 @@ fn is_memory(path: &str) -> bool {
     ["/memfd:", "/dev/zero", "/SYSV", "/anon_hugepage", "[anon_shmem"].iter().any(|p| path.starts_with(p))
 }
 
+/// Whether a path is a POSIX shared memory object (`shm_open`): a file of
+/// /dev/shm, a tmpfs, whose content the next boot will not have. Saved
+/// with the image like a ghost, and given its name back at restart.
+pub fn is_shm_object(path: &str) -> bool {
+    path.starts_with("/dev/shm/") && !path.ends_with(DELETED)
+}
+
+fn is_named(shown: &str) -> bool {
+    is_shm_object(shown)
+}
+
 pub fn capture_fd(f: &ProcFd, ghosts: &mut Vec<GhostFile>, out: &ImageWriter) -> Result<OpenFile> {
     let g = find_or_save(&f.proc_path(), &f.target, ghosts, out)?;
     Ok(OpenFile::Ghost { ghost: g, flags: f.flags, pos: f.pos, locks: file::locks(&f.info) })
@@ -43,8 +54,13 @@ pub fn capture_mapping(pid: i32, m: &MapEntry, ghosts: &mut Vec<GhostFile>, out:
     }
     match find_or_save(&format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end), &m.path, ghosts, out) {
         Ok(i) => Ok(i),
-        // /proc/PID/map_files needs CAP_SYS_ADMIN: without it, what the
-        // mapping shows of the file is what there is to save.
+        // /proc/PID/map_files needs CAP_SYS_ADMIN: without it, a shared
+        // memory object is read by its name (if that is still the mapped
+        // file), and of another ghost what the mapping shows of it is what
+        // there is to save.
+        Err(_) if is_shm_object(&m.path) && std::fs::metadata(&m.path).is_ok_and(|s| s.ino() == m.inode) => {
+            find_or_save(&m.path, &m.path, ghosts, out)
+        }
         Err(_) => save_mapped_part(pid, m, ghosts, out),
     }
 }
@@ -73,6 +89,7 @@ fn save_mapped_part(pid: i32, m: &MapEntry, ghosts: &mut Vec<GhostFile>, out: &I
     ghosts.push(GhostFile {
         path,
         memfd: is_memory(&m.path),
+        named: is_named(&m.path),
         mode: 0o600,
         size,
         seals: 0,
@@ -103,6 +120,7 @@ fn find_or_save(open_path: &str, shown: &str, ghosts: &mut Vec<GhostFile>, out: 
     ghosts.push(GhostFile {
         path,
         memfd,
+        named: is_named(shown),
         mode: meta.mode() & 0o7777,
         size: meta.len(),
         seals,
@@ -153,6 +171,20 @@ pub fn recreate(k: &mut impl Kernel, img: &ImageReader, g: &GhostFile) -> Result
         let name = g.path.to_string_lossy();
         let name = name.strip_prefix("/memfd:").unwrap_or(name.trim_start_matches('/'));
         k.memfd(name, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)?
+    } else if g.named {
+        // Under a name of ckrun's until the restart is sure to go ahead
+        // ([`Rename`]). Not an O_TMPFILE linked later: the mappings of one
+        // would show its first, unlinked name ("/dev/shm/#95 (deleted)")
+        // for ever, and the next checkpoint take it for a deleted file.
+        let temp = Rename::temp_name(&g.path);
+        let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        k.create(&temp, flags, g.mode & 0o777).map_err(|e| {
+            crate::error::CkError::Environment(format!(
+                "cannot recreate {} (as {}): {e}",
+                g.path.display(),
+                temp.display()
+            ))
+        })?
     } else {
         create_unnamed(k, &g.path, g.mode & 0o777)?
     };
@@ -244,6 +276,48 @@ fn make_parents(k: &mut impl Kernel, path: &Path) -> Vec<PathBuf> {
         made.push(dir.to_path_buf());
     }
     made
+}
+
+/// A POSIX shared memory object recreated under a temporary name beside
+/// its own, to get its name back once the whole tree is ready
+/// (`fdtypes::commit`): renamed over whatever has the name now (the killed
+/// run's object, with what it wrote after the checkpoint), as the process
+/// that uses it (in a sticky /dev/shm, nobody else's object can be
+/// replaced). A restart called off removes it ([`Rename::abandon`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rename {
+    pub path: PathBuf,
+    pub identity: Option<crate::creds::Identity>,
+}
+
+impl Rename {
+    pub fn temp_name(path: &Path) -> PathBuf {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        path.with_file_name(format!(".{name}.ckrun-{}", std::process::id()))
+    }
+
+    pub fn apply(&self, k: &mut impl Kernel) -> Result<()> {
+        let temp = Self::temp_name(&self.path);
+        self.as_user(k, |k| {
+            k.rename(&temp, &self.path).map_err(|e| {
+                let _ = k.unlink(&temp);
+                crate::error::CkError::Environment(format!("cannot give {} its name back: {e}", self.path.display()))
+                    .into()
+            })
+        })
+    }
+
+    pub fn abandon(&self, k: &mut impl Kernel) {
+        let temp = Self::temp_name(&self.path);
+        let _ = self.as_user(k, |k| Ok(k.unlink(&temp)?));
+    }
+
+    fn as_user<K: Kernel>(&self, k: &mut K, f: impl FnOnce(&mut K) -> Result<()>) -> Result<()> {
+        k.become_identity(self.identity.as_ref()).context("taking the program's identity to name its files")?;
+        let r = f(k);
+        k.become_identity(None).context("taking back ckrun's own identity")?;
+        r
+    }
 }
 
 /// A new open file description of a recreated ghost, as the program had it.

@@ -177,7 +177,7 @@ fn classify(f: &ProcFd, tree: &Tree, t: &mut FdTables, out: &ImageWriter) -> Res
     if procfile::is_proc(target) {
         return Ok(procfile::capture(f, &tree.pids));
     }
-    if ghost::is_ghost(target) {
+    if ghost::is_ghost(target) || ghost::is_shm_object(target) {
         return ghost::capture_fd(f, &mut t.ghosts, out);
     }
     let meta = match std::fs::metadata(target) {
@@ -216,8 +216,18 @@ pub fn info_u64(info: &str, key: &str, radix: u32) -> Option<u64> {
 pub struct Objects {
     pub files: Vec<Option<i32>>,
     pub ghosts: Vec<i32>,
-    /// Files to cut back once the whole tree is ready ([`commit`]).
-    pub cut_backs: Vec<file::CutBack>,
+    /// What waits until the whole tree is ready ([`commit`]).
+    pub deferred: Vec<Deferred>,
+}
+
+/// What a restart does only once it is sure to go ahead: before, a failed
+/// restart must leave every file as it found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deferred {
+    /// A file the job writes, cut back to its size at the checkpoint.
+    CutBack(file::CutBack),
+    /// A POSIX shared memory object, named again.
+    Rename(ghost::Rename),
 }
 
 /// The process whose rights open description `desc` or ghost `ghost`: the
@@ -241,6 +251,7 @@ pub fn create_objects(k: &mut impl Kernel, img: &ImageReader) -> Result<Objects>
         for fd in o.files.iter().flatten().chain(&o.ghosts) {
             k.close(*fd);
         }
+        abandon(k, &o.deferred);
         return Err(e);
     }
     Ok(o)
@@ -259,6 +270,9 @@ fn create_objects_as_users(k: &mut impl Kernel, img: &ImageReader, m: &Manifest,
         who.become_user(k, user)?;
         let fd = ghost::recreate(k, img, g)?;
         o.ghosts.push(fd);
+        if g.named {
+            o.deferred.push(Deferred::Rename(ghost::Rename { path: g.path.clone(), identity: who.0.clone() }));
+        }
     }
     let shared_locks =
         |l: &[FileLock]| -> Vec<FileLock> { l.iter().filter(|l| l.kind != LockKind::Posix).copied().collect() };
@@ -277,7 +291,8 @@ fn create_objects_as_users(k: &mut impl Kernel, img: &ImageReader, m: &Manifest,
                 let fd = file::restore(k, path, *flags, *pos, *kind, &shared_locks(locks), expect)?;
                 if let Some(size) = written_size {
                     let append = flags & libc::O_APPEND != 0;
-                    o.cut_backs.push(file::CutBack { fd, size: *size, path: path.clone(), pos: *pos, append });
+                    let c = file::CutBack { fd, size: *size, path: path.clone(), pos: *pos, append };
+                    o.deferred.push(Deferred::CutBack(c));
                 }
                 Some(fd)
             }
@@ -327,11 +342,24 @@ impl Acting {
 
 /// The last step before the restored tree runs: cuts the files the job
 /// writes back to their size at the checkpoint (keeping ckrun's own lines
-/// where ckrun's stderr is one of them).
-pub fn commit(k: &mut impl Kernel, cut_backs: &[file::CutBack]) -> Result<()> {
+/// where ckrun's stderr is one of them), and names its POSIX shared memory
+/// objects again.
+/// A restart called off: the files made under ckrun's temporary names go.
+pub fn abandon(k: &mut impl Kernel, deferred: &[Deferred]) {
+    for d in deferred {
+        if let Deferred::Rename(r) = d {
+            r.abandon(k);
+        }
+    }
+}
+
+pub fn commit(k: &mut impl Kernel, deferred: &[Deferred]) -> Result<()> {
     let ours = k.identity_of(2).ok();
-    for c in cut_backs {
-        file::cut_back(k, c, ours)?;
+    for d in deferred {
+        match d {
+            Deferred::CutBack(c) => file::cut_back(k, c, ours)?,
+            Deferred::Rename(r) => r.apply(k)?,
+        }
     }
     Ok(())
 }
@@ -509,12 +537,12 @@ mod tests {
         );
         k.calls.clear();
         let cut = file::CutBack { fd, size: 420, path: path.into(), pos: 42, append: false };
-        commit(&mut k, std::slice::from_ref(&cut)).unwrap();
+        commit(&mut k, &[Deferred::CutBack(cut.clone())]).unwrap();
         assert_eq!(k.calls, vec![Call::FileSize(fd), Call::Truncate { fd, len: 420 }]);
         // A file that did not grow is left as it is.
         k.calls.clear();
         k.sizes = 300;
-        commit(&mut k, &[cut]).unwrap();
+        commit(&mut k, &[Deferred::CutBack(cut)]).unwrap();
         assert!(!k.calls.iter().any(|c| matches!(c, Call::Truncate { .. })));
     }
 
@@ -540,7 +568,7 @@ mod tests {
         k.tail = b"tick 3\nckrun: checkpoint 1: x\ntick 4\n".to_vec();
         k.sizes = 10 + k.tail.len() as u64;
         let cut = file::CutBack { fd: 5, size: 10, path: "/log".into(), pos: 10, append: false };
-        commit(&mut k, &[cut]).unwrap();
+        commit(&mut k, &[Deferred::CutBack(cut)]).unwrap();
         assert_eq!(
             k.calls,
             vec![

@@ -379,6 +379,11 @@ pub struct GhostFile {
     /// The path it had (recreated there, then unlinked), or the memfd name.
     pub path: PathBuf,
     pub memfd: bool,
+    /// It still had its name at the checkpoint (a POSIX shared memory
+    /// object in /dev/shm, which lives as long as the machine runs and is
+    /// gone after a reboot): the restart gives the name back, with the
+    /// checkpoint's content.
+    pub named: bool,
     pub mode: u32,
     pub size: u64,
     /// memfd seals (F_GET_SEALS).

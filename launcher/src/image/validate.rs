@@ -369,6 +369,7 @@ pub mod tests {
                     m.ghosts.push(GhostFile {
                         path: "/x".into(),
                         memfd: false,
+                        named: false,
                         mode: 0o600,
                         size: 4096,
                         seals: 0,

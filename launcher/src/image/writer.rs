@@ -379,6 +379,7 @@ mod tests {
         m.ghosts.push(GhostFile {
             path: "g".into(),
             memfd: true,
+            named: false,
             mode: 0o600,
             size: chunks.len() as u64 * 8192,
             seals: 0,

@@ -54,6 +54,7 @@ pub trait Kernel {
     fn unlink(&mut self, path: &Path) -> io::Result<()>;
     fn mkdir(&mut self, path: &Path, mode: u32) -> io::Result<()>;
     fn rmdir(&mut self, path: &Path) -> io::Result<()>;
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()>;
     /// The calling thread's name (comm), at most 15 bytes.
     fn set_name(&mut self, name: &[u8]) -> io::Result<()>;
     fn tcsetattr(&mut self, fd: i32, termios: &[u8]) -> io::Result<()>;
@@ -336,6 +337,11 @@ impl Kernel for Linux {
         // SAFETY: c is NUL-terminated.
         cvt(unsafe { libc::rmdir(c.as_ptr()) } as _).map(drop)
     }
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        let (a, b) = (cpath(from)?, cpath(to)?);
+        // SAFETY: both paths are NUL-terminated.
+        cvt(unsafe { libc::rename(a.as_ptr(), b.as_ptr()) } as _).map(drop)
+    }
     fn set_name(&mut self, name: &[u8]) -> io::Result<()> {
         let mut comm = [0u8; 16];
         let n = name.iter().position(|&b| b == 0).unwrap_or(name.len()).min(15);
@@ -426,6 +432,7 @@ pub mod recording {
         Mkdir(PathBuf),
         Rmdir(PathBuf),
         SetName(Vec<u8>),
+        Rename { from: PathBuf, to: PathBuf },
         Tcsetattr(i32),
         Raise(i32),
         Socket { domain: i32, stype: i32, fd: i32 },
@@ -590,6 +597,10 @@ pub mod recording {
         }
         fn rmdir(&mut self, path: &Path) -> io::Result<()> {
             self.calls.push(Call::Rmdir(path.into()));
+            Ok(())
+        }
+        fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+            self.calls.push(Call::Rename { from: from.into(), to: to.into() });
             Ok(())
         }
         fn set_name(&mut self, name: &[u8]) -> io::Result<()> {

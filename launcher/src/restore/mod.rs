@@ -252,7 +252,7 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
         m.processes.iter().map(|p| p.pid).collect(),
         m.processes.iter().map(|p| p.agent_fd).collect(),
         all_fds,
-        objects.cut_backs.clone(),
+        objects.deferred.clone(),
     );
 
     // The roots of the tree are ckrun's children; each restores its own.
