@@ -331,6 +331,16 @@ fn posix_shared_memory_between_two_processes() {
     spine("fds-shm-posix", &Program::c("shm_posix"), &[]);
 }
 
+/// TCP inside the job: a connection between two of its processes comes
+/// back connected with the bytes queued both ways (up to 50 KB), a
+/// connection whose peer process is gone gives its unread bytes and then
+/// EOF, and the listener is bound again to its port although the killed
+/// run's connections hold it in TIME_WAIT.
+#[test]
+fn tcp_connections_inside_the_tree() {
+    spine("fds-tcp-tree", &Program::c("tcp_tree"), &[]);
+}
+
 /// A sealed memfd, written through its fd and a shared mapping.
 #[test]
 fn memfd_with_mapping_and_seals() {

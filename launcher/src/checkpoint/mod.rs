@@ -199,8 +199,9 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
     if settings.strict && !what.is_empty() {
         bail!("{} cannot be restored (--strict)", what.join(", "));
     }
-    let warnings: Vec<String> =
+    let mut warnings: Vec<String> =
         what.into_iter().map(|w| format!("{w} cannot be restored; it will be closed after a restart")).collect();
+    warnings.append(&mut fds.warnings);
     let mut images = Vec::new();
     let mut memory_bytes = 0;
     for (i, s) in guard.stopped.iter().enumerate() {

@@ -12,7 +12,7 @@
 //! | pipe, FIFO | [`pipe`] | new pipe, bytes in flight written back |
 //! | eventfd, timerfd, signalfd | [`eventfd`], [`timerfd`], [`signalfd`] | new one, same state |
 //! | epoll | [`epoll`] | new one, same interest list |
-//! | socket | [`socket`] | bound/listening again; unix pairs paired again with their queued data; connections outside: peer closed |
+//! | socket | [`socket`], [`tcp`] | bound/listening again; connections inside the tree (unix pairs, TCP between two of the job's sockets) made again with their queued data and half-closes; connections outside or to a gone peer: unread data, then peer closed |
 //! | anything else (inotify, netlink...) | — | closed, named at checkpoint |
 //!
 //! This module groups fds by open file description (kcmp), so that fds
@@ -27,6 +27,7 @@ pub mod pipe;
 pub mod procfile;
 pub mod signalfd;
 pub mod socket;
+pub mod tcp;
 pub mod timerfd;
 pub mod tty;
 
@@ -72,6 +73,8 @@ pub struct FdTables {
     pub pipes: Vec<PipeImage>,
     /// "process P: fd N (kind)" of each fd that cannot be restored.
     pub unsupported: Vec<String>,
+    /// What a restart will not give back in full, said at the checkpoint.
+    pub warnings: Vec<String>,
 }
 
 /// Captures the fds of processes `(pid, agent fd)` (the agent's own
@@ -116,7 +119,8 @@ pub fn capture(procs: &[(i32, i32)], out: &ImageWriter) -> Result<FdTables> {
     let ends = pipe::Ends::of(all.iter().map(|(_, _, f)| f));
     let sockets: HashSet<u64> = all.iter().filter_map(|(_, _, f)| inode_of(&f.target, "socket:[")).collect();
     let pids = procs.iter().map(|&(pid, _)| pid).collect();
-    let tree = Tree { ends, sockets, pids };
+    let tcp = tcp::Table::load();
+    let tree = Tree { ends, sockets, pids, tcp };
     for &r in &reps {
         let f = &all[r].2;
         // An fd whose state cannot be read (not ours to open, say) comes
@@ -141,6 +145,7 @@ struct Tree {
     ends: pipe::Ends,
     sockets: HashSet<u64>,
     pids: Vec<i32>,
+    tcp: tcp::Table,
 }
 
 /// The inode in a target like `pipe:[123]`.
@@ -159,7 +164,7 @@ fn classify(f: &ProcFd, tree: &Tree, t: &mut FdTables, out: &ImageWriter) -> Res
         return pipe::capture(f, ino, None, &mut t.pipes);
     }
     if let Some(ino) = inode_of(target, "socket:[") {
-        let s = socket::capture(f, ino, &tree.sockets)?;
+        let s = socket::capture(f, ino, &tree.sockets, &tree.tcp, &mut t.warnings)?;
         // A stdio socket connected outside the tree is whoever started us.
         let outside = matches!(&s, OpenFile::Socket(x) if !matches!(x.state, SocketState::Pair { .. }));
         return Ok(if stdio && outside { tty::inherited(f, "socket from outside") } else { s });

@@ -1,11 +1,15 @@
 //! Sockets. A listening or bound socket is bound again to its address
-//! (a stale unix socket file left by the dead original is replaced); a
-//! connected unix socket pair inside the tree becomes a pair again, with
-//! the bytes (or datagrams) queued in each end, peeked without consuming
-//! them; a connection to a peer outside the tree comes back as a socket
-//! whose peer has closed, as after a network reset (reads see EOF, writes
-//! EPIPE). The coordinator reaches each socket with pidfd_getfd and finds
-//! unix peers with sock_diag.
+//! (a stale unix socket file left by the dead original is replaced, and a
+//! port that the killed run's connections hold in TIME_WAIT is taken
+//! anyway, as the program could have with SO_REUSEADDR); a connection
+//! inside the tree (a unix socket pair, or a TCP connection between two
+//! sockets of the job: [`super::tcp`]) is made again, with the bytes (or
+//! datagrams) queued in each end, peeked without consuming them, and EOF
+//! where the other end had shut down writing; a connection to a peer
+//! outside the tree, or to one that is gone, comes back as a socket whose
+//! peer has closed, as after a network reset: what it had not read yet,
+//! then EOF (writes see EPIPE). The coordinator reaches each socket with
+//! pidfd_getfd and finds unix peers with sock_diag.
 
 use super::ProcFd;
 use crate::image::manifest::{OpenFile, SocketImage, SocketState};
@@ -24,6 +28,8 @@ const OPTIONS: [(i32, i32); 5] = [
     (libc::SOL_SOCKET, libc::SO_BROADCAST),
     (libc::SOL_SOCKET, libc::SO_PASSCRED),
 ];
+/// TCP options kept on connections made again.
+const TCP_OPTIONS: [(i32, i32); 1] = [(libc::IPPROTO_TCP, libc::TCP_NODELAY)];
 /// IPV6_V6ONLY must be set before bind.
 const V6ONLY: (i32, i32) = (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY);
 /// Receive and send timeouts, kept (in milliseconds, rounded up) by every
@@ -110,7 +116,13 @@ fn steal(pid: i32, fd: i32) -> Result<OwnedFd> {
 
 /// Captures socket `f` (inode `inode`); `tree` holds the inodes of every
 /// socket of the tree, to tell pairs inside it from connections outside.
-pub fn capture(f: &ProcFd, inode: u64, tree: &HashSet<u64>) -> Result<OpenFile> {
+pub fn capture(
+    f: &ProcFd,
+    inode: u64,
+    tree: &HashSet<u64>,
+    tcp: &super::tcp::Table,
+    warnings: &mut Vec<String>,
+) -> Result<OpenFile> {
     let s = steal(f.pid, f.fd)?;
     let fd = s.as_raw_fd();
     let domain = int_opt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(0);
@@ -122,6 +134,10 @@ pub fn capture(f: &ProcFd, inode: u64, tree: &HashSet<u64>) -> Result<OpenFile> 
         if let Some(ms) = timeout_ms(fd, opt).filter(|&ms| ms > 0) {
             options.push((libc::SOL_SOCKET, opt, ms));
         }
+    }
+    if domain != libc::AF_UNIX && stype == libc::SOCK_STREAM {
+        options
+            .extend(TCP_OPTIONS.iter().filter_map(|&(l, o)| int_opt(fd, l, o).filter(|&v| v != 0).map(|v| (l, o, v))));
     }
     if domain == libc::AF_INET6 {
         if let Some(v) = int_opt(fd, V6ONLY.0, V6ONLY.1) {
@@ -140,13 +156,35 @@ pub fn capture(f: &ProcFd, inode: u64, tree: &HashSet<u64>) -> Result<OpenFile> 
         let backlog = if domain == libc::AF_UNIX { unix_diag(inode).map(|d| d.backlog) } else { None };
         SocketState::Bound { addr: absolute_unix(f.pid, own), backlog: Some(backlog.unwrap_or(libc::SOMAXCONN)) }
     } else if let Some(p) = peer {
-        match (domain == libc::AF_UNIX).then(|| unix_diag(inode)).flatten().and_then(|d| d.peer) {
+        let is_tcp = domain != libc::AF_UNIX && stype == libc::SOCK_STREAM;
+        let peer_ino = if domain == libc::AF_UNIX {
+            unix_diag(inode).and_then(|d| d.peer)
+        } else if is_tcp {
+            tcp.peer_in(inode, tree)
+        } else {
+            None
+        };
+        let waiting = || queued(fd, stype).with_context(|| format!("copying what waits in {}", f.target));
+        if is_tcp {
+            let late = super::tcp::unsent(fd);
+            if late > 0 {
+                warnings.push(format!(
+                    "process {}: fd {} (TCP connection to {}): {late} bytes the program wrote were not sent yet \
+                     (the peer's receive queue was full); a restart will not send them",
+                    f.pid,
+                    f.fd,
+                    describe(domain, &p)
+                ));
+            }
+        }
+        match peer_ino {
             Some(peer_ino) if tree.contains(&peer_ino) => SocketState::Pair {
                 key: inode.min(peer_ino),
                 first: inode < peer_ino,
-                queued: queued(fd, stype).with_context(|| format!("copying what waits in {}", f.target))?,
+                queued: waiting()?,
+                eof: peer_shut_down(fd),
             },
-            _ => SocketState::Disconnected { peer: describe(domain, &p) },
+            _ => SocketState::Disconnected { peer: describe(domain, &p), queued: waiting()? },
         }
     } else if bound {
         SocketState::Bound { addr: absolute_unix(f.pid, own), backlog: None }
@@ -154,6 +192,15 @@ pub fn capture(f: &ProcFd, inode: u64, tree: &HashSet<u64>) -> Result<OpenFile> 
         SocketState::Fresh
     };
     Ok(OpenFile::Socket(SocketImage { domain, stype, protocol, flags: f.flags, options, state }))
+}
+
+/// Whether the other end shut down writing (or closed): reads here see EOF
+/// once the queue is drained.
+fn peer_shut_down(fd: RawFd) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd; a zero timeout never blocks.
+    let ready = unsafe { libc::poll(&mut p, 1, 0) };
+    ready > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
 }
 
 fn is_bound(domain: i32, addr: &[u8]) -> bool {
@@ -324,6 +371,24 @@ fn set_timeouts(k: &mut impl Kernel, fd: i32, s: &SocketImage) -> Result<()> {
     Ok(())
 }
 
+/// Two connected sockets to stand for a connection: a TCP one over
+/// loopback for a TCP socket, a unix socket pair for anything else.
+fn connected(k: &mut impl Kernel, domain: i32, base_type: i32, stype: i32) -> Result<(i32, i32)> {
+    if base_type == libc::SOCK_STREAM && (domain == libc::AF_INET || domain == libc::AF_INET6) {
+        return super::tcp::pair(k, domain, stype);
+    }
+    let domain = if domain == libc::AF_UNIX { domain } else { libc::AF_UNIX };
+    Ok(k.socketpair(domain, stype)?)
+}
+
+/// A connection's own options (TCP_NODELAY) on the end made again.
+fn set_tcp_options(k: &mut impl Kernel, fd: i32, s: &SocketImage) -> Result<()> {
+    for &(l, o, v) in s.options.iter().filter(|&&(l, _, _)| l == libc::IPPROTO_TCP) {
+        k.setsockopt(fd, l, o, v)?;
+    }
+    Ok(())
+}
+
 /// The sockets made so far in a restore: both ends of each pair.
 #[derive(Default)]
 pub struct Restored {
@@ -334,11 +399,11 @@ impl Restored {
     pub fn make(&mut self, k: &mut impl Kernel, s: &SocketImage) -> Result<i32> {
         let stype = s.stype | libc::SOCK_CLOEXEC;
         let fd = match &s.state {
-            SocketState::Pair { key, first, queued } => {
+            SocketState::Pair { key, first, queued, eof } => {
                 let (a, b) = match self.pairs.get(key) {
                     Some(&p) => p,
                     None => {
-                        let p = k.socketpair(s.domain, stype)?;
+                        let p = connected(k, s.domain, s.stype, stype)?;
                         self.pairs.insert(*key, p);
                         p
                     }
@@ -348,13 +413,26 @@ impl Restored {
                 for q in queued {
                     k.write_all(theirs, q).context("refilling a socket pair")?;
                 }
+                if *eof {
+                    k.shutdown(theirs, libc::SHUT_WR)?;
+                }
                 let fd = k.dup_above(mine, 0)?;
+                set_tcp_options(k, fd, s)?;
                 set_timeouts(k, fd, s)?;
                 fd
             }
-            SocketState::Disconnected { .. } => {
-                let (a, b) = k.socketpair(libc::AF_UNIX, s.stype | libc::SOCK_CLOEXEC)?;
+            SocketState::Disconnected { queued, .. } => {
+                // Its peer closed: what it had not read yet, then EOF.
+                let (a, b) = connected(k, s.domain, s.stype, stype)?;
+                for q in queued {
+                    if let Err(e) = k.write_all(b, q) {
+                        k.close(a);
+                        k.close(b);
+                        return Err(anyhow::Error::new(e).context("refilling a socket whose peer closed"));
+                    }
+                }
                 k.close(b);
+                set_tcp_options(k, a, s)?;
                 set_timeouts(k, a, s)?;
                 a
             }
@@ -364,8 +442,8 @@ impl Restored {
                     k.setsockopt(fd, l, o, v)?;
                 }
                 if let SocketState::Bound { addr, backlog } = &s.state {
-                    bind_again(k, fd, addr)?;
-                    if let Some(b) = backlog {
+                    let listening = bind_again(k, fd, addr, s)?;
+                    if let (Some(b), false) = (backlog, listening) {
                         k.listen(fd, *b)?;
                     }
                 }
@@ -386,10 +464,34 @@ impl Restored {
 }
 
 /// Binds to the address the socket had. A unix socket file left behind by
-/// the dead original (nobody listens on it) is replaced.
-fn bind_again(k: &mut impl Kernel, fd: i32, addr: &[u8]) -> Result<()> {
+/// the dead original (nobody listens on it) is replaced. Returns whether
+/// the socket listens already (taking a port from TIME_WAIT does both).
+fn bind_again(k: &mut impl Kernel, fd: i32, addr: &[u8], s: &SocketImage) -> Result<bool> {
+    let family = u16::from_ne_bytes([addr[0], addr[1]]) as i32;
+    let listens = matches!(s.state, SocketState::Bound { backlog: Some(_), .. });
     match k.bind(fd, addr) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(false),
+        // The killed run's connections on this port wait in TIME_WAIT:
+        // bind (and listen) as SO_REUSEADDR allows, then take the option
+        // back to what the program had.
+        Err(e)
+            if e.raw_os_error() == Some(libc::EADDRINUSE)
+                && (family == libc::AF_INET || family == libc::AF_INET6)
+                && !s.options.iter().any(|&(l, o, _)| l == libc::SOL_SOCKET && o == libc::SO_REUSEADDR) =>
+        {
+            k.setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+            let bound = k.bind(fd, addr).and_then(|()| match &s.state {
+                SocketState::Bound { backlog: Some(b), .. } => k.listen(fd, *b),
+                _ => Ok(()),
+            });
+            k.setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0)?;
+            bound.map(|()| listens).map_err(|_| {
+                anyhow::Error::new(crate::error::CkError::Environment(format!(
+                    "the address the program listened on, {}, is in use now",
+                    describe(family, addr)
+                )))
+            })
+        }
         Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
             let off = size_of::<libc::sa_family_t>();
             let path = &addr[off.min(addr.len())..];
@@ -405,7 +507,8 @@ fn bind_again(k: &mut impl Kernel, fd: i32, addr: &[u8]) -> Result<()> {
                 )));
             }
             k.unlink(path)?;
-            Ok(k.bind(fd, addr)?)
+            k.bind(fd, addr)?;
+            Ok(false)
         }
         Err(e) => Err(e.into()),
     }
@@ -431,9 +534,11 @@ mod tests {
     fn a_pair_is_made_once_and_each_end_gets_what_waited_for_it() {
         let mut k = Recording::default();
         let mut r = Restored::default();
-        let first =
-            r.make(&mut k, &image(SocketState::Pair { key: 7, first: true, queued: vec![b"abc".to_vec()] })).unwrap();
-        let second = r.make(&mut k, &image(SocketState::Pair { key: 7, first: false, queued: vec![] })).unwrap();
+        let first = r
+            .make(&mut k, &image(SocketState::Pair { key: 7, first: true, queued: vec![b"abc".to_vec()], eof: false }))
+            .unwrap();
+        let second =
+            r.make(&mut k, &image(SocketState::Pair { key: 7, first: false, queued: vec![], eof: false })).unwrap();
         r.finish(&mut k);
         let pairs: Vec<_> = k.calls.iter().filter(|c| matches!(c, Call::SocketPair { .. })).collect();
         assert_eq!(pairs.len(), 1);
@@ -451,7 +556,7 @@ mod tests {
     #[test]
     fn a_pair_end_keeps_its_timeouts() {
         let mut k = Recording::default();
-        let mut img = image(SocketState::Pair { key: 3, first: true, queued: vec![] });
+        let mut img = image(SocketState::Pair { key: 3, first: true, queued: vec![], eof: false });
         img.options.push((libc::SOL_SOCKET, libc::SO_RCVTIMEO, 2));
         let fd = Restored::default().make(&mut k, &img).unwrap();
         let set: Vec<_> = k.calls.iter().filter(|c| matches!(c, Call::SetSockOpt { .. })).collect();

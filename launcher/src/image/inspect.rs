@@ -182,12 +182,15 @@ fn describe_file(p: &Manifest, f: &OpenFile) -> String {
                 crate::image::manifest::SocketState::Fresh => "unbound".to_string(),
                 crate::image::manifest::SocketState::Bound { backlog: Some(_), .. } => "listening".into(),
                 crate::image::manifest::SocketState::Bound { .. } => "bound".into(),
-                crate::image::manifest::SocketState::Pair { queued, .. } => {
-                    format!("pair inside the tree, {} bytes queued", queued.iter().map(Vec::len).sum::<usize>())
-                }
-                crate::image::manifest::SocketState::Disconnected { peer } => {
-                    format!("connected to {peer} outside the tree: comes back closed")
-                }
+                crate::image::manifest::SocketState::Pair { queued, eof, .. } => format!(
+                    "connection inside the tree, {} bytes queued{}",
+                    queued.iter().map(Vec::len).sum::<usize>(),
+                    if *eof { ", then EOF" } else { "" }
+                ),
+                crate::image::manifest::SocketState::Disconnected { peer, queued } => format!(
+                    "connected to {peer} outside the tree, or gone: comes back closed by the peer after {} bytes",
+                    queued.iter().map(Vec::len).sum::<usize>()
+                ),
             };
             format!("{family} {kind} socket, {state}")
         }

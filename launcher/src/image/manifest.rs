@@ -329,14 +329,17 @@ pub enum SocketState {
     Fresh,
     /// Bound to `addr` (a sockaddr); listening with `backlog` if set.
     Bound { addr: Vec<u8>, backlog: Option<i32> },
-    /// One end of a connected unix socket pair inside the tree: `key` is
-    /// the lower of the two socket inodes, `first` says which end; `queued`
+    /// One end of a connection inside the tree (a unix socket pair, or a
+    /// TCP connection whose two ends are both the job's): `key` is the
+    /// lower of the two socket inodes, `first` says which end; `queued`
     /// holds what waited in this end's receive queue (one entry per
-    /// datagram, or one for a stream).
-    Pair { key: u64, first: bool, queued: Vec<Vec<u8>> },
-    /// Connected to a peer outside the tree: comes back as a socket whose
-    /// peer has closed (reads see EOF, writes EPIPE).
-    Disconnected { peer: String },
+    /// datagram, or one for a stream); `eof`: the other end had shut down
+    /// writing, so this end reads EOF after the queued bytes.
+    Pair { key: u64, first: bool, queued: Vec<Vec<u8>>, eof: bool },
+    /// Connected to a peer outside the tree, or to one that is gone: comes
+    /// back as a socket whose peer has closed, with the bytes that waited
+    /// in its receive queue first (then reads see EOF, writes EPIPE).
+    Disconnected { peer: String, queued: Vec<Vec<u8>> },
 }
 
 /// What tells one file from another at the same path.

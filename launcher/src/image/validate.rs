@@ -218,7 +218,9 @@ impl Check<'_> {
                     SocketState::Bound { addr, .. } => {
                         addr.len() <= std::mem::size_of::<libc::sockaddr_storage>() && addr.len() >= 2
                     }
-                    SocketState::Pair { queued, .. } => queued.len() <= 1 << 20,
+                    SocketState::Pair { queued, .. } | SocketState::Disconnected { queued, .. } => {
+                        queued.len() <= 1 << 20
+                    }
                     _ => true,
                 };
                 self.ensure(addr_ok && s.options.len() <= 64, || format!("{}: socket", what()))

@@ -63,6 +63,13 @@ pub trait Kernel {
     /// Binds to a raw sockaddr.
     fn bind(&mut self, fd: i32, addr: &[u8]) -> io::Result<()>;
     fn listen(&mut self, fd: i32, backlog: i32) -> io::Result<()>;
+    /// Connects to a raw sockaddr (blocking).
+    fn connect(&mut self, fd: i32, addr: &[u8]) -> io::Result<()>;
+    /// accept4 with `flags` (SOCK_CLOEXEC).
+    fn accept(&mut self, fd: i32, flags: i32) -> io::Result<i32>;
+    /// getsockname, as a raw sockaddr.
+    fn local_addr(&mut self, fd: i32) -> io::Result<Vec<u8>>;
+    fn shutdown(&mut self, fd: i32, how: i32) -> io::Result<()>;
     /// An integer option; SO_RCVTIMEO and SO_SNDTIMEO take milliseconds.
     fn setsockopt(&mut self, fd: i32, level: i32, opt: i32, value: i32) -> io::Result<()>;
     /// Makes `sig` pending again for the process.
@@ -377,6 +384,27 @@ impl Kernel for Linux {
         // SAFETY: integer arguments only.
         cvt(unsafe { libc::listen(fd, backlog) } as _).map(drop)
     }
+    fn connect(&mut self, fd: i32, addr: &[u8]) -> io::Result<()> {
+        // SAFETY: addr is a sockaddr of addr.len() bytes.
+        cvt(unsafe { libc::connect(fd, addr.as_ptr().cast(), addr.len() as libc::socklen_t) } as _).map(drop)
+    }
+    fn accept(&mut self, fd: i32, flags: i32) -> io::Result<i32> {
+        // SAFETY: no address is asked for.
+        cvt(unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), flags) } as _).map(|fd| fd as i32)
+    }
+    fn local_addr(&mut self, fd: i32) -> io::Result<Vec<u8>> {
+        // SAFETY: sockaddr_storage is plain data; getsockname writes at most len bytes.
+        unsafe {
+            let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            cvt(libc::getsockname(fd, &mut ss as *mut _ as *mut libc::sockaddr, &mut len) as _)?;
+            Ok(std::slice::from_raw_parts(&ss as *const _ as *const u8, len as usize).to_vec())
+        }
+    }
+    fn shutdown(&mut self, fd: i32, how: i32) -> io::Result<()> {
+        // SAFETY: integer arguments only.
+        cvt(unsafe { libc::shutdown(fd, how) } as _).map(drop)
+    }
     fn setsockopt(&mut self, fd: i32, level: i32, opt: i32, value: i32) -> io::Result<()> {
         if level == libc::SOL_SOCKET && (opt == libc::SO_RCVTIMEO || opt == libc::SO_SNDTIMEO) {
             let tv = libc::timeval { tv_sec: (value / 1000) as _, tv_usec: (value % 1000 * 1000) as _ };
@@ -432,6 +460,9 @@ pub mod recording {
         Mkdir(PathBuf),
         Rmdir(PathBuf),
         SetName(Vec<u8>),
+        Connect { fd: i32, addr: Vec<u8> },
+        Accept { listener: i32, fd: i32 },
+        Shutdown { fd: i32, how: i32 },
         Rename { from: PathBuf, to: PathBuf },
         Tcsetattr(i32),
         Raise(i32),
@@ -627,6 +658,22 @@ pub mod recording {
         }
         fn listen(&mut self, fd: i32, backlog: i32) -> io::Result<()> {
             self.calls.push(Call::Listen { fd, backlog });
+            Ok(())
+        }
+        fn connect(&mut self, fd: i32, addr: &[u8]) -> io::Result<()> {
+            self.calls.push(Call::Connect { fd, addr: addr.to_vec() });
+            Ok(())
+        }
+        fn accept(&mut self, listener: i32, _flags: i32) -> io::Result<i32> {
+            let fd = self.fd(0);
+            self.calls.push(Call::Accept { listener, fd });
+            Ok(fd)
+        }
+        fn local_addr(&mut self, _fd: i32) -> io::Result<Vec<u8>> {
+            Ok(vec![2, 0, 0x30, 0x39, 127, 0, 0, 1])
+        }
+        fn shutdown(&mut self, fd: i32, how: i32) -> io::Result<()> {
+            self.calls.push(Call::Shutdown { fd, how });
             Ok(())
         }
         fn setsockopt(&mut self, fd: i32, level: i32, opt: i32, value: i32) -> io::Result<()> {
