@@ -8,13 +8,33 @@
 
 use super::ProcFd;
 use crate::error::CkError;
-use crate::image::manifest::{FileIdentity, FileLock, LockKind, OpenFile, PathKind};
+use crate::image::manifest::{FileIdentity, FileLock, LockKind, OpenFile, PathKind, SavedContent};
+use crate::image::{ImageReader, ImageWriter};
 use crate::restore::kernel::Kernel;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-pub fn capture(f: &ProcFd, meta: &std::fs::Metadata) -> Result<OpenFile> {
+/// How many bytes of the files the job writes one checkpoint saves, all
+/// files together, in the order met (`CKRUN_SAVE_WRITTEN_MIB` sets it;
+/// they are read while the program is stopped, at page-cache speed). A
+/// file beyond it is named in a warning: a restart then needs it where it
+/// is.
+pub const SAVE_BUDGET: u64 = 16 << 20;
+
+/// [`SAVE_BUDGET`], or `CKRUN_SAVE_WRITTEN_MIB`.
+pub fn save_budget() -> u64 {
+    std::env::var("CKRUN_SAVE_WRITTEN_MIB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(SAVE_BUDGET, |m| m << 20)
+}
+
+/// `budget`: what is left of [`SAVE_BUDGET`] for this checkpoint.
+pub fn capture(
+    f: &ProcFd,
+    meta: &std::fs::Metadata,
+    budget: &mut u64,
+    out: &ImageWriter,
+    warnings: &mut Vec<String>,
+) -> Result<OpenFile> {
     let kind = if meta.is_file() {
         PathKind::Regular
     } else if meta.is_dir() {
@@ -24,6 +44,27 @@ pub fn capture(f: &ProcFd, meta: &std::fs::Metadata) -> Result<OpenFile> {
     };
     let writable = f.flags & libc::O_ACCMODE != libc::O_RDONLY;
     let written_size = (kind == PathKind::Regular && writable).then_some(meta.len());
+    let mut content = None;
+    if written_size.is_some() {
+        if meta.len() <= *budget {
+            let mut file = std::fs::File::open(f.proc_path())
+                .with_context(|| format!("opening {} to save its content", f.target))?;
+            let chunks = super::ghost::save_content(&mut file, meta.len(), out)
+                .with_context(|| format!("saving the content of {}", f.target))?;
+            *budget -= meta.len();
+            content = Some(SavedContent { mode: meta.mode() & 0o777, size: meta.len(), chunks });
+        } else {
+            warnings.push(format!(
+                "process {}: fd {} ({}, {} bytes) is beyond the {} MiB the checkpoint saves of written files \
+                 (CKRUN_SAVE_WRITTEN_MIB); a restart needs it where it is",
+                f.pid,
+                f.fd,
+                f.target,
+                meta.len(),
+                save_budget() >> 20
+            ));
+        }
+    }
     Ok(OpenFile::Path {
         path: PathBuf::from(&f.target),
         flags: f.flags,
@@ -32,7 +73,41 @@ pub fn capture(f: &ProcFd, meta: &std::fs::Metadata) -> Result<OpenFile> {
         locks: locks(&f.info),
         written_size,
         identity: FileIdentity { dev: meta.dev(), inode: meta.ino() },
+        content,
     })
+}
+
+/// Makes a file the job wrote and deleted since the checkpoint again, with
+/// its content then, under a temporary name beside its own (given its
+/// name once the restart goes ahead: `ghost::Rename`); returns the fd,
+/// opened as the program had it.
+pub fn recreate(
+    k: &mut impl Kernel,
+    img: &ImageReader,
+    path: &Path,
+    flags: i32,
+    pos: u64,
+    c: &SavedContent,
+) -> Result<i32> {
+    let temp = super::ghost::Rename::temp_name(path);
+    let create = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let made = k.create(&temp, create, c.mode).map_err(|e| {
+        CkError::Environment(format!("cannot make {} again (as {}): {e}", path.display(), temp.display()))
+    })?;
+    let mut fill = || -> Result<i32> {
+        super::ghost::fill(k, img, made, &c.chunks, c.size)?;
+        let fd = k.reopen(made, reopen_flags(flags))?;
+        if pos != 0 {
+            k.seek(fd, pos)?;
+        }
+        Ok(fd)
+    };
+    let r = fill();
+    k.close(made);
+    if r.is_err() {
+        let _ = k.unlink(&temp);
+    }
+    r
 }
 
 /// The `lock:` lines of an fdinfo file: the locks held through this open

@@ -133,7 +133,7 @@ fn find_or_save(open_path: &str, shown: &str, ghosts: &mut Vec<GhostFile>, out: 
 
 /// The file's bytes in page-padded, compressed pieces; all-zero pieces are
 /// left out (they come back as holes).
-fn save_content(f: &mut std::fs::File, size: u64, out: &ImageWriter) -> Result<Vec<ChunkRef>> {
+pub(super) fn save_content(f: &mut std::fs::File, size: u64, out: &ImageWriter) -> Result<Vec<ChunkRef>> {
     let piece = CHUNK_PAGES as usize * PAGE_SIZE as usize;
     let mut buf = vec![0u8; piece];
     let mut chunks = Vec::new();
@@ -188,25 +188,31 @@ pub fn recreate(k: &mut impl Kernel, img: &ImageReader, g: &GhostFile) -> Result
     } else {
         create_unnamed(k, &g.path, g.mode & 0o777)?
     };
-    let mut fill = || -> Result<()> {
-        let mut buf = Vec::new();
-        let mut scratch = Vec::new();
-        for c in &g.chunks {
-            buf.resize(c.npages as usize * PAGE_SIZE as usize, 0);
-            img.read_chunk(c, &mut buf, &mut scratch)?;
-            k.pwrite_all(fd, &buf, c.addr)?;
-        }
-        k.truncate(fd, g.size)?;
+    let mut write = || -> Result<()> {
+        fill(k, img, fd, &g.chunks, g.size)?;
         if g.seals != 0 {
             k.fcntl(fd, libc::F_ADD_SEALS, g.seals as i64).context("sealing a memfd")?;
         }
         Ok(())
     };
-    if let Err(e) = fill() {
+    if let Err(e) = write() {
         k.close(fd);
         return Err(e);
     }
     Ok(fd)
+}
+
+/// Writes saved content into `fd`, then gives it its size.
+pub(super) fn fill(k: &mut impl Kernel, img: &ImageReader, fd: i32, chunks: &[ChunkRef], size: u64) -> Result<()> {
+    let mut buf = Vec::new();
+    let mut scratch = Vec::new();
+    for c in chunks {
+        buf.resize(c.npages as usize * PAGE_SIZE as usize, 0);
+        img.read_chunk(c, &mut buf, &mut scratch)?;
+        k.pwrite_all(fd, &buf, c.addr)?;
+    }
+    k.truncate(fd, size)?;
+    Ok(())
 }
 
 /// Creates the file where it was and unlinks it again at once (as the

@@ -75,6 +75,8 @@ pub struct FdTables {
     pub unsupported: Vec<String>,
     /// What a restart will not give back in full, said at the checkpoint.
     pub warnings: Vec<String>,
+    /// What is left of [`file::save_budget`].
+    pub file_budget: u64,
 }
 
 /// Captures the fds of processes `(pid, agent fd)` (the agent's own
@@ -115,7 +117,7 @@ pub fn capture(procs: &[(i32, i32)], out: &ImageWriter) -> Result<FdTables> {
             reps.len() - 1
         }));
     }
-    let mut t = FdTables { fds: vec![Vec::new(); procs.len()], ..Default::default() };
+    let mut t = FdTables { fds: vec![Vec::new(); procs.len()], file_budget: file::save_budget(), ..Default::default() };
     let ends = pipe::Ends::of(all.iter().map(|(_, _, f)| f));
     let sockets: HashSet<u64> = all.iter().filter_map(|(_, _, f)| inode_of(&f.target, "socket:[")).collect();
     let pids = procs.iter().map(|&(pid, _)| pid).collect();
@@ -198,7 +200,7 @@ fn classify(f: &ProcFd, tree: &Tree, t: &mut FdTables, out: &ImageWriter) -> Res
         return Ok(if stdio { tty::capture(f) } else { unsupported(&format!("terminal {target}")) });
     }
     if ft.is_file() || ft.is_dir() || ft.is_char_device() {
-        return file::capture(f, &meta);
+        return file::capture(f, &meta, &mut t.file_budget, out, &mut t.warnings);
     }
     Ok(unsupported(&format!("{target} (socket or block device)")))
 }
@@ -233,6 +235,12 @@ pub enum Deferred {
     CutBack(file::CutBack),
     /// A POSIX shared memory object, named again.
     Rename(ghost::Rename),
+}
+
+/// Whether nothing is at `path` any more (the caller has the process's
+/// identity: what it cannot see is not gone).
+fn gone(path: &std::path::Path) -> bool {
+    std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// The process whose rights open description `desc` or ghost `ghost`: the
@@ -291,7 +299,12 @@ fn create_objects_as_users(k: &mut impl Kernel, img: &ImageReader, m: &Manifest,
         }
         who.become_user(k, user)?;
         let fd = match f {
-            OpenFile::Path { path, flags, pos, kind, locks, written_size, identity } => {
+            OpenFile::Path { path, flags, pos, content: Some(c), .. } if gone(path) => {
+                let fd = file::recreate(k, img, path, *flags, *pos, c)?;
+                o.deferred.push(Deferred::Rename(ghost::Rename { path: path.clone(), identity: who.0.clone() }));
+                Some(fd)
+            }
+            OpenFile::Path { path, flags, pos, kind, locks, written_size, identity, .. } => {
                 let expect = file::Expect { identity: *identity, same_machine };
                 let fd = file::restore(k, path, *flags, *pos, *kind, &shared_locks(locks), expect)?;
                 if let Some(size) = written_size {
@@ -484,6 +497,7 @@ mod tests {
                 ],
                 written_size: None,
                 identity: FileIdentity::default(),
+                content: None,
             },
             OpenFile::Unsupported { what: "socket".into() },
         ];

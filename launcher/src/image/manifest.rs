@@ -251,6 +251,11 @@ pub enum OpenFile {
         /// Device and inode at the checkpoint: a restart refuses to use
         /// another file that has taken the path since.
         identity: FileIdentity,
+        /// The content of a file the job writes, saved within the
+        /// checkpoint's budget (`fdtypes::file::save_budget`): a
+        /// restart that finds the file gone (a temporary the job deleted
+        /// after the checkpoint) makes it again with it.
+        content: Option<SavedContent>,
     },
     /// The terminal or a pipe/socket from outside the tree, on fd 0..2 of
     /// the program: at restart the program gets ckrun's own fd `fd` (with
@@ -307,6 +312,15 @@ pub enum OpenFile {
     Unsupported {
         what: String,
     },
+}
+
+/// A file's bytes at the checkpoint, and its mode.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SavedContent {
+    pub mode: u32,
+    pub size: u64,
+    /// Page-padded pieces; `ChunkRef::addr` is the file offset.
+    pub chunks: Vec<ChunkRef>,
 }
 
 /// A socket: its kind, options, and what it was doing.

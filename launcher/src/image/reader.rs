@@ -146,7 +146,11 @@ impl ImageReader {
         let m = &self.manifest;
         let memory = m.processes.iter().flat_map(|p| p.regions.iter().flat_map(|r| r.chunks.iter()));
         let files = m.ghosts.iter().flat_map(|g| g.chunks.iter());
-        for c in memory.chain(files) {
+        let written = m.files.iter().flat_map(|f| match f {
+            crate::image::manifest::OpenFile::Path { content: Some(c), .. } => c.chunks.iter(),
+            _ => [].iter(),
+        });
+        for c in memory.chain(files).chain(written) {
             let n = c.npages as usize * PAGE_SIZE as usize;
             self.read_chunk(c, &mut out[..n], &mut scratch)?;
         }

@@ -190,7 +190,16 @@ impl Check<'_> {
     fn file(&self, f: &OpenFile, m: &Manifest, i: usize) -> Result<(), CkError> {
         let what = || format!("open file #{i}");
         match f {
-            OpenFile::Path { path, .. } => self.path_ok(path, &what()),
+            OpenFile::Path { path, content, .. } => {
+                self.path_ok(path, &what())?;
+                match content {
+                    Some(c) => {
+                        self.ensure(c.size <= MAX_GHOST && c.mode <= 0o777, || format!("{}: saved content", what()))?;
+                        self.chunks(&c.chunks, 0, c.size.div_ceil(PAGE_SIZE) * PAGE_SIZE, &what())
+                    }
+                    None => Ok(()),
+                }
+            }
             OpenFile::Proc { pid, rel, .. } => {
                 self.path_ok(rel, &what())?;
                 if let Some(p) = pid {

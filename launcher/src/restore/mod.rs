@@ -133,8 +133,13 @@ fn check_files_as_users(k: &mut Linux, m: &Manifest) -> Result<()> {
             }
         }
         for fd in &p.fds {
-            let OpenFile::Path { path, identity, .. } = &m.files[fd.desc as usize] else { continue };
-            let meta = std::fs::symlink_metadata(path).map_err(|e| {
+            let OpenFile::Path { path, identity, content, .. } = &m.files[fd.desc as usize] else { continue };
+            let meta = match std::fs::symlink_metadata(path) {
+                // Deleted since, and saved: made again at restart.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && content.is_some() => continue,
+                r => r,
+            };
+            let meta = meta.map_err(|e| {
                 CkError::Environment(format!(
                     "{}: the program had this file open, and it is gone ({e})",
                     path.display()
