@@ -194,6 +194,8 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
     let reserved = 1u64 << (SUSPEND_SIGNAL - 1) | 1u64 << (settings.trigger - 1);
     let procs: Vec<(i32, i32)> = guard.stopped.iter().map(|s| (s.reader(), s.agent.agent_fd)).collect();
     let mut fds = fdtypes::capture(&procs, &out)?;
+    let pids: Vec<i32> = guard.stopped.iter().map(|s| s.agent.pid).collect();
+    let sysv = crate::sysv::capture(&pids)?;
     inject("fds")?;
     let what: Vec<String> = fds.unsupported.clone();
     if settings.strict && !what.is_empty() {
@@ -253,6 +255,7 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
         files: fds.files,
         ghosts: fds.ghosts,
         pipes: fds.pipes,
+        sysv,
     };
     inject("finish")?;
     let (path, image_bytes) = out.finish(&manifest, &image_name(settings, tree.root, sequence), key)?;

@@ -233,8 +233,10 @@ pub struct Objects {
 pub enum Deferred {
     /// A file the job writes, cut back to its size at the checkpoint.
     CutBack(file::CutBack),
-    /// A POSIX shared memory object, named again.
+    /// A POSIX shared memory object, or a file made again, named again.
     Rename(ghost::Rename),
+    /// A SysV semaphore set or message queue given its state back.
+    Sysv(crate::sysv::SysvObject),
 }
 
 /// Whether nothing is at `path` any more (the caller has the process's
@@ -258,6 +260,7 @@ fn user_of(m: &Manifest, uses: impl Fn(&ProcessImage) -> bool) -> Option<&Proces
 pub fn create_objects(k: &mut impl Kernel, img: &ImageReader) -> Result<Objects> {
     let m = &img.manifest;
     let mut o = Objects::default();
+    o.deferred.extend(m.sysv.iter().cloned().map(Deferred::Sysv));
     let result = create_objects_as_users(k, img, m, &mut o);
     k.become_identity(None).context("taking back ckrun's own identity")?;
     if let Err(e) = result {
@@ -377,6 +380,7 @@ pub fn commit(k: &mut impl Kernel, deferred: &[Deferred]) -> Result<()> {
         match d {
             Deferred::CutBack(c) => file::cut_back(k, c, ours)?,
             Deferred::Rename(r) => r.apply(k)?,
+            Deferred::Sysv(o) => crate::sysv::restore(o)?,
         }
     }
     Ok(())

@@ -43,6 +43,12 @@ pub fn human(img: &ImageReader) -> String {
     for z in &m.zombies {
         let _ = writeln!(o, "\nzombie {} (child of {}, exit status {:#x})", z.pid, z.ppid, z.status);
     }
+    if !m.sysv.is_empty() {
+        let _ = writeln!(o, "\nSysV objects (given back their state, by ID, at restart):");
+        for x in &m.sysv {
+            let _ = writeln!(o, "  {} (ID {})", x.describe(), x.id());
+        }
+    }
     o
 }
 

@@ -28,6 +28,8 @@ pub struct Manifest {
     pub ghosts: Vec<GhostFile>,
     /// Pipes and FIFOs of the tree, with the bytes in flight.
     pub pipes: Vec<PipeImage>,
+    /// The SysV semaphore sets and message queues the job uses.
+    pub sysv: Vec<crate::sysv::SysvObject>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

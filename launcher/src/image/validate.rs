@@ -242,6 +242,16 @@ impl Check<'_> {
 /// Checks `m`, read from `path`, whose page chunks end at `chunks_end`.
 pub fn validate(m: &Manifest, path: &Path, chunks_end: u64) -> Result<(), CkError> {
     let c = Check { path, chunks_end };
+    c.ensure(m.sysv.len() <= MAX_FDS, || "SysV objects".into())?;
+    for o in &m.sysv {
+        let ok = match o {
+            crate::sysv::SysvObject::Semaphores { id, values, .. } => *id >= 0 && values.len() <= 32000,
+            crate::sysv::SysvObject::Queue { id, messages, .. } => {
+                *id >= 0 && messages.len() <= 1 << 16 && messages.iter().all(|m| m.text.len() <= 1 << 20 && m.mtype > 0)
+            }
+        };
+        c.ensure(ok, || o.describe())?;
+    }
     let s = &m.settings;
     c.ensure((1..=64).contains(&s.trigger) && s.trigger != ckrun_proto::SUSPEND_SIGNAL, || "trigger signal".into())?;
     c.ensure(!s.socket_name.is_empty() && s.socket_name.len() < 100 && !s.socket_name.contains('\0'), || {
@@ -331,6 +341,7 @@ pub mod tests {
             files: vec![],
             ghosts: vec![],
             pipes: vec![],
+            sysv: vec![],
         }
     }
 

@@ -179,6 +179,7 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     }
     check_compatible(&img.manifest)?;
     check_files(&img.manifest)?;
+    crate::sysv::check(&img.manifest.sysv, &path, img.owner)?;
     let m = &img.manifest;
     let mut settings = m.settings.clone();
     if let Some(d) = &opts.dir {

@@ -1,0 +1,377 @@
+//! SysV semaphore sets and message queues of the job: capture → image →
+//! restore side by side.
+//!
+//! They belong to no process: they outlive the job (a killed run leaves
+//! them behind, with what it did after the checkpoint) and a reboot ends
+//! them. The job's are those a process of the tree used last: a semaphore
+//! whose `sempid` (GETPID) is one of the tree's, a queue whose last sender
+//! or receiver (`lspid`, `lrpid`) is. Saved: key, ID, owner, mode, every
+//! semaphore's value; a queue's messages in order with their types, copied
+//! without taking them (`MSG_COPY`), and its byte limit.
+//!
+//! At restart, once the whole tree is ready (nothing is changed before:
+//! `fdtypes::Deferred`), an object that is still there with its ID (same
+//! key, same size) is given the checkpoint's state in place: values set
+//! again, a queue emptied and refilled. One that is gone (a reboot, another
+//! machine) is made again with its ID, which the kernel lets root choose
+//! (`/proc/sys/kernel/{sem,msg}_next_id`); the program keeps using the IDs
+//! in its memory. Before anything runs, a restart checks that each ID is
+//! free or still the job's object, and that the image's owner could own
+//! each object; otherwise it stops with a message naming the object.
+//!
+//! Not restored: semaphore undo adjustments (`SEM_UNDO`, per process, not
+//! readable from outside), the times of last operations, and the last pids.
+
+use crate::error::CkError;
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SysvObject {
+    Semaphores { id: i32, key: i32, owner: Owner, values: Vec<u16> },
+    Queue { id: i32, key: i32, owner: Owner, max_bytes: u64, messages: Vec<Message> },
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Message {
+    pub mtype: i64,
+    pub text: Vec<u8>,
+}
+
+/// Largest message ckrun copies (the kernel's own limit, msgmax, is 8 KiB
+/// by default and at most what fits in an int).
+const MAX_MESSAGE: usize = 1 << 20;
+
+impl SysvObject {
+    pub fn id(&self) -> i32 {
+        match self {
+            SysvObject::Semaphores { id, .. } | SysvObject::Queue { id, .. } => *id,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            SysvObject::Semaphores { id, key, values, .. } => {
+                format!("SysV semaphore set {id} (key {key:#x}, {} semaphores: {values:?})", values.len())
+            }
+            SysvObject::Queue { id, key, messages, .. } => format!(
+                "SysV message queue {id} (key {key:#x}, {} messages, {} bytes)",
+                messages.len(),
+                messages.iter().map(|m| m.text.len()).sum::<usize>()
+            ),
+        }
+    }
+
+    fn owner(&self) -> Owner {
+        match self {
+            SysvObject::Semaphores { owner, .. } | SysvObject::Queue { owner, .. } => *owner,
+        }
+    }
+}
+
+/// Rows of a /proc/sysvipc table, as numbers (the header skipped).
+fn table(name: &str) -> Vec<Vec<i64>> {
+    let text = std::fs::read_to_string(format!("/proc/sysvipc/{name}")).unwrap_or_default();
+    text.lines().skip(1).map(|l| l.split_whitespace().filter_map(|w| w.parse().ok()).collect()).collect()
+}
+
+/// The job's objects; `pids` are the tree's processes.
+pub fn capture(pids: &[i32]) -> Result<Vec<SysvObject>> {
+    let mut out = Vec::new();
+    // key semid perms nsems uid gid cuid cgid otime ctime
+    for row in table("sem") {
+        let [key, id, perms, nsems, uid, gid, ..] = row[..] else { continue };
+        let (id, n) = (id as i32, nsems as usize);
+        // SAFETY: GETPID takes no argument.
+        let used = (0..n).any(|i| pids.contains(&unsafe { libc::semctl(id, i as i32, libc::GETPID) }));
+        if !used {
+            continue;
+        }
+        let mut values = vec![0u16; n];
+        // SAFETY: GETALL writes nsems unsigned shorts into `values`.
+        if unsafe { libc::semctl(id, 0, libc::GETALL, values.as_mut_ptr()) } != 0 {
+            anyhow::bail!("reading SysV semaphore set {id}: {}", std::io::Error::last_os_error());
+        }
+        let owner = Owner { uid: uid as u32, gid: gid as u32, mode: perms as u32 & 0o777 };
+        out.push(SysvObject::Semaphores { id, key: key as i32, owner, values });
+    }
+    // key msqid perms cbytes qnum lspid lrpid uid gid cuid cgid ...
+    for row in table("msg") {
+        let [key, id, perms, _cbytes, qnum, lspid, lrpid, uid, gid, ..] = row[..] else { continue };
+        if !pids.contains(&(lspid as i32)) && !pids.contains(&(lrpid as i32)) {
+            continue;
+        }
+        let id = id as i32;
+        let owner = Owner { uid: uid as u32, gid: gid as u32, mode: perms as u32 & 0o777 };
+        out.push(SysvObject::Queue {
+            id,
+            key: key as i32,
+            owner,
+            max_bytes: queue_limit(id)?,
+            messages: copy(id, qnum)?,
+        });
+    }
+    Ok(out)
+}
+
+fn queue_limit(id: i32) -> Result<u64> {
+    // SAFETY: msqid_ds is plain data; IPC_STAT fills it.
+    let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: ds is a valid msqid_ds.
+    if unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) } != 0 {
+        anyhow::bail!("reading SysV message queue {id}: {}", std::io::Error::last_os_error());
+    }
+    Ok(ds.msg_qbytes as u64)
+}
+
+/// The queue's messages, in order, left in place.
+fn copy(id: i32, count: i64) -> Result<Vec<Message>> {
+    let mut buf = vec![0u8; 8 + MAX_MESSAGE];
+    let mut out = Vec::new();
+    for i in 0..count {
+        // SAFETY: buf holds a long and MAX_MESSAGE bytes, as msgrcv writes.
+        let n = unsafe {
+            libc::msgrcv(
+                id,
+                buf.as_mut_ptr().cast(),
+                MAX_MESSAGE,
+                i,
+                libc::IPC_NOWAIT | libc::MSG_COPY | libc::MSG_NOERROR,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOMSG) {
+                break; // taken meanwhile by a process outside the job
+            }
+            anyhow::bail!("copying message {i} of SysV message queue {id}: {e}");
+        }
+        let mtype = i64::from_ne_bytes(buf[..8].try_into().expect("8 bytes"));
+        out.push(Message { mtype, text: buf[8..8 + n as usize].to_vec() });
+    }
+    Ok(out)
+}
+
+/// Whether `id` names a live object of the kind `o` is, and the same one
+/// (same key and size); `None`: no object has that ID.
+fn still_there(o: &SysvObject) -> Option<bool> {
+    match o {
+        SysvObject::Semaphores { id, key, values, .. } => {
+            // SAFETY: semid_ds is plain data; IPC_STAT fills it.
+            let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
+            // SAFETY: ds is a valid semid_ds.
+            if unsafe { libc::semctl(*id, 0, libc::IPC_STAT, &mut ds) } != 0 {
+                return None;
+            }
+            Some(ds.sem_perm.__key == *key && ds.sem_nsems as usize == values.len())
+        }
+        SysvObject::Queue { id, key, .. } => {
+            // SAFETY: msqid_ds is plain data; IPC_STAT fills it.
+            let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+            // SAFETY: ds is a valid msqid_ds.
+            if unsafe { libc::msgctl(*id, libc::IPC_STAT, &mut ds) } != 0 {
+                return None;
+            }
+            Some(ds.msg_perm.__key == *key)
+        }
+    }
+}
+
+/// Before anything of the restart happens: every object can come back.
+/// `owner`: the image file's owner (a user's image may only hold objects
+/// that user owns).
+pub fn check(objects: &[SysvObject], image: &std::path::Path, owner: u32) -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    for o in objects {
+        if owner != 0 && o.owner().uid != owner {
+            let why = format!("{} belongs to uid {}, but the image to uid {owner}", o.describe(), o.owner().uid);
+            return Err(CkError::BadImage { path: image.into(), why }.into());
+        }
+        match still_there(o) {
+            Some(true) => {}
+            Some(false) => {
+                return Err(CkError::Environment(format!(
+                    "{}: its ID is another object's now; the program knows its objects by their IDs",
+                    o.describe()
+                ))
+                .into())
+            }
+            None if !root => {
+                return Err(CkError::Environment(format!(
+                    "{} is gone (a reboot?), and only root can make it again with its ID",
+                    o.describe()
+                ))
+                .into())
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Gives the object the checkpoint's state, making it again if it is gone.
+pub fn restore(o: &SysvObject) -> Result<()> {
+    let fail = |what: &str| {
+        anyhow::Error::new(CkError::Environment(format!(
+            "{}: {what}: {}",
+            o.describe(),
+            std::io::Error::last_os_error()
+        )))
+    };
+    if still_there(o).is_none() {
+        make(o).map_err(|e| fail(&format!("making it again: {e}")))?;
+    }
+    match o {
+        SysvObject::Semaphores { id, values, .. } => {
+            let mut v = values.clone();
+            // SAFETY: SETALL reads nsems unsigned shorts from `v` (nsems checked).
+            if unsafe { libc::semctl(*id, 0, libc::SETALL, v.as_mut_ptr()) } != 0 {
+                return Err(fail("setting its values"));
+            }
+        }
+        SysvObject::Queue { id, messages, .. } => {
+            // What the killed run queued after the checkpoint goes first.
+            let mut buf = vec![0u8; 8 + MAX_MESSAGE];
+            // SAFETY: buf holds a long and MAX_MESSAGE bytes.
+            while unsafe {
+                libc::msgrcv(*id, buf.as_mut_ptr().cast(), MAX_MESSAGE, 0, libc::IPC_NOWAIT | libc::MSG_NOERROR)
+            } >= 0
+            {}
+            for m in messages {
+                buf[..8].copy_from_slice(&m.mtype.to_ne_bytes());
+                buf[8..8 + m.text.len()].copy_from_slice(&m.text);
+                // SAFETY: buf holds the type and the text's bytes.
+                if unsafe { libc::msgsnd(*id, buf.as_ptr().cast(), m.text.len(), libc::IPC_NOWAIT) } != 0 {
+                    return Err(fail("queueing its messages again"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes a gone object again with its ID (root: the next-ID knob).
+fn make(o: &SysvObject) -> std::io::Result<()> {
+    let (knob, id, key, owner) = match o {
+        SysvObject::Semaphores { id, key, owner, .. } => ("sem_next_id", *id, *key, owner),
+        SysvObject::Queue { id, key, owner, .. } => ("msg_next_id", *id, *key, owner),
+    };
+    let path = format!("/proc/sys/kernel/{knob}");
+    std::fs::write(&path, id.to_string())?;
+    let flags = libc::IPC_CREAT | libc::IPC_EXCL | owner.mode as i32;
+    // SAFETY: integer arguments only.
+    let got = unsafe {
+        match o {
+            SysvObject::Semaphores { values, .. } => libc::semget(key, values.len() as i32, flags),
+            SysvObject::Queue { .. } => libc::msgget(key, flags),
+        }
+    };
+    let err = std::io::Error::last_os_error();
+    let _ = std::fs::write(&path, "-1");
+    if got < 0 {
+        return Err(err);
+    }
+    if got != id {
+        remove(o, got);
+        return Err(std::io::Error::other(format!("the kernel gave ID {got}")));
+    }
+    set_owner(o, owner)
+}
+
+fn set_owner(o: &SysvObject, owner: &Owner) -> std::io::Result<()> {
+    // SAFETY: the _ds structs are plain data; IPC_STAT fills them and
+    // IPC_SET reads them back with the owner changed.
+    let r = unsafe {
+        match o {
+            SysvObject::Semaphores { id, .. } => {
+                let mut ds: libc::semid_ds = std::mem::zeroed();
+                libc::semctl(*id, 0, libc::IPC_STAT, &mut ds);
+                ds.sem_perm.uid = owner.uid;
+                ds.sem_perm.gid = owner.gid;
+                ds.sem_perm.mode = owner.mode as _;
+                libc::semctl(*id, 0, libc::IPC_SET, &mut ds)
+            }
+            SysvObject::Queue { id, max_bytes, .. } => {
+                let mut ds: libc::msqid_ds = std::mem::zeroed();
+                libc::msgctl(*id, libc::IPC_STAT, &mut ds);
+                ds.msg_perm.uid = owner.uid;
+                ds.msg_perm.gid = owner.gid;
+                ds.msg_perm.mode = owner.mode as _;
+                ds.msg_qbytes = *max_bytes as _;
+                libc::msgctl(*id, libc::IPC_SET, &mut ds)
+            }
+        }
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn remove(o: &SysvObject, id: i32) {
+    // SAFETY: IPC_RMID of an object ckrun just made.
+    unsafe {
+        match o {
+            SysvObject::Semaphores { .. } => libc::semctl(id, 0, libc::IPC_RMID),
+            SysvObject::Queue { .. } => libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_semaphore_set_and_a_queue_of_ours_are_saved_and_set_back() {
+        let me = std::process::id() as i32;
+        // SAFETY: plain SysV calls on objects this test makes and removes.
+        unsafe {
+            let sem = libc::semget(libc::IPC_PRIVATE, 2, libc::IPC_CREAT | 0o600);
+            let q = libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600);
+            assert!(sem >= 0 && q >= 0);
+            let mut v = [3u16, 7];
+            assert_eq!(libc::semctl(sem, 0, libc::SETALL, v.as_mut_ptr()), 0);
+            let mut msg = [0u8; 16];
+            msg[..8].copy_from_slice(&5i64.to_ne_bytes());
+            msg[8..13].copy_from_slice(b"hello");
+            assert_eq!(libc::msgsnd(q, msg.as_ptr().cast(), 5, 0), 0);
+
+            let saved = capture(&[me]).unwrap();
+            let ours: Vec<&SysvObject> = saved.iter().filter(|o| o.id() == sem || o.id() == q).collect();
+            assert_eq!(ours.len(), 2, "{saved:?}");
+            assert!(ours.iter().any(|o| matches!(o, SysvObject::Semaphores { values, .. } if values == &[3, 7])));
+            assert!(ours.iter().any(|o| matches!(o, SysvObject::Queue { messages, .. }
+                if messages == &[Message { mtype: 5, text: b"hello".to_vec() }])));
+            // Copying left the message there.
+            assert!(capture(&[me]).unwrap().iter().any(|o| matches!(o, SysvObject::Queue { id, messages, .. }
+                if *id == q && messages.len() == 1)));
+
+            // Changed after the checkpoint, then set back.
+            let mut w = [0u16, 0];
+            libc::semctl(sem, 0, libc::SETALL, w.as_mut_ptr());
+            msg[..8].copy_from_slice(&9i64.to_ne_bytes());
+            libc::msgsnd(q, msg.as_ptr().cast(), 5, 0);
+            let ours_too: Vec<SysvObject> = saved.iter().filter(|o| o.id() == sem || o.id() == q).cloned().collect();
+            check(&ours_too, std::path::Path::new("img"), 0).unwrap();
+            for o in ours {
+                restore(o).unwrap();
+            }
+            libc::semctl(sem, 0, libc::GETALL, w.as_mut_ptr());
+            assert_eq!(w, [3, 7]);
+            let again = capture(&[me]).unwrap();
+            assert!(again.iter().any(|o| matches!(o, SysvObject::Queue { id, messages, .. }
+                if *id == q && messages == &[Message { mtype: 5, text: b"hello".to_vec() }])));
+            libc::semctl(sem, 0, libc::IPC_RMID);
+            libc::msgctl(q, libc::IPC_RMID, std::ptr::null_mut());
+        }
+    }
+}
