@@ -17,6 +17,11 @@ pub struct Overrides {
     pub strict: bool,
     /// With --restart: a PID in use is an error (no PID namespace).
     pub no_pidns: bool,
+    /// Internal: this ckrun runs in the PID namespace a restart made.
+    pub inside_namespace: bool,
+    /// Internal, with `inside_namespace`: ckrun's fd of the terminal the
+    /// ckrun the user started runs in the foreground of.
+    pub terminal: Option<i32>,
     /// Seal images with (and, at a restart, require a seal made with)
     /// the key in this file.
     pub key_file: Option<PathBuf>,

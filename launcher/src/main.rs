@@ -23,6 +23,7 @@ mod image;
 mod launch;
 mod restore;
 mod sys;
+mod terminal;
 
 use error::exit_code_of;
 use std::io::Write;

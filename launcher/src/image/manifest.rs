@@ -28,6 +28,10 @@ pub struct Manifest {
     pub ghosts: Vec<GhostFile>,
     /// Pipes and FIFOs of the tree, with the bytes in flight.
     pub pipes: Vec<PipeImage>,
+    /// The process group of the tree that was the foreground group of its
+    /// controlling terminal (an interactive shell, a full-screen program):
+    /// a restart makes it the foreground group of ckrun's terminal again.
+    pub foreground: Option<i32>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -252,6 +252,9 @@ pub fn validate(m: &Manifest, path: &Path, chunks_end: u64) -> Result<(), CkErro
     for z in &m.zombies {
         c.pid_ok(z.pid, "zombie")?;
     }
+    if let Some(g) = m.foreground {
+        c.ensure(m.processes.iter().any(|p| p.pgid == g), || format!("foreground group {g} is no group of the tree"))?;
+    }
     for p in &m.processes {
         c.process(p, m)?;
     }
@@ -313,6 +316,7 @@ pub mod tests {
             files: vec![],
             ghosts: vec![],
             pipes: vec![],
+            foreground: None,
         }
     }
 
