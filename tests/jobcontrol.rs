@@ -26,8 +26,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ckrun_suite::{
-    assert_same_output, ckrun_bin, complete_lines, exit_code, list_images, ns_pid, sys, tick_of, ImageName, Program,
-    TestDir, POLL, TIMEOUT,
+    assert_same_output, ckrun_bin, complete_lines, exit_code, list_images, ns_pid, run_ckrun, sys, tick_of, ImageName,
+    Program, TestDir, POLL, TIMEOUT,
 };
 
 /// Ticks to let pass after a checkpoint before the SIGKILL.
@@ -436,23 +436,33 @@ fn lines_before(out: &[u8], limit: u64) -> Vec<u8> {
 }
 
 /// A program that made its own group the terminal's foreground group
-/// checks every tick that it still is; checkpointed, killed and restarted
-/// twice, each time on a new terminal (ckrun's): the terminals together
-/// must show what a bare run shows, with no FAIL line.
+/// checks every tick that it still is; checkpointed and restarted twice,
+/// each time on a new terminal (ckrun's): first while the original still
+/// runs (so in a new PID namespace, where the ckrun inside hands over the
+/// terminal the ckrun outside runs in the foreground of), then after a
+/// kill, here. The terminals together must show what a bare run shows,
+/// with no FAIL line.
 #[test]
 fn a_program_in_the_foreground_is_in_the_foreground_after_restarts() {
     let dir = TestDir::new("jobctl-foreground");
     let reference = jobctl_bare(&dir);
     let exe = Program::c("jobctl").exe().to_path_buf();
 
-    let mut job = TermJob::launch(&dir, &[exe.as_os_str()], Some("launch"));
-    job.wait_for_tick(30);
-    let img1 = job.checkpoint();
-    let at = job.last_tick();
-    job.wait_for_tick(at + RUN_ON);
-    let out1 = job.kill9();
+    let mut original = TermJob::launch(&dir, &[exe.as_os_str()], Some("launch"));
+    original.wait_for_tick(30);
+    let img1 = original.checkpoint();
+    let pid = original.program_pid();
+    let shown = run_ckrun(&[OsStr::new("--inspect"), img1.as_os_str()], &dir.root, TIMEOUT);
+    assert!(shown.stdout.contains(&format!("terminal    process group {pid} in the foreground")), "{shown:#?}");
 
     let mut job = TermJob::restart(&img1, &dir, Some("restart1"));
+    let deadline = Instant::now() + TIMEOUT;
+    while !job.stderr().contains("ckrun: restarted") {
+        assert!(job.is_running() && Instant::now() < deadline, "no restart\n{}", job.diagnostics());
+        thread::sleep(POLL);
+    }
+    assert!(job.stderr().contains("in use here: restarting in a new PID namespace"), "{}", job.diagnostics());
+    let out1 = original.kill9();
     let killed_at = complete_lines(&out1).filter_map(tick_of).max().unwrap();
     job.wait_for_tick(killed_at + 10);
     let img2 = job.checkpoint();

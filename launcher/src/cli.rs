@@ -74,8 +74,8 @@ options:
   --strict         fail a checkpoint when an fd cannot be restored
                    (default: it comes back closed, with a warning)
   --dry-run        with --restart: print the restore plan, run nothing
-  --no-pidns       with --restart: fail if a PID of the image is in use
-                   (default: restart in a new PID namespace where it is free)
+  --no-pidns       with --restart: fail if a PID or TID of the image is in use
+                   or above pid_max (default: restart in a new PID namespace)
   --key-file FILE  seal images with the secret in FILE (mode 0600); with
                    --restart or --inspect: refuse an image without a valid
                    seal (default: $CKRUN_KEY_FILE)
