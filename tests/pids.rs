@@ -125,6 +125,13 @@ fn a_restart_waits_for_the_killed_jobs_zombie() {
         let zombie = job.kill9_leaving_zombie();
         let killed_at = job.last_tick().unwrap();
         drop(job);
+        if round == 1 {
+            let plan =
+                run_ckrun(&[OsStr::new("--restart"), image.as_os_str(), OsStr::new("--dry-run")], &dir.root, TIMEOUT);
+            let first = plan.stdout.lines().next().unwrap_or_default().to_string();
+            let want = format!("restore here, after waiting (at most 5 s) for exiting processes holding PID {zombie}");
+            assert_eq!(first, want, "--dry-run with the zombie there: {plan:#?}");
+        }
         job = Ckrun::restart(&image, &dir.work, &[]);
         wait_stderr(&mut job, "held by exiting processes");
         assert!(taken_here(zombie), "the zombie went before the restart looked");

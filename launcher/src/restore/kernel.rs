@@ -727,4 +727,27 @@ mod tests {
         t.join().unwrap();
         assert!(k.pid_max().unwrap() >= 301);
     }
+
+    /// A group leader that is gone keeps its number taken while a member
+    /// of its group lives.
+    #[test]
+    fn a_process_group_holds_its_leaders_number() {
+        use std::os::unix::process::CommandExt;
+        let mut k = Linux::default();
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 </dev/null >/dev/null 2>&1 & echo $!"])
+            .process_group(0)
+            .output()
+            .unwrap();
+        // `output` reaped the shell: only the sleep is left in its group.
+        let sleep: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let leader = crate::sys::procfs::parse_stat(&std::fs::read_to_string(format!("/proc/{sleep}/stat")).unwrap())
+            .unwrap()
+            .pgrp;
+        assert_ne!(leader, sleep);
+        assert!(!std::path::Path::new(&format!("/proc/{leader}")).exists());
+        assert_eq!(k.pid_uses(&[leader]), vec![PidUse::Live]);
+        // SAFETY: plain kill of the sleep we started.
+        unsafe { libc::kill(sleep, libc::SIGKILL) };
+    }
 }
