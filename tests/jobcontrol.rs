@@ -525,3 +525,98 @@ fn interactive_bash_survives_two_restarts() {
     assert!(text.contains("again-43"), "after the second restart:\n{text}\n{}", job.stderr());
     assert_eq!(code, 3, "bash's exit status through ckrun\n{text}\n{}", job.stderr());
 }
+
+/// The children of `pid`, with their names and process groups, and the
+/// terminal's foreground group as each one's stat shows it.
+fn children_stat(pid: i32) -> Vec<(i32, String, i32, i32)> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return vec![] };
+    let mut kids = Vec::new();
+    for t in tasks.flatten() {
+        let list = fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for k in list.split_whitespace().filter_map(|x| x.parse::<i32>().ok()) {
+            let Ok(stat) = fs::read_to_string(format!("/proc/{k}/stat")) else { continue };
+            let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+            let name = head.split_once('(').map(|(_, n)| n.to_string()).unwrap_or_default();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let (pgrp, tpgid) = (f[2].parse().unwrap_or(0), f[5].parse().unwrap_or(0));
+            kids.push((k, name, pgrp, tpgid));
+        }
+    }
+    kids
+}
+
+/// Waits until `text` appears `n` times on the terminal after byte `from`.
+fn wait_for_count(job: &mut TermJob, text: &str, n: usize, from: usize) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let exited = !job.is_running();
+        let out = job.output();
+        if String::from_utf8_lossy(out.get(from..).unwrap_or_default()).matches(text).count() >= n {
+            return;
+        }
+        if exited || Instant::now() >= deadline {
+            panic!("{text:?} not {n} times on the terminal\n{}", job.diagnostics());
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// An interactive bash running a foreground job, `cat` reading the
+/// terminal, when it is checkpointed: after the restart on a new terminal
+/// cat's group has the terminal (cat reads and echoes a line), and when
+/// cat ends at ^D bash takes the terminal back itself and runs on, its
+/// variables intact; a second round at the prompt ends with `exit 4`.
+#[test]
+fn interactive_bash_with_a_foreground_job_survives_restarts() {
+    let dir = TestDir::new("jobctl-bash-job");
+    let bash = ["bash", "--norc", "--noprofile", "-i"].map(OsStr::new);
+    let mut job = TermJob::launch(&dir, &bash, None);
+    job.pty().type_in("X=41; echo start-$X\n");
+    job.wait_for_text("start-41", 0);
+    job.pty().type_in("cat\n");
+    let shell = job.program_pid();
+    let deadline = Instant::now() + TIMEOUT;
+    let cat = loop {
+        // cat runs, in its own group, which has the terminal.
+        if let Some(&(pid, _, pgrp, _)) =
+            children_stat(shell).iter().find(|(_, n, pgrp, tpgid)| n == "cat" && pgrp == tpgid)
+        {
+            assert_eq!(pid, pgrp, "cat leads its job's group");
+            break pid;
+        }
+        assert!(job.is_running() && Instant::now() < deadline, "no cat in the foreground\n{}", job.diagnostics());
+        thread::sleep(POLL);
+    };
+    let img1 = job.checkpoint();
+    let shown = run_ckrun(&[OsStr::new("--inspect"), img1.as_os_str()], &dir.root, TIMEOUT);
+    assert!(shown.stdout.contains(&format!("terminal    process group {cat} in the foreground")), "{shown:#?}");
+    job.kill9();
+
+    let mut job = TermJob::restart(&img1, &dir, None);
+    let deadline = Instant::now() + TIMEOUT;
+    while !job.stderr().contains("ckrun: restarted 2 processes") {
+        assert!(job.is_running() && Instant::now() < deadline, "no restart\n{}", job.diagnostics());
+        thread::sleep(POLL);
+    }
+    let from = job.output().len();
+    job.pty().type_in("through-cat\n");
+    // Once echoed by the terminal, once written by cat.
+    wait_for_count(&mut job, "through-cat", 2, from);
+    job.pty().type_in("\x04");
+    job.pty().type_in("echo back-$X\n");
+    job.wait_for_text("back-41", from);
+    let img2 = job.checkpoint();
+    job.kill9();
+
+    let mut job = TermJob::restart(&img2, &dir, None);
+    let deadline = Instant::now() + TIMEOUT;
+    while !job.stderr().contains("ckrun: restarted") {
+        assert!(job.is_running() && Instant::now() < deadline, "no restart\n{}", job.diagnostics());
+        thread::sleep(POLL);
+    }
+    job.pty().type_in("echo last-$((X+1)); exit 4\n");
+    let (code, out) = job.wait();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(text.contains("last-42"), "after the second restart:\n{text}");
+    assert_eq!(code, 4, "bash's exit status through ckrun\n{text}");
+}
