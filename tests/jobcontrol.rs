@@ -337,10 +337,19 @@ impl TermJob {
     }
 
     /// SIGKILL to the program and ckrun's session; returns once all are
-    /// gone and reaped, with the terminal's output.
+    /// gone and reaped (the processes of the tree in groups of their own
+    /// too: their zombies come to this process, the subreaper), with the
+    /// terminal's output.
     fn kill9(&mut self) -> Vec<u8> {
         if self.is_running() {
             self.program_pid();
+        }
+        let tree: Vec<(i32, u64)> =
+            descendants(self.ckrun_pid).into_iter().filter_map(|p| Some((p, start_time(p)?))).collect();
+        for &(p, t) in &tree {
+            if start_time(p) == Some(t) {
+                let _ = sys::send_signal(p, sys::SIGKILL);
+            }
         }
         if self.program_alive() {
             let _ = sys::send_signal(self.program.unwrap().0, sys::SIGKILL);
@@ -357,6 +366,13 @@ impl TermJob {
             sys::try_reap(self.program.unwrap().0);
             assert!(Instant::now() < deadline, "program still exists after SIGKILL");
             thread::sleep(POLL);
+        }
+        for (p, t) in tree {
+            while start_time(p) == Some(t) {
+                sys::try_reap(p);
+                assert!(Instant::now() < deadline, "process {p} of the tree still exists after SIGKILL");
+                thread::sleep(POLL);
+            }
         }
         self.pty.take().map(Pty::finish).unwrap_or_default()
     }
@@ -507,6 +523,7 @@ fn interactive_bash_survives_two_restarts() {
         assert!(job.is_running() && Instant::now() < deadline, "no restart\n{}", job.diagnostics());
         thread::sleep(POLL);
     }
+    assert!(!job.stderr().contains("namespace"), "{}", job.diagnostics());
     job.pty().type_in("echo after-$((X+1)); /bin/echo external-$X\n");
     job.wait_for_text("after-42", 0);
     job.wait_for_text("external-41", 0);
@@ -598,6 +615,7 @@ fn interactive_bash_with_a_foreground_job_survives_restarts() {
         assert!(job.is_running() && Instant::now() < deadline, "no restart\n{}", job.diagnostics());
         thread::sleep(POLL);
     }
+    assert!(!job.stderr().contains("namespace"), "{}", job.diagnostics());
     let from = job.output().len();
     job.pty().type_in("through-cat\n");
     // Once echoed by the terminal, once written by cat.
