@@ -1026,6 +1026,34 @@ impl Ckrun {
         }
     }
 
+    /// SIGKILL to the program and to ckrun, as [`Ckrun::kill9`], but the
+    /// program's zombie is left unreaped (re-parented to this test
+    /// process, the subreaper): it holds the program's pid until
+    /// [`sys::try_reap`] of the returned pid, as a killed job's zombie
+    /// does until its new parent gets to it.
+    pub fn kill9_leaving_zombie(&mut self) -> i32 {
+        assert!(self.is_running(), "kill9_leaving_zombie of a ckrun that has exited");
+        let pid = self.program_pid();
+        let _ = sys::send_signal(pid, sys::SIGKILL);
+        self.reap_all();
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let state = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()));
+            match state {
+                Some('Z') => {
+                    // Forgotten, so that drop leaves the zombie alone.
+                    self.program = None;
+                    return pid;
+                }
+                None => self.fail(&format!("program {pid} was reaped by someone else")),
+                _ if Instant::now() >= deadline => self.fail(&format!("program {pid} never became a zombie")),
+                _ => thread::sleep(POLL),
+            }
+        }
+    }
+
     /// Kills ckrun's process group and ckrun, and reaps ckrun.
     fn reap_all(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -54,6 +54,15 @@ fn cycle(test: &str, prog: Program, args: &[&str]) {
     assert!(field("Uid:").contains("65534"), "{}", field("Uid:"));
     assert!(field("CapEff:").ends_with("0000000000000000"), "{}", field("CapEff:"));
     assert!(ns_pid(pid).is_some());
+    // The namespace (in the user's own user namespace) hands out IDs up to
+    // this machine's pid_max, no higher.
+    assert!(!job.stderr().contains("pid_max"), "{}", job.diagnostics());
+    let inside = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-p", "-m", "cat", "/proc/sys/kernel/pid_max"])
+        .output()
+        .expect("nsenter");
+    let here = fs::read_to_string("/proc/sys/kernel/pid_max").unwrap();
+    assert_eq!(String::from_utf8_lossy(&inside.stdout).trim(), here.trim(), "pid_max in the namespace: {inside:?}");
     let img2 = job.checkpoint(TIMEOUT);
     job.kill9();
 

@@ -17,6 +17,11 @@ pub struct Overrides {
     pub strict: bool,
     /// With --restart: a PID in use is an error (no PID namespace).
     pub no_pidns: bool,
+    /// Internal: this ckrun runs in the PID namespace a restart made.
+    pub inside_namespace: bool,
+    /// Internal, with `inside_namespace`: ckrun's fd of the terminal the
+    /// ckrun the user started runs in the foreground of.
+    pub terminal: Option<i32>,
     /// Seal images with (and, at a restart, require a seal made with)
     /// the key in this file.
     pub key_file: Option<PathBuf>,
@@ -69,8 +74,8 @@ options:
   --strict         fail a checkpoint when an fd cannot be restored
                    (default: it comes back closed, with a warning)
   --dry-run        with --restart: print the restore plan, run nothing
-  --no-pidns       with --restart: fail if a PID of the image is in use
-                   (default: restart in a new PID namespace where it is free)
+  --no-pidns       with --restart: fail if a PID or TID of the image is in use
+                   or above pid_max (default: restart in a new PID namespace)
   --key-file FILE  seal images with the secret in FILE (mode 0600); with
                    --restart or --inspect: refuse an image without a valid
                    seal (default: $CKRUN_KEY_FILE)

@@ -65,7 +65,13 @@ pub fn run(program: OsString, args: Vec<OsString>, opts: Overrides) -> Result<i3
     let command: Vec<String> = std::env::args().collect();
     let mut c = Coordinator::new(settings, command, listener, sigfd, child.id() as i32, 0);
     c.seal_with(key);
-    let end: Ending = c.run()?;
+    let terminal = crate::terminal::ours();
+    let end = c.run();
+    // The program may have taken the terminal (an interactive shell).
+    if let Some(t) = terminal {
+        crate::terminal::take_back(t);
+    }
+    let end: Ending = end?;
     Ok(end.exit_code())
 }
 

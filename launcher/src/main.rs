@@ -24,6 +24,7 @@ mod launch;
 mod restore;
 mod sys;
 mod sysv;
+mod terminal;
 
 use error::exit_code_of;
 use std::io::Write;

@@ -206,10 +206,14 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
     warnings.append(&mut fds.warnings);
     let mut images = Vec::new();
     let mut memory_bytes = 0;
+    let mut terminal_groups = Vec::new();
     for (i, s) in guard.stopped.iter().enumerate() {
         let table = std::mem::take(&mut fds.fds[i]);
-        images.push(capture_stopped(s, table, &mut fds.ghosts, &out, frozen, reserved, &mut memory_bytes)?);
+        let (image, tpgid) = capture_stopped(s, table, &mut fds.ghosts, &out, frozen, reserved, &mut memory_bytes)?;
+        images.push(image);
+        terminal_groups.extend(tpgid);
     }
+    let foreground = foreground_group(&images, &terminal_groups);
 
     inject("captured")?;
 
@@ -256,6 +260,7 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
         ghosts: fds.ghosts,
         pipes: fds.pipes,
         sysv,
+        foreground,
     };
     inject("finish")?;
     let (path, image_bytes) = out.finish(&manifest, &image_name(settings, tree.root, sequence), key)?;
@@ -276,9 +281,17 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
     Ok(Outcome { path, sequence, memory_bytes, image_bytes, paused, total: t0.elapsed(), warnings, merged_requests })
 }
 
+/// The group of the tree that is the foreground group of the terminal
+/// its processes have as controlling terminal (`terminal_groups`: what
+/// /proc/PID/stat says of each process that has one), if any.
+fn foreground_group(images: &[ProcessImage], terminal_groups: &[i32]) -> Option<i32> {
+    terminal_groups.iter().copied().find(|&g| g > 0 && images.iter().any(|p| p.pgid == g))
+}
+
 /// Everything about one stopped process that must be read before it runs
 /// again: kernel state, fds, the memory map, shared memory, and with
-/// `frozen` all of its memory. Returns the image and the unrestorable fds.
+/// `frozen` all of its memory. Returns the image and the foreground group
+/// of its controlling terminal, if it has one.
 fn capture_stopped(
     s: &Stopped,
     fds: Vec<FdImage>,
@@ -287,7 +300,7 @@ fn capture_stopped(
     frozen: bool,
     reserved: u64,
     saved: &mut u64,
-) -> Result<ProcessImage> {
+) -> Result<(ProcessImage, Option<i32>)> {
     let pid = s.agent.pid;
     let reader = s.reader();
     let st = process::capture_state(reader)?;
@@ -297,7 +310,8 @@ fn capture_stopped(
     let mem = RemoteMemory::open(reader)?;
     let runs = memory::select_pages(&mem, &regions, |r| frozen || r.shared)?;
     *saved += memory::save_pages(&mem, &runs, &mut regions, out)?;
-    Ok(ProcessImage {
+    let tpgid = (st.stat.tty_nr != 0 && st.stat.tpgid > 0).then_some(st.stat.tpgid);
+    let image = ProcessImage {
         pid,
         ppid: st.stat.ppid,
         pgid: st.stat.pgrp,
@@ -319,7 +333,8 @@ fn capture_stopped(
             .collect(),
         agent_fd: s.agent.agent_fd,
         creds: crate::creds::capture(reader, s.head.securebits, s.head.dumpable)?,
-    })
+    };
+    Ok((image, tpgid))
 }
 
 /// An agent's report names processes and threads that ckrun then reads

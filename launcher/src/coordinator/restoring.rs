@@ -29,6 +29,9 @@ pub struct RestoreSession {
     restored: Vec<i32>,
     /// Processes (by index) whose objects were sent.
     handed: Vec<usize>,
+    /// ckrun's terminal (fd) and the tree's group to make its foreground
+    /// group once every process is ready, before any runs.
+    foreground: Option<(i32, i32)>,
     pub(super) go: bool,
 }
 
@@ -52,8 +55,14 @@ impl RestoreSession {
             ready: vec![],
             restored: vec![],
             handed: vec![],
+            foreground: None,
             go: false,
         }
+    }
+
+    /// Once all are ready, process group `pgid` gets terminal `fd`.
+    pub fn with_foreground(self, fd: i32, pgid: i32) -> Self {
+        RestoreSession { foreground: Some((fd, pgid)), ..self }
     }
 }
 
@@ -95,6 +104,11 @@ impl Coordinator {
                 self.abort_restore();
                 self.ended = Some(super::Ending::Exited(code));
                 return;
+            }
+            if let Some((fd, pgid)) = r.foreground {
+                if let Err(e) = crate::terminal::hand_to(fd, pgid) {
+                    eprintln!("ckrun: warning: cannot make process group {pgid} the terminal's foreground group: {e}");
+                }
             }
             r.go = true;
             for a in self.agents.iter().filter(|a| r.pids.contains(&a.pid)) {

@@ -37,6 +37,9 @@ pub fn human(img: &ImageReader) -> String {
         s.trigger,
         if s.frozen { "program frozen while copied" } else { "copy-on-write snapshot" }
     );
+    if let Some(g) = m.foreground {
+        let _ = writeln!(o, "terminal    process group {g} in the foreground (it gets ckrun's terminal at restart)");
+    }
     for p in &m.processes {
         process(&mut o, m, p);
     }

@@ -30,6 +30,10 @@ pub struct Manifest {
     pub pipes: Vec<PipeImage>,
     /// The SysV semaphore sets and message queues the job uses.
     pub sysv: Vec<crate::sysv::SysvObject>,
+    /// The process group of the tree that was the foreground group of its
+    /// controlling terminal (an interactive shell, a full-screen program):
+    /// a restart makes it the foreground group of ckrun's terminal again.
+    pub foreground: Option<i32>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -117,6 +117,11 @@ impl Check<'_> {
         self.path_ok(&p.exe.path, &who)?;
         self.path_ok(&p.cwd, &who)?;
         self.ensure(p.umask <= 0o777, || format!("{who}: umask"))?;
+        // (uid_t)-1 is no ID: the kernel's "leave unchanged".
+        let c = &p.creds;
+        self.ensure(!c.uid.iter().chain(&c.gid).chain(&c.groups).any(|&id| id == u32::MAX), || {
+            format!("{who}: credentials hold the invalid ID -1")
+        })?;
         self.ensure(p.rlimits.len() <= 16 && p.rlimits.iter().all(|l| l.resource < 16), || {
             format!("{who}: resource limits")
         })?;
@@ -280,6 +285,9 @@ pub fn validate(m: &Manifest, path: &Path, chunks_end: u64) -> Result<(), CkErro
     for z in &m.zombies {
         c.pid_ok(z.pid, "zombie")?;
     }
+    if let Some(g) = m.foreground {
+        c.ensure(m.processes.iter().any(|p| p.pgid == g), || format!("foreground group {g} is no group of the tree"))?;
+    }
     for p in &m.processes {
         c.process(p, m)?;
     }
@@ -342,6 +350,7 @@ pub mod tests {
             ghosts: vec![],
             pipes: vec![],
             sysv: vec![],
+            foreground: None,
         }
     }
 
@@ -382,6 +391,8 @@ pub mod tests {
             ("no threads", Box::new(|m| m.processes[0].threads.clear())),
             ("thread outside its memory", Box::new(|m| m.processes[0].threads[0].ctx[7] = 0xdead_0000)),
             ("PID", Box::new(|m| m.processes[0].pid = -5)),
+            ("uid -1", Box::new(|m| m.processes[0].creds.uid[3] = u32::MAX)),
+            ("foreground group of no process", Box::new(|m| m.foreground = Some(4242))),
             ("image name", Box::new(|m| m.settings.image_name = "../x".into())),
             ("trigger", Box::new(|m| m.settings.trigger = 63)),
             ("path with NUL", Box::new(|m| m.processes[0].cwd = "/a\0b".into())),

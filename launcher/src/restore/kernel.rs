@@ -74,6 +74,51 @@ pub trait Kernel {
     fn setsockopt(&mut self, fd: i32, level: i32, opt: i32, value: i32) -> io::Result<()>;
     /// Makes `sig` pending again for the process.
     fn raise(&mut self, sig: i32) -> io::Result<()>;
+    /// /proc/sys/kernel/pid_max of this PID namespace.
+    fn pid_max(&mut self) -> io::Result<u32>;
+    fn set_pid_max(&mut self, value: u32) -> io::Result<()>;
+    /// Who holds each of `ids` in this PID namespace: as a process or
+    /// thread, or as the group or session ID of a process.
+    fn pid_uses(&mut self, ids: &[i32]) -> Vec<PidUse>;
+    /// Waits (between two looks at exiting processes).
+    fn pause(&mut self, d: std::time::Duration);
+}
+
+/// Whether a PID or TID number can be chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PidUse {
+    Free,
+    /// Only by processes that are exiting: zombies, or SIGKILL pending.
+    Exiting,
+    Live,
+}
+
+const PID_MAX: &str = "/proc/sys/kernel/pid_max";
+
+/// The task `id` (a process or a thread), if it exists: exiting or live.
+fn task_use(id: i32) -> PidUse {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{id}/stat")) else { return PidUse::Free };
+    let state = stat.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()).unwrap_or('R');
+    if matches!(state, 'Z' | 'X') {
+        // A process whose main thread ended shows as a zombie while its
+        // other threads run on.
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{id}/task")) else { return PidUse::Exiting };
+        let live = tasks.flatten().filter(|t| t.file_name().to_str() != Some(&id.to_string())).any(|t| {
+            t.file_name().to_str().and_then(|n| n.parse().ok()).is_some_and(|tid: i32| task_use(tid) == PidUse::Live)
+        });
+        return if live { PidUse::Live } else { PidUse::Exiting };
+    }
+    let status = std::fs::read_to_string(format!("/proc/{id}/status")).unwrap_or_default();
+    let pending = |key: &str| {
+        crate::sys::procfs::status_field(&status, key)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .is_some_and(|bits| bits & (1 << (libc::SIGKILL - 1)) != 0)
+    };
+    if pending("SigPnd") || pending("ShdPnd") {
+        PidUse::Exiting
+    } else {
+        PidUse::Live
+    }
 }
 
 fn timespec(ns: u64) -> libc::timespec {
@@ -420,6 +465,35 @@ impl Kernel for Linux {
         // SAFETY: integer arguments only.
         cvt(unsafe { libc::kill(libc::getpid(), sig) } as _).map(drop)
     }
+    fn pid_max(&mut self) -> io::Result<u32> {
+        std::fs::read_to_string(PID_MAX)?
+            .trim()
+            .parse()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "pid_max is not a number"))
+    }
+    fn set_pid_max(&mut self, value: u32) -> io::Result<()> {
+        std::fs::write(PID_MAX, value.to_string())
+    }
+    fn pid_uses(&mut self, ids: &[i32]) -> Vec<PidUse> {
+        let mut uses: Vec<PidUse> = ids.iter().map(|&id| task_use(id)).collect();
+        // Group and session IDs keep a number taken after its process is
+        // gone, as long as a member lives.
+        let Ok(dir) = std::fs::read_dir("/proc") else { return uses };
+        for e in dir.flatten() {
+            let Some(q) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let Ok(text) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+            let Ok(st) = crate::sys::procfs::parse_stat(&text) else { continue };
+            for (id, u) in ids.iter().zip(uses.iter_mut()) {
+                if *id != q && (st.pgrp == *id || st.session == *id) && *u != PidUse::Live {
+                    *u = (*u).max(task_use(q));
+                }
+            }
+        }
+        uses
+    }
+    fn pause(&mut self, d: std::time::Duration) {
+        std::thread::sleep(d);
+    }
 }
 
 #[cfg(test)]
@@ -471,6 +545,7 @@ pub mod recording {
         Bind { fd: i32, addr: Vec<u8> },
         Listen { fd: i32, backlog: i32 },
         SetSockOpt { fd: i32, level: i32, opt: i32, value: i32 },
+        SetPidMax(u32),
     }
 
     /// Writes every call down; hands out fds from 100 upwards.
@@ -485,6 +560,13 @@ pub mod recording {
         pub stderr_identity: FileIdentity,
         /// What pread answers.
         pub tail: Vec<u8>,
+        /// What pid_max answers (set_pid_max changes it).
+        pub pid_max_value: u32,
+        /// What pid_uses answers for an ID, look after look (the last
+        /// answer stays); Free for IDs not named.
+        pub uses: std::collections::HashMap<i32, Vec<PidUse>>,
+        /// How many times pause was called.
+        pub pauses: u32,
     }
 
     impl Recording {
@@ -684,5 +766,82 @@ pub mod recording {
             self.calls.push(Call::Raise(sig));
             Ok(())
         }
+        fn pid_max(&mut self) -> io::Result<u32> {
+            Ok(self.pid_max_value)
+        }
+        fn set_pid_max(&mut self, value: u32) -> io::Result<()> {
+            self.calls.push(Call::SetPidMax(value));
+            self.pid_max_value = value;
+            Ok(())
+        }
+        fn pid_uses(&mut self, ids: &[i32]) -> Vec<PidUse> {
+            ids.iter()
+                .map(|id| match self.uses.get_mut(id) {
+                    Some(v) if v.len() > 1 => v.remove(0),
+                    Some(v) => v.first().copied().unwrap_or(PidUse::Free),
+                    None => PidUse::Free,
+                })
+                .collect()
+        }
+        fn pause(&mut self, _d: std::time::Duration) {
+            self.pauses += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child is live, then (killed, not reaped) exiting, then (reaped)
+    /// free; and the number of a thread of ours is live.
+    #[test]
+    fn pid_uses_tell_live_from_exiting() {
+        let mut k = Linux::default();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        assert_eq!(k.pid_uses(&[pid]), vec![PidUse::Live]);
+        child.kill().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while k.pid_uses(&[pid]) != vec![PidUse::Exiting] {
+            assert!(std::time::Instant::now() < deadline, "the killed child never showed as exiting");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.wait().unwrap();
+        assert_eq!(k.pid_uses(&[pid]), vec![PidUse::Free]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            // SAFETY: gettid cannot fail.
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            std::thread::park();
+        });
+        let tid = rx.recv().unwrap();
+        assert_eq!(k.pid_uses(&[tid]), vec![PidUse::Live]);
+        t.thread().unpark();
+        t.join().unwrap();
+        assert!(k.pid_max().unwrap() >= 301);
+    }
+
+    /// A group leader that is gone keeps its number taken while a member
+    /// of its group lives.
+    #[test]
+    fn a_process_group_holds_its_leaders_number() {
+        use std::os::unix::process::CommandExt;
+        let mut k = Linux::default();
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 </dev/null >/dev/null 2>&1 & echo $!"])
+            .process_group(0)
+            .output()
+            .unwrap();
+        // `output` reaped the shell: only the sleep is left in its group.
+        let sleep: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let leader = crate::sys::procfs::parse_stat(&std::fs::read_to_string(format!("/proc/{sleep}/stat")).unwrap())
+            .unwrap()
+            .pgrp;
+        assert_ne!(leader, sleep);
+        assert!(!std::path::Path::new(&format!("/proc/{leader}")).exists());
+        assert_eq!(k.pid_uses(&[leader]), vec![PidUse::Live]);
+        // SAFETY: plain kill of the sleep we started.
+        unsafe { libc::kill(sleep, libc::SIGKILL) };
     }
 }

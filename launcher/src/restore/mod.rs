@@ -12,6 +12,7 @@ pub mod child;
 pub mod kernel;
 mod memory;
 mod pidns;
+pub mod placement;
 pub mod plan;
 mod restorer;
 mod settings;
@@ -200,41 +201,52 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
         settings.key_file = given_key;
     }
     let key = settings.key_file.as_deref().map(crate::image::seal::Key::load).transpose()?;
+    let needs = placement::needs(m);
+    let policy = placement::Policy {
+        privileged: pidns::privileged(),
+        no_pidns: opts.no_pidns,
+        inside_namespace: opts.inside_namespace,
+    };
     if dry_run {
-        print!("{}", dry_run_text(&img)?);
+        print!("{}", dry_run_text(&img, &needs, policy)?);
         return Ok(0);
     }
     crate::image::writer::check_writable(&settings.dir)?;
     crate::image::writer::remove_stale_temporaries(&settings.dir);
-    let taken: Vec<String> = m
-        .processes
-        .iter()
-        .map(|p| p.pid)
-        .chain(m.zombies.iter().map(|z| z.pid))
-        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
-        .map(|pid| pid.to_string())
-        .collect();
-    if !pidns::privileged() && !opts.no_pidns {
-        eprintln!("ckrun: not root: restarting in a new user and PID namespace, where ckrun may choose PIDs");
-        let trigger = settings.trigger;
-        drop(img);
-        let opts = Overrides { no_pidns: true, ..opts };
-        return pidns::run_in_new_namespace(trigger, || restart(&path, opts, false));
-    }
-    if !taken.is_empty() {
-        let which = taken.join(", ");
-        if opts.no_pidns {
-            return Err(CkError::Environment(format!(
-                "PID {which} is in use by another process (is the original program still running?); \
-                 cannot restore it with its PID (--no-pidns)"
-            ))
-            .into());
+    let mut k = Linux::default();
+    let decision = placement::place(&mut k, &needs, policy, placement::EXIT_WAIT, &mut |s| eprintln!("ckrun: {s}"))
+        .map_err(CkError::from)?;
+    // The terminal ckrun runs in the foreground of: the ckrun the user
+    // started knows it (in a new PID namespace, ckrun's group is not seen).
+    let terminal = if opts.inside_namespace {
+        opts.terminal.map(|fd| crate::terminal::Foreground { fd, pgrp: 0 })
+    } else {
+        crate::terminal::ours()
+    };
+    if let placement::Decision::Namespace { why, pid_max } = decision {
+        match &why {
+            placement::Why::Unprivileged => {
+                eprintln!("ckrun: not root: restarting in a new user and PID namespace, where ckrun may choose PIDs")
+            }
+            placement::Why::InUse(ids) => eprintln!(
+                "ckrun: {} in use here: restarting in a new PID namespace, where the image's PIDs are free",
+                placement::list(ids)
+            ),
+            placement::Why::AboveLimit { ids, pid_max: here } => eprintln!(
+                "ckrun: {} at or above this machine's pid_max ({here}; the image was taken in a PID namespace): \
+                 restarting in a new PID namespace with pid_max {pid_max}",
+                placement::list(ids)
+            ),
         }
-        eprintln!("ckrun: PID {which} in use here: restarting in a new PID namespace, where the image's PIDs are free");
+        let host_pid_max = k.pid_max().map_err(placement::PlaceError::PidMax).map_err(CkError::from)?;
         let trigger = settings.trigger;
         drop(img);
-        let opts = Overrides { no_pidns: true, ..opts };
-        return pidns::run_in_new_namespace(trigger, || restart(&path, opts, false));
+        let inner = Overrides { no_pidns: true, inside_namespace: true, terminal: terminal.map(|t| t.fd), ..opts };
+        let code = pidns::run_in_new_namespace(trigger, host_pid_max, pid_max, || restart(&path, inner, false));
+        if let Some(t) = terminal {
+            crate::terminal::take_back(t);
+        }
+        return code;
     }
     let listener = match socket::listen(&settings.socket_name) {
         Ok(l) => l,
@@ -260,6 +272,12 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
         all_fds,
         objects.deferred.clone(),
     );
+    // The tree's foreground group, once its processes exist, gets ckrun's
+    // terminal (if ckrun has it): a group one of them leads.
+    let session = match (terminal, m.foreground) {
+        (Some(t), Some(g)) if m.processes.iter().any(|p| p.pid == g) => session.with_foreground(t.fd, g),
+        _ => session,
+    };
 
     // The roots of the tree are ckrun's children; each restores its own.
     let pids: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
@@ -297,8 +315,11 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     c.seal_with(key);
     c.start_restore(session);
     drop(img);
-    let end = c.run()?;
-    Ok(end.exit_code())
+    let end = c.run();
+    if let Some(t) = terminal.filter(|_| !policy.inside_namespace) {
+        crate::terminal::take_back(t);
+    }
+    Ok(end?.exit_code())
 }
 
 /// The objects process `p` receives: the descriptions its fds use, the
@@ -340,10 +361,24 @@ pub fn pid_error(pid: i32, e: std::io::Error) -> anyhow::Error {
     }
 }
 
-/// What a restore would do, computed against this process's own layout.
-fn dry_run_text(img: &ImageReader) -> Result<String> {
+/// What a restore would do: where (PIDs, namespace), and each process's
+/// plan, computed against this process's own layout.
+fn dry_run_text(img: &ImageReader, needs: &[placement::Need], policy: placement::Policy) -> Result<String> {
     use std::fmt::Write;
     let mut o = String::new();
+    let mut k = Linux::default();
+    let place = placement::assess(&mut k, needs).and_then(|a| placement::decide(&a, needs, policy, false));
+    match place {
+        Ok(d) => {
+            let _ = writeln!(o, "restore {d}");
+        }
+        Err(e) => {
+            let _ = writeln!(o, "restore impossible: {e}");
+        }
+    }
+    if let Some(g) = img.manifest.foreground {
+        let _ = writeln!(o, "terminal: process group {g} gets the foreground of ckrun's terminal");
+    }
     let current = crate::sys::procfs::maps(std::process::id() as i32)?;
     for p in &img.manifest.processes {
         let plan = plan::RestorePlan::build(p, &current)?;

@@ -25,8 +25,15 @@ pub fn privileged() -> bool {
 
 /// Runs `inner` as PID 1 of a new PID namespace (with a private mount
 /// namespace and a fresh /proc; with a user namespace too when not
-/// privileged) and returns its exit code.
-pub fn run_in_new_namespace(trigger: i32, inner: impl FnOnce() -> Result<i32>) -> Result<i32> {
+/// privileged) whose pid_max is `pid_max` (where the kernel gives each
+/// namespace its own: `host_pid_max` is this one's), and returns its exit
+/// code.
+pub fn run_in_new_namespace(
+    trigger: i32,
+    host_pid_max: u32,
+    pid_max: u32,
+    inner: impl FnOnce() -> Result<i32>,
+) -> Result<i32> {
     let set = handled_signals(trigger);
     set.thread_block().context("blocking signals")?;
     let sigfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).context("creating a signalfd")?;
@@ -49,7 +56,9 @@ pub fn run_in_new_namespace(trigger: i32, inner: impl FnOnce() -> Result<i32>) -
         // only pid they know), and the whole namespace with it.
         // SAFETY: prctl with integers only.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-        let code = match own_proc().and_then(|_| pass_capabilities()).and_then(|_| inner()) {
+        let limited = own_proc()
+            .map(|_| super::placement::limit_namespace(&mut super::kernel::Linux::default(), host_pid_max, pid_max));
+        let code = match limited.and_then(|_| pass_capabilities()).and_then(|_| inner()) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("ckrun: {e:#}");

@@ -84,6 +84,10 @@ pub struct StatFields {
     pub ppid: i32,
     pub pgrp: i32,
     pub session: i32,
+    /// Controlling terminal (device number; 0: none).
+    pub tty_nr: u64,
+    /// Foreground process group of that terminal (-1: none).
+    pub tpgid: i32,
     pub start_code: u64,
     pub end_code: u64,
     pub start_stack: u64,
@@ -112,6 +116,8 @@ pub fn parse_stat(text: &str) -> Result<StatFields> {
         ppid: num(4)? as i32,
         pgrp: num(5)? as i32,
         session: num(6)? as i32,
+        tty_nr: num(7)?,
+        tpgid: num(8)? as i32,
         start_code: num(26)?,
         end_code: num(27)?,
         start_stack: num(28)?,
@@ -210,6 +216,7 @@ mod tests {
         assert_eq!(s.ppid, 4);
         assert_eq!(s.start_code, 26);
         assert_eq!(s.env_end, 51);
+        assert_eq!((s.tty_nr, s.tpgid), (7, 8));
     }
 
     #[test]
