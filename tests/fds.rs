@@ -350,6 +350,16 @@ fn a_written_file_deleted_after_the_checkpoint_comes_back() {
     spine("fds-temp", &Program::c("fd_temp"), &[]);
 }
 
+/// A SQLite database in WAL mode: the log is cut back to the checkpoint,
+/// and the WAL index, which SQLite writes through a shared mapping, comes
+/// back with its content at the checkpoint (before, the restart said
+/// "disk I/O error"); SQLite's integrity check and its dump at the end are
+/// the bare run's.
+#[test]
+fn sqlite_in_wal_mode() {
+    spine("fds-sqlite-wal", &Program::python("sqlite_wal"), &[]);
+}
+
 /// A sealed memfd, written through its fd and a shared mapping.
 #[test]
 fn memfd_with_mapping_and_seals() {

@@ -42,6 +42,11 @@ pub fn classify(maps: &[MapEntry], mut ghost: impl FnMut(&MapEntry) -> Result<u3
                 bail!("a device is mapped into memory ({p} at {:#x}); ckrun cannot save device memory", m.start)
             }
             p => match file_ref(m, p) {
+                // Written through the mapping (sqlite's WAL index): its
+                // content at the checkpoint is saved, and comes back.
+                Some(file) if crate::fdtypes::ghost::saved_when_mapped(m, file.size) => {
+                    RegionKind::Ghost { ghost: ghost(m)?, offset: m.offset }
+                }
                 Some(file) => RegionKind::File { file, offset: m.offset },
                 // Replaced since it was mapped: keep the pages themselves.
                 None => RegionKind::Detached,

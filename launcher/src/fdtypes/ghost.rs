@@ -38,8 +38,24 @@ pub fn is_shm_object(path: &str) -> bool {
     path.starts_with("/dev/shm/") && !path.ends_with(DELETED)
 }
 
+/// A ghost whose file still has its name (a shared memory object, a file
+/// written through a shared mapping): the name is given back at restart.
 fn is_named(shown: &str) -> bool {
-    is_shm_object(shown)
+    !shown.ends_with(DELETED) && !is_memory(shown)
+}
+
+/// Files up to this size written through a shared mapping are saved whole.
+pub const MAPPED_WRITABLE_MAX: u64 = 64 << 20;
+
+/// Whether mapping `m` of a file of `size` bytes is one whose content the
+/// image keeps: shared and writable (what the program wrote through it
+/// after the checkpoint must not be what a restart finds), up to
+/// [`MAPPED_WRITABLE_MAX`]. Such a file comes back like a shared memory
+/// object: made again with the checkpoint's content, renamed over its
+/// path once the tree is ready, mapped and opened by every process that
+/// had it.
+pub fn saved_when_mapped(m: &MapEntry, size: u64) -> bool {
+    m.shared && m.write && size <= MAPPED_WRITABLE_MAX && !is_ghost(&m.path)
 }
 
 pub fn capture_fd(f: &ProcFd, ghosts: &mut Vec<GhostFile>, out: &ImageWriter) -> Result<OpenFile> {
@@ -54,11 +70,12 @@ pub fn capture_mapping(pid: i32, m: &MapEntry, ghosts: &mut Vec<GhostFile>, out:
     }
     match find_or_save(&format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end), &m.path, ghosts, out) {
         Ok(i) => Ok(i),
-        // /proc/PID/map_files needs CAP_SYS_ADMIN: without it, a shared
-        // memory object is read by its name (if that is still the mapped
-        // file), and of another ghost what the mapping shows of it is what
-        // there is to save.
-        Err(_) if is_shm_object(&m.path) && std::fs::metadata(&m.path).is_ok_and(|s| s.ino() == m.inode) => {
+        // /proc/PID/map_files needs CAP_SYS_ADMIN: without it, a file that
+        // still has its name (a shared memory object, a file written
+        // through a mapping) is read by its name (if that is still the
+        // mapped file), and of another ghost what the mapping shows of it
+        // is what there is to save.
+        Err(_) if !is_ghost(&m.path) && std::fs::metadata(&m.path).is_ok_and(|s| s.ino() == m.inode) => {
             find_or_save(&m.path, &m.path, ghosts, out)
         }
         Err(_) => save_mapped_part(pid, m, ghosts, out),

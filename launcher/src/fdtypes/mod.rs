@@ -40,7 +40,7 @@ use crate::sys::proc::same_file_description;
 use crate::sys::procfs::{parse_fdinfo, read, read_link, status_field};
 use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// One fd as /proc shows it.
 pub struct ProcFd {
@@ -122,7 +122,18 @@ pub fn capture(procs: &[(i32, i32)], out: &ImageWriter) -> Result<FdTables> {
     let sockets: HashSet<u64> = all.iter().filter_map(|(_, _, f)| inode_of(&f.target, "socket:[")).collect();
     let pids = procs.iter().map(|&(pid, _)| pid).collect();
     let tcp = tcp::Table::load();
-    let tree = Tree { ends, sockets, pids, tcp };
+    // Files written through shared mappings: their fds go with the saved
+    // copy the mappings get (one file again at restart).
+    let mapped_writable = procs
+        .iter()
+        .flat_map(|&(pid, _)| crate::sys::procfs::maps(pid).unwrap_or_default())
+        .filter(|m| {
+            m.path.starts_with('/')
+                && std::fs::metadata(&m.path).is_ok_and(|s| s.ino() == m.inode && ghost::saved_when_mapped(m, s.len()))
+        })
+        .map(|m| (m.dev, m.inode))
+        .collect();
+    let tree = Tree { ends, sockets, pids, tcp, mapped_writable };
     for &r in &reps {
         let f = &all[r].2;
         // An fd whose state cannot be read (not ours to open, say) comes
@@ -148,6 +159,8 @@ struct Tree {
     sockets: HashSet<u64>,
     pids: Vec<i32>,
     tcp: tcp::Table,
+    /// (device, inode) of the files written through shared mappings.
+    mapped_writable: HashSet<((u32, u32), u64)>,
 }
 
 /// The inode in a target like `pipe:[123]`.
@@ -198,6 +211,10 @@ fn classify(f: &ProcFd, tree: &Tree, t: &mut FdTables, out: &ImageWriter) -> Res
     }
     if ft.is_char_device() && tty::is_terminal(&meta) {
         return Ok(if stdio { tty::capture(f) } else { unsupported(&format!("terminal {target}")) });
+    }
+    let dev = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    if ft.is_file() && tree.mapped_writable.contains(&(dev, meta.ino())) {
+        return ghost::capture_fd(f, &mut t.ghosts, out);
     }
     if ft.is_file() || ft.is_dir() || ft.is_char_device() {
         return file::capture(f, &meta, &mut t.file_budget, out, &mut t.warnings);

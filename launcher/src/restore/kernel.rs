@@ -160,7 +160,14 @@ impl Kernel for Linux {
         // O_NOFOLLOW itself would stay in the file's flags (F_GETFL shows
         // it to the program): pin the file with an O_PATH handle that does
         // not follow a symlink, refuse a symlink, then open what it pins.
+        // A program that opened it with O_NOFOLLOW (SQLite does) gets it
+        // opened so directly: reopening through /proc/self/fd, a symlink,
+        // would fail with ELOOP.
         let c = cpath(path)?;
+        if flags & libc::O_NOFOLLOW != 0 {
+            // SAFETY: c is NUL-terminated.
+            return cvt(unsafe { libc::open(c.as_ptr(), flags) } as _).map(|fd| fd as i32);
+        }
         // SAFETY: c is NUL-terminated.
         let handle =
             cvt(unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) } as _)? as i32;
@@ -178,6 +185,9 @@ impl Kernel for Linux {
     }
     fn reopen(&mut self, fd: i32, flags: i32) -> io::Result<i32> {
         let c = CString::new(format!("/proc/self/fd/{fd}")).unwrap();
+        // The /proc link is a symlink: O_NOFOLLOW would refuse it (ELOOP).
+        // A deleted file's description comes back without that flag.
+        let flags = flags & !libc::O_NOFOLLOW;
         // SAFETY: c is NUL-terminated; the /proc link names our own fd.
         cvt(unsafe { libc::open(c.as_ptr(), flags, 0) } as _).map(|fd| fd as i32)
     }
