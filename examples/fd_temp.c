@@ -8,12 +8,12 @@
  * (every record must be there), closes and deletes it: a compiler's
  * temporary file. A checkpoint lands in a phase, and the kill after it in
  * the next one: the restart finds the file gone and must make it again
- * with what it held at the checkpoint. (The next phase's file, which the
+ * with what it held at the checkpoint. The next phase's file, which the
  * killed run created after the checkpoint, is still there at the restart:
- * the program truncates it, as a compiler does; see the README's limits.)
- * Nothing may be left in the
- * directory but what a bare run leaves (out.txt): no phase file, no
- * temporary name of ckrun's.
+ * the program creates each phase's file exclusively (O_EXCL), so the
+ * restart must have set that one aside. Nothing may be left in the
+ * directory but what a bare run leaves (out.txt) and the files set aside:
+ * no phase file, no temporary name of ckrun's.
  *
  * Output: "tick N hash" per tick (flushed), then "done hash". 20 ms
  * pacing, 200 ticks: about 4 s. Any failed check prints "FAIL ..." and
@@ -58,7 +58,7 @@ int main(void)
         int phase = (t - 1) / PHASE, first = phase * PHASE + 1;
         if (t == first) {
             snprintf(name, sizeof name, "phase-%d.tmp", phase);
-            fd = open(name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+            fd = open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
             if (fd < 0)
                 fail("create", t);
         }

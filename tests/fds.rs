@@ -345,9 +345,45 @@ fn tcp_connections_inside_the_tree() {
 /// one open at the checkpoint is gone when the restart comes, and is made
 /// again from the image with the checkpoint's content (and its name given
 /// back only once the restart goes ahead).
+///
+/// The next phase's file, made by the killed run after the checkpoint and
+/// created exclusively by the program, must have been set aside by each
+/// restart (`PATH.ckrun-after-N`, named on stderr).
 #[test]
 fn a_written_file_deleted_after_the_checkpoint_comes_back() {
-    spine("fds-temp", &Program::c("fd_temp"), &[]);
+    let dir = TestDir::new("fds-temp");
+    let prog = Program::c("fd_temp");
+    let reference = reference(&prog, &[], &dir.bare);
+    let mut job = Ckrun::launch(&prog, &[], &dir.work, &dir.img, &[]);
+    job.wait_for_tick(30);
+    let mut image = job.checkpoint(TIMEOUT);
+    for round in 1..=2 {
+        // Into the next 8-tick phase: its file made after the checkpoint.
+        let at = job.last_tick().unwrap();
+        job.wait_for_tick((at / 8 + 1) * 8 + 2);
+        job.kill9();
+        job = Ckrun::restart(&image, &dir.work, &[]);
+        if round == 1 {
+            let killed_at = job.last_tick().unwrap_or(0);
+            job.wait_for_tick(killed_at + 10);
+            image = job.checkpoint(TIMEOUT);
+        }
+    }
+    let code = job.wait(TIMEOUT);
+    assert_eq!(code, reference.code, "exit code after two restarts\n{}", job.diagnostics());
+    assert_same_output(&reference.stdout, &job.output(), "fds-temp");
+    let aside: Vec<PathBuf> = fs::read_dir(&dir.work)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains(".tmp.ckrun-after-"))
+        .collect();
+    assert_eq!(aside.len(), 2, "one file set aside per restart: {aside:?}\n{}", job.diagnostics());
+    assert!(job.stderr().contains("ckrun: set aside "), "{}", job.diagnostics());
+    for p in &aside {
+        fs::remove_file(p).unwrap();
+    }
+    assert_same_tree(&dir.bare, &dir.work);
 }
 
 /// A SQLite database in WAL mode: the log is cut back to the checkpoint,

@@ -15,6 +15,7 @@
 mod checkpoint;
 mod cli;
 mod coordinator;
+mod created;
 mod creds;
 mod elf;
 mod error;

@@ -18,9 +18,13 @@
 //!   behind a trampoline that tells their EINTRs from ckrun's;
 //! - [`suspend`]: parking threads, the fork point, restart fix-ups;
 //! - [`tree`]: forked children and exec'd programs stay under the agent;
+//! - [`created`]: files the program creates are reported, for the
+//!   coordinator's journal (a restart sets aside what the killed run made
+//!   after the checkpoint);
 //! - [`channel`]: messages to and from the coordinator.
 
 pub mod channel;
+pub mod created;
 pub mod eintr;
 mod real;
 pub mod signals;

@@ -112,6 +112,9 @@ pub mod kind {
     pub const RESTORED: u32 = 6;
     /// [`super::RestoreFailure`]: sent by the restorer when a step failed.
     pub const RESTORE_FAILED: u32 = 7;
+    /// Bytes: the absolute path of a file the program just created (for
+    /// the coordinator's journal of files made since a checkpoint).
+    pub const CREATED: u32 = 8;
     /// Coordinator → agent, [`super::Resume`]: let the threads go.
     pub const RESUME: u32 = 100;
     /// Coordinator → agent, [`super::Config`]: settings after a restart.

@@ -66,6 +66,12 @@ impl Agent {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
             buf.truncate(n as usize);
+            // Reports of created files go to the journal, wherever the
+            // coordinator is reading (a checkpoint waiting for SUSPENDED).
+            if kind_of(&buf) == ckrun_proto::kind::CREATED {
+                crate::created::record(&buf[8..]);
+                continue;
+            }
             return Ok(Some(buf));
         }
     }

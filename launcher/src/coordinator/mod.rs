@@ -108,6 +108,7 @@ impl Coordinator {
         program: i32,
         sequence: u32,
     ) -> Self {
+        crate::created::start(&crate::created::journal_path(&settings.dir, &settings.image_name, program), sequence);
         Coordinator {
             settings,
             command,
@@ -459,6 +460,7 @@ impl Coordinator {
         match result {
             Ok(o) => {
                 self.sequence = o.sequence;
+                crate::created::checkpointed(o.sequence);
                 for w in &o.warnings {
                     eprintln!("ckrun: warning: {w}");
                 }

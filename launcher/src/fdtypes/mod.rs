@@ -254,6 +254,8 @@ pub enum Deferred {
     Rename(ghost::Rename),
     /// A SysV semaphore set or message queue given its state back.
     Sysv(crate::sysv::SysvObject),
+    /// A file the killed run made after the checkpoint, renamed aside.
+    SetAside(crate::created::SetAside),
 }
 
 /// Whether nothing is at `path` any more (the caller has the process's
@@ -398,6 +400,7 @@ pub fn commit(k: &mut impl Kernel, deferred: &[Deferred]) -> Result<()> {
             Deferred::CutBack(c) => file::cut_back(k, c, ours)?,
             Deferred::Rename(r) => r.apply(k)?,
             Deferred::Sysv(o) => crate::sysv::restore(o)?,
+            Deferred::SetAside(s) => s.apply(k)?,
         }
     }
     Ok(())

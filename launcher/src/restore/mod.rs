@@ -261,7 +261,10 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     become_subreaper();
 
     // The tree's shared objects, made once here and handed out.
-    let objects = fdtypes::create_objects(&mut Linux::default(), &img)?;
+    let mut objects = fdtypes::create_objects(&mut Linux::default(), &img)?;
+    objects
+        .deferred
+        .extend(crate::created::to_set_aside(m, &path, img.owner).into_iter().map(fdtypes::Deferred::SetAside));
     let sends: Vec<(Vec<u32>, Vec<i32>)> = m.processes.iter().map(|p| share_of(p, &objects)).collect();
     let all_fds: Vec<i32> = objects.files.iter().flatten().copied().chain(objects.ghosts.iter().copied()).collect();
     let session = RestoreSession::new(
