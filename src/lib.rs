@@ -727,6 +727,29 @@ impl Ckrun {
         Ckrun::spawn(label, prefix, &cmd_args, workdir, imgdir, out)
     }
 
+    /// `ckrun --dir IMGDIR [EXTRA_FLAGS] PROG ARGS` as a batch script runs
+    /// it again after a requeue (`--resume`): its stdout `workdir/out.txt`
+    /// is opened for appending (Slurm's `--open-mode=append`), not
+    /// truncated, so that a restart's cut-back finds what it expects.
+    pub fn launch_appending(
+        prog: &Program,
+        args: &[&str],
+        workdir: &Path,
+        imgdir: &Path,
+        extra_flags: &[&str],
+    ) -> Ckrun {
+        let mut cmd_args: Vec<OsString> = vec!["--dir".into(), imgdir.as_os_str().to_owned()];
+        cmd_args.extend(extra_flags.iter().map(OsString::from));
+        cmd_args.extend(prog.argv(args));
+        let out = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(workdir.join(OUT_FILE))
+            .unwrap_or_else(|e| panic!("open {}: {e}", workdir.join(OUT_FILE).display()));
+        let label = format!("ckrun {} (appending)", prog.name());
+        Ckrun::spawn(label, &[], &cmd_args, workdir, imgdir, out)
+    }
+
     /// `ckrun --restart IMAGE_OR_DIR --dir IMGDIR [EXTRA_FLAGS]` in
     /// `workdir`, where IMGDIR (for later checkpoints) is the image's
     /// directory unless EXTRA_FLAGS has its own `--dir`. The restored

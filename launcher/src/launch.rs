@@ -13,7 +13,18 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub fn run(program: OsString, args: Vec<OsString>, opts: Overrides) -> Result<i32> {
+pub fn run(program: OsString, args: Vec<OsString>, opts: Overrides, resume: bool) -> Result<i32> {
+    if resume {
+        let dir = image_dir(opts.dir.as_deref())?;
+        let key = crate::restore::key_file(&opts);
+        if let Some(image) = crate::batch::resumable(&dir, &program, &args, key.as_deref()) {
+            eprintln!("ckrun: resuming from {}", image.display());
+            return crate::restore::restart(&image, opts, false);
+        }
+    }
+    if opts.stop_signal.is_some() && opts.stop_signal == Some(opts.trigger.unwrap_or(DEFAULT_TRIGGER)) {
+        return Err(CkError::Usage("--stop-signal must differ from the trigger signal".into()).into());
+    }
     let path = find_program(&program)?;
     check_dynamic(&path)?;
     check_not_setid(&path)?;
@@ -31,9 +42,12 @@ pub fn run(program: OsString, args: Vec<OsString>, opts: Overrides) -> Result<i3
         strict: opts.strict,
         key_file,
         image_name: Path::new(&program).file_name().map_or("program".into(), |n| n.to_string_lossy().into_owned()),
+        interval_ms: opts.interval.map(|d| d.as_millis() as u64),
+        keep: opts.keep,
+        stop_signal: opts.stop_signal,
     };
     let listener = socket::listen(&settings.socket_name).context("creating the coordinator socket")?;
-    let sigfd = coordinator::signal_fd(settings.trigger)?;
+    let sigfd = coordinator::signal_fd(settings.trigger, settings.stop_signal)?;
     become_subreaper();
 
     let mut preload = agent.into_os_string();

@@ -12,6 +12,7 @@
 //! | cwd, umask, rlimits, personality | [`checkpoint::process`] | [`restore::settings`] |
 //! | uids, gids, groups, capabilities | [`creds`] | [`creds`] + agent `suspend::kstate` |
 
+mod batch;
 mod checkpoint;
 mod cli;
 mod coordinator;
@@ -45,14 +46,14 @@ fn main() {
 fn run() -> anyhow::Result<i32> {
     match cli::parse(std::env::args_os().collect())? {
         cli::Command::Help => {
-            println!("{}", cli::HELP);
+            println!("{}", cli::help());
             Ok(0)
         }
         cli::Command::Version => {
             println!("ckrun {}", env!("CARGO_PKG_VERSION"));
             Ok(0)
         }
-        cli::Command::Run { program, args, opts } => launch::run(program, args, opts),
+        cli::Command::Run { program, args, opts, resume } => launch::run(program, args, opts, resume),
         cli::Command::Restart { image, opts, dry_run } => restore::restart(&image, opts, dry_run),
         cli::Command::Inspect { image, json, key_file } => restore::inspect(&image, json, key_file),
         cli::Command::RestoreChild { image_fd, index, socket } => restore::child::main(image_fd, index, &socket),

@@ -74,11 +74,15 @@ pub struct Coordinator {
     root_status: Option<i32>,
     /// `--key-file`: images are sealed with it.
     key: Option<crate::image::seal::Key>,
+    /// When the next `--interval` checkpoint is due.
+    interval: crate::batch::Interval,
+    /// The `--stop-signal` came while a checkpoint ran.
+    stop_pending: bool,
 }
 
 /// Signals the coordinator handles through its signalfd. They are blocked
 /// in ckrun; children start with an empty mask.
-pub fn handled_signals(trigger: i32) -> SigSet {
+pub fn handled_signals(trigger: i32, stop: Option<i32>) -> SigSet {
     // SAFETY: sigemptyset/sigaddset initialise and edit a local sigset_t,
     // which then holds only valid signal numbers.
     unsafe {
@@ -87,14 +91,17 @@ pub fn handled_signals(trigger: i32) -> SigSet {
         for sig in [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, trigger] {
             libc::sigaddset(&mut set, sig);
         }
+        if let Some(s) = stop {
+            libc::sigaddset(&mut set, s);
+        }
         SigSet::from_sigset_t_unchecked(set)
     }
 }
 
 /// Blocks the handled signals and returns a signalfd for them. Call before
 /// starting children, so that no signal is lost in between.
-pub fn signal_fd(trigger: i32) -> Result<SignalFd> {
-    let set = handled_signals(trigger);
+pub fn signal_fd(trigger: i32, stop: Option<i32>) -> Result<SignalFd> {
+    let set = handled_signals(trigger, stop);
     set.thread_block().context("blocking signals")?;
     SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).context("creating a signalfd")
 }
@@ -109,6 +116,7 @@ impl Coordinator {
         sequence: u32,
     ) -> Self {
         crate::created::start(&crate::created::journal_path(&settings.dir, &settings.image_name, program), sequence);
+        let settings_interval = settings.clone();
         Coordinator {
             settings,
             command,
@@ -125,6 +133,8 @@ impl Coordinator {
             request: 0,
             root_status: None,
             key: None,
+            interval: crate::batch::Interval::new(&settings_interval),
+            stop_pending: false,
         }
     }
 
@@ -144,6 +154,13 @@ impl Coordinator {
             if let Some(end) = self.ended.take() {
                 return Ok(end);
             }
+            if std::mem::take(&mut self.stop_pending) {
+                return Ok(self.checkpoint_and_stop());
+            }
+            if self.interval.due() {
+                self.checkpoint();
+                continue;
+            }
             let mut fds = vec![
                 libc::pollfd { fd: self.sigfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -159,7 +176,10 @@ impl Coordinator {
                 events: libc::POLLIN,
                 revents: 0,
             }));
-            let timeout = self.pending_timeout();
+            let timeout = match (self.pending_timeout(), self.interval.timeout_ms()) {
+                (-1, t) | (t, -1) => t,
+                (a, b) => a.min(b),
+            };
             // SAFETY: fds is a valid array of pollfd.
             let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if r < 0 {
@@ -231,7 +251,13 @@ impl Coordinator {
             // Sent by a process (kill, sigqueue), not by the kernel (a
             // terminal's ^C reaches the program directly, being in our group).
             let from_user = si.ssi_code <= 0;
-            if sig == libc::SIGCHLD {
+            if Some(sig) == self.settings.stop_signal && from_user {
+                if after_checkpoint {
+                    self.stop_pending = true;
+                } else {
+                    return Ok((merged, Some(self.checkpoint_and_stop())));
+                }
+            } else if sig == libc::SIGCHLD {
                 if let Some(end) = self.reap() {
                     return Ok((merged, Some(end)));
                 }
@@ -388,7 +414,9 @@ impl Coordinator {
             // A restore child or restored process speaks of the restart
             // only; a running agent only asks for checkpoints.
             Ok(Some(msg)) => match kind_of(&msg) {
-                kind::CHECKPOINT_REQUEST if !restoring => self.checkpoint(),
+                kind::CHECKPOINT_REQUEST if !restoring => {
+                    self.checkpoint();
+                }
                 kind::SUSPENDED if !restoring => {
                     let pids: Vec<i32> = self.agents.iter().map(|a| a.pid).collect();
                     checkpoint::discard_late_report(&self.agents[i], &msg, &pids);
@@ -425,10 +453,45 @@ impl Coordinator {
         }
     }
 
-    fn checkpoint(&mut self) {
+    /// `--stop-signal`: a checkpoint, then the end of the tree; ckrun's
+    /// status says whether the image is durable (85) or not (86).
+    fn checkpoint_and_stop(&mut self) -> Ending {
+        let ok = self.checkpoint();
+        let me = std::process::id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left: Vec<i32> = tree::descendants(me, &[]).iter().map(|m| m.pid).collect();
+            if left.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in left {
+                // SAFETY: plain kill of our own descendants (the job).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            // SAFETY: reaping our own children; the status is not needed.
+            while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if ok {
+            eprintln!("ckrun: checkpointed and stopped (exit {})", crate::batch::EXIT_CHECKPOINTED);
+            Ending::Exited(crate::batch::EXIT_CHECKPOINTED)
+        } else {
+            eprintln!("ckrun: stopped without a new checkpoint (exit {})", crate::batch::EXIT_STOP_FAILED);
+            Ending::Exited(crate::batch::EXIT_STOP_FAILED)
+        }
+    }
+
+    /// Takes a checkpoint; returns whether a new image is durable.
+    fn checkpoint(&mut self) -> bool {
+        let ok = self.checkpoint_once();
+        self.interval.restart();
+        ok
+    }
+
+    fn checkpoint_once(&mut self) -> bool {
         if self.restore.is_some() || self.agents.iter().any(|a| !a.running) {
             eprintln!("ckrun: the program is still being restored; checkpoint request ignored");
-            return;
+            return false;
         }
         let seq = self.sequence + 1;
         let mut result = Err(anyhow::anyhow!("no attempt"));
@@ -476,8 +539,13 @@ impl Coordinator {
                     o.paused.as_secs_f64() * 1000.0,
                     o.total.as_secs_f64() * 1000.0
                 );
+                crate::batch::retain(&self.settings, self.program, o.sequence);
+                true
             }
-            Err(e) => eprintln!("ckrun: checkpoint failed: {e:#}"),
+            Err(e) => {
+                eprintln!("ckrun: checkpoint failed: {e:#}");
+                false
+            }
         }
     }
 

@@ -83,6 +83,13 @@ pub struct Settings {
     /// `--key-file`: images of this job are sealed with the key it holds
     /// (the key itself is never stored).
     pub key_file: Option<PathBuf>,
+    /// `--interval`, in milliseconds: a checkpoint that long after the end
+    /// of the previous one.
+    pub interval_ms: Option<u64>,
+    /// `--keep`: the job's images kept after each new one.
+    pub keep: Option<u32>,
+    /// `--stop-signal`: checkpoint, end the tree, exit 85.
+    pub stop_signal: Option<i32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

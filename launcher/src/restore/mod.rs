@@ -191,6 +191,11 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     settings.trigger = opts.trigger.unwrap_or(settings.trigger);
     settings.frozen = opts.frozen.unwrap_or(settings.frozen);
     settings.strict |= opts.strict;
+    if let Some(d) = opts.interval {
+        settings.interval_ms = Some(d.as_millis() as u64);
+    }
+    settings.keep = opts.keep.or(settings.keep);
+    settings.stop_signal = opts.stop_signal.or(settings.stop_signal);
     // The image names a key file to seal later images with; only its own
     // owner's choice is followed (root does not read a file a user named).
     // SAFETY: geteuid cannot fail.
@@ -239,10 +244,10 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
             ),
         }
         let host_pid_max = k.pid_max().map_err(placement::PlaceError::PidMax).map_err(CkError::from)?;
-        let trigger = settings.trigger;
+        let (trigger, stop) = (settings.trigger, settings.stop_signal);
         drop(img);
         let inner = Overrides { no_pidns: true, inside_namespace: true, terminal: terminal.map(|t| t.fd), ..opts };
-        let code = pidns::run_in_new_namespace(trigger, host_pid_max, pid_max, || restart(&path, inner, false));
+        let code = pidns::run_in_new_namespace(trigger, stop, host_pid_max, pid_max, || restart(&path, inner, false));
         if let Some(t) = terminal {
             crate::terminal::take_back(t);
         }
@@ -257,7 +262,7 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
             socket::listen(&settings.socket_name).context("creating the coordinator socket")?
         }
     };
-    let sigfd = coordinator::signal_fd(settings.trigger)?;
+    let sigfd = coordinator::signal_fd(settings.trigger, settings.stop_signal)?;
     become_subreaper();
 
     // The tree's shared objects, made once here and handed out.

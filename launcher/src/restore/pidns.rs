@@ -30,11 +30,12 @@ pub fn privileged() -> bool {
 /// code.
 pub fn run_in_new_namespace(
     trigger: i32,
+    stop: Option<i32>,
     host_pid_max: u32,
     pid_max: u32,
     inner: impl FnOnce() -> Result<i32>,
 ) -> Result<i32> {
-    let set = handled_signals(trigger);
+    let set = handled_signals(trigger, stop);
     set.thread_block().context("blocking signals")?;
     let sigfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).context("creating a signalfd")?;
     if !privileged() {

@@ -1,0 +1,181 @@
+//! The batch-job workflow: periodic checkpoints (`--interval`), retention
+//! (`--keep`), checkpoint-and-stop (`--stop-signal`) and start-or-resume
+//! (`--resume`), so that one command line serves the first run of a job
+//! and every requeue of it, on any node.
+
+use crate::image::manifest::Settings;
+use crate::image::ImageReader;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// ckrun's exit status after `--stop-signal` when the checkpoint is
+/// durable (the program was then ended): a script can requeue on it. Far
+/// from the statuses programs use (0-2), from ckrun's own (1-5) and from
+/// 128+N.
+pub const EXIT_CHECKPOINTED: i32 = 85;
+/// After `--stop-signal` when the checkpoint failed (the program was ended
+/// all the same): no new image; the previous ones are untouched.
+pub const EXIT_STOP_FAILED: i32 = 86;
+
+/// When the next periodic checkpoint is due.
+#[derive(Debug, Default)]
+pub struct Interval {
+    every: Option<Duration>,
+    next: Option<Instant>,
+}
+
+impl Interval {
+    pub fn new(settings: &Settings) -> Self {
+        let every = settings.interval_ms.filter(|&ms| ms > 0).map(Duration::from_millis);
+        Interval { every, next: every.map(|d| Instant::now() + d) }
+    }
+
+    /// Milliseconds to wait for at most before the next one (-1: never).
+    pub fn timeout_ms(&self) -> i32 {
+        self.next.map_or(-1, |n| n.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32)
+    }
+
+    pub fn due(&self) -> bool {
+        self.next.is_some_and(|n| Instant::now() >= n)
+    }
+
+    /// A checkpoint ended (well or not): the next is one interval away.
+    pub fn restart(&mut self) {
+        self.next = self.every.map(|d| Instant::now() + d);
+    }
+}
+
+/// The job's images in `dir` (`NAME.ROOT.N.ckimg`), newest (highest N) first.
+pub fn images_of(dir: &Path, name: &str, root: i32) -> Vec<(u32, PathBuf)> {
+    let prefix = format!("{name}.{root}.");
+    let mut out: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let f = e.file_name().to_string_lossy().into_owned();
+            let n = f.strip_prefix(&prefix)?.strip_suffix(".ckimg")?.parse::<u32>().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out
+}
+
+/// After image `newest` is durable: deletes the job's older images beyond
+/// the `keep` newest. The newest is always kept (`keep` >= 1), and so is
+/// every image newer than it; an image that is not the job's (another
+/// name or root) is never looked at.
+pub fn retain(settings: &Settings, root: i32, newest: u32) {
+    let Some(keep) = settings.keep.filter(|&k| k >= 1) else { return };
+    let all = images_of(&settings.dir, &settings.image_name, root);
+    let older: Vec<&(u32, PathBuf)> = all.iter().filter(|(n, _)| *n <= newest).collect();
+    for (_, path) in older.iter().skip(keep as usize) {
+        match std::fs::remove_file(path) {
+            Ok(()) => eprintln!("ckrun: removed {} (--keep {keep})", path.display()),
+            Err(e) => eprintln!("ckrun: warning: cannot remove {}: {e}", path.display()),
+        }
+    }
+}
+
+/// `--resume`: the newest image in `dir` of the job `program args` that
+/// verifies, saying what is wrong with newer ones; `None` when there is
+/// none (the program is then started).
+pub fn resumable(dir: &Path, program: &OsString, args: &[OsString], key: Option<&Path>) -> Option<PathBuf> {
+    let name = Path::new(program).file_name().map_or("program".into(), |n| n.to_string_lossy().into_owned());
+    let mut candidates: Vec<(u64, u32, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(&format!("{name}.")).and_then(|r| r.strip_suffix(".ckimg")) else {
+            continue;
+        };
+        let Some(n) = rest.rsplit_once('.').and_then(|(_, n)| n.parse::<u32>().ok()) else { continue };
+        // Damaged manifests are named below, with the newest first.
+        let made = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let ms = made.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as u64);
+        candidates.push((ms, n, path));
+    }
+    // Newest first: by the time each was written, then by number.
+    candidates.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    for (_, _, path) in candidates {
+        let img = match ImageReader::open(&path) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("ckrun: {} cannot be resumed from ({e:#}); trying an older image", path.display());
+                continue;
+            }
+        };
+        if !same_job(&img.manifest.info.command, program, args) {
+            continue;
+        }
+        let sealed = key.map_or(Ok(()), |k| {
+            crate::image::seal::Key::load(k).and_then(|k| crate::image::seal::check(&img, &k).map_err(Into::into))
+        });
+        if let Err(e) = sealed.map_err(anyhow::Error::from).and_then(|()| img.verify_chunks().map_err(Into::into)) {
+            eprintln!("ckrun: {} is damaged or incomplete ({e:#}); trying an older image", path.display());
+            continue;
+        }
+        return Some(path);
+    }
+    None
+}
+
+/// Whether a ckrun command line (an image's `info.command`) ran `program
+/// args`.
+fn same_job(command: &[String], program: &OsString, args: &[OsString]) -> bool {
+    let argv: Vec<OsString> = command.iter().map(OsString::from).collect();
+    match crate::cli::parse(argv) {
+        Ok(crate::cli::Command::Run { program: p, args: a, .. }) => &p == program && a == args,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &Path, keep: Option<u32>) -> Settings {
+        Settings {
+            dir: dir.into(),
+            trigger: 12,
+            frozen: false,
+            socket_name: "s".into(),
+            image_name: "sim".into(),
+            strict: false,
+            key_file: None,
+            interval_ms: None,
+            keep,
+            stop_signal: None,
+        }
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_and_only_this_jobs() {
+        let dir = std::env::temp_dir().join(format!("ckrun-keep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for n in 1..=5 {
+            std::fs::write(dir.join(format!("sim.77.{n}.ckimg")), b"x").unwrap();
+        }
+        std::fs::write(dir.join("sim.78.1.ckimg"), b"another job").unwrap();
+        std::fs::write(dir.join("other.77.1.ckimg"), b"another program").unwrap();
+        retain(&settings(&dir, Some(2)), 77, 5);
+        let left: Vec<u32> = images_of(&dir, "sim", 77).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(left, [5, 4]);
+        assert!(dir.join("sim.78.1.ckimg").exists() && dir.join("other.77.1.ckimg").exists());
+        retain(&settings(&dir, None), 77, 5);
+        assert_eq!(images_of(&dir, "sim", 77).len(), 2, "no --keep: nothing removed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_same_job_is_the_same_program_and_arguments() {
+        let cmd: Vec<String> = ["ckrun", "--dir", "d", "--resume", "./sim", "--steps", "9"].map(String::from).into();
+        let args: Vec<OsString> = vec!["--steps".into(), "9".into()];
+        assert!(same_job(&cmd, &"./sim".into(), &args));
+        assert!(!same_job(&cmd, &"./sim".into(), &[]));
+        assert!(!same_job(&cmd, &"./other".into(), &args));
+    }
+}
