@@ -59,7 +59,7 @@ pub fn images_of(dir: &Path, name: &str, root: i32) -> Vec<(u32, PathBuf)> {
             Some((n, e.path()))
         })
         .collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
     out
 }
 
@@ -98,7 +98,7 @@ pub fn resumable(dir: &Path, program: &OsString, args: &[OsString], key: Option<
         candidates.push((ms, n, path));
     }
     // Newest first: by the time each was written, then by number.
-    candidates.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    candidates.sort_by_key(|(ms, n, _)| std::cmp::Reverse((*ms, *n)));
     for (_, _, path) in candidates {
         let img = match ImageReader::open(&path) {
             Ok(i) => i,
@@ -110,9 +110,8 @@ pub fn resumable(dir: &Path, program: &OsString, args: &[OsString], key: Option<
         if !same_job(&img.manifest.info.command, program, args) {
             continue;
         }
-        let sealed = key.map_or(Ok(()), |k| {
-            crate::image::seal::Key::load(k).and_then(|k| crate::image::seal::check(&img, &k).map_err(Into::into))
-        });
+        let sealed =
+            key.map_or(Ok(()), |k| crate::image::seal::Key::load(k).and_then(|k| crate::image::seal::check(&img, &k)));
         if let Err(e) = sealed.map_err(anyhow::Error::from).and_then(|()| img.verify_chunks().map_err(Into::into)) {
             eprintln!("ckrun: {} is damaged or incomplete ({e:#}); trying an older image", path.display());
             continue;
