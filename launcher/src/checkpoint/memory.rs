@@ -369,6 +369,100 @@ mod tests {
         assert_eq!(ghost.unwrap()[0].kind, RegionKind::Ghost { ghost: 7, offset: 0 });
     }
 
+    fn anon(start: u64, end: u64) -> Region {
+        Region {
+            start,
+            end,
+            prot: 3,
+            shared: false,
+            kind: RegionKind::Anon,
+            name: String::new(),
+            flags: 0,
+            chunks: vec![],
+        }
+    }
+
+    fn vma(start: u64, end: u64, flags: &str) -> VmaFlags {
+        VmaFlags { start, end, flags: flags.into() }
+    }
+
+    #[test]
+    fn regions_missing_from_the_snapshot_fail_by_name() {
+        let mut regions = vec![anon(0x1000, 0x3000), anon(0x3000, 0x5000), anon(0x8000, 0x9000)];
+        regions[2].name = "/some/file".into();
+        // The snapshot may merge what the program has apart (a mapping
+        // whose MADV_DONTFORK was cleared joins its neighbours).
+        let snapshot = vec![vma(0x1000, 0x5000, "rd wr nr"), vma(0x8000, 0x9000, "rd wr wf")];
+        check_in_snapshot(&regions, &snapshot).unwrap();
+        take_vm_flags(&mut regions, &snapshot, false);
+        assert_eq!(regions.iter().map(|r| r.flags).collect::<Vec<_>>(), [2, 2, 4]);
+        let holed = vec![vma(0x1000, 0x2000, ""), vma(0x8000, 0x9000, "")];
+        let e = check_in_snapshot(&regions, &holed).unwrap_err().to_string();
+        assert!(e.contains("anonymous memory at 0x1000-0x3000") && e.contains("MADV_DONTFORK"), "{e}");
+        let later = vec![vma(0x1000, 0x3000, ""), vma(0x8000, 0x9000, "")];
+        let e = check_in_snapshot(&regions, &later).unwrap_err().to_string();
+        assert!(e.contains("anonymous memory at 0x3000-0x5000"), "{e}");
+        // Shared memory is read from the program itself.
+        regions[1].shared = true;
+        check_in_snapshot(&regions, &later).unwrap();
+        let e = check_in_snapshot(&regions, &later[..1]).unwrap_err().to_string();
+        assert!(e.contains("/some/file at 0x8000-0x9000"), "{e}");
+        // Flags from the frozen program's smaps, and from the agent.
+        let mut r = vec![anon(0x1000, 0x3000), anon(0x3000, 0x5000)];
+        take_vm_flags(&mut r, &[vma(0x1000, 0x3000, "dc"), vma(0x3000, 0x5000, "dc")], true);
+        assert_eq!(r[0].flags, REGION_DONTFORK);
+        let mut r = vec![anon(0x1000, 0x3000), anon(0x3000, 0x5000)];
+        mark_dontfork(&mut r, &[MemRange { start: 0x3000, end: 0x5000 }]);
+        assert_eq!((r[0].flags, r[1].flags), (0, REGION_DONTFORK));
+    }
+
+    #[test]
+    fn scan_and_pagemap_select_the_same_pages() {
+        let ps = PAGE_SIZE as usize;
+        let len = 700 * ps;
+        // SAFETY: a fresh private anonymous mapping, used only here.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as *mut u8;
+        assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+        // SAFETY: within the mapping: runs of written pages, longer than a
+        // chunk too, and read-only touched ones (the zero page).
+        unsafe {
+            libc::madvise(p.cast(), len, libc::MADV_NOHUGEPAGE);
+            for i in (0..700).filter(|i| i % 7 < 3 || (300..600).contains(i)) {
+                *p.add(i * ps) = 1;
+            }
+            std::ptr::read_volatile(p.add(5 * ps));
+        }
+        let start = p as u64;
+        let regions = vec![anon(start, start + len as u64)];
+        let mem = RemoteMemory::open(std::process::id() as i32).unwrap();
+        let scanned = select_pages(&mem, &regions, |_| true).unwrap();
+        let mut runs = Vec::new();
+        let mut out = Runs { region: 0, runs: &mut runs, pending: None };
+        from_pagemap(&mem, &regions[0], Wanted::Populated, &mut out).unwrap();
+        out.flush();
+        // pagemap counts the zero page as present (its page is then
+        // skipped as all zeros); PAGEMAP_SCAN leaves it out at once.
+        let zero = start + 5 * PAGE_SIZE;
+        let pages = |runs: &[PageRun]| -> Vec<u64> {
+            runs.iter().flat_map(|r| (0..r.npages as u64).map(move |k| r.addr + k * PAGE_SIZE)).collect()
+        };
+        let mut from_pm = pages(&runs);
+        from_pm.retain(|&a| a != zero);
+        assert_eq!(pages(&scanned), from_pm);
+        assert!(scanned.iter().all(|r| r.npages <= CHUNK_PAGES));
+        // SAFETY: unmapping our own mapping.
+        unsafe { libc::munmap(p.cast(), len) };
+    }
+
     #[test]
     fn pages_of_this_process() {
         // A region with pages 0 and 2 written, 1 untouched: two runs.

@@ -203,4 +203,34 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn flags_the_program_set_are_given_back() {
+        let mut big = region(0x1000_0000_0000, 0x1200_0000_0000, RegionKind::Anon);
+        big.flags = REGION_NORESERVE;
+        let mut heap = region(0x7f00_0000_0000, 0x7f00_0040_0000, RegionKind::Anon);
+        heap.flags = REGION_DONTFORK | REGION_WIPEONFORK;
+        let p = process(vec![big, heap], &[100]);
+        let plan = RestorePlan::build(&p, &parse_maps("1000-2000 r-xp 00000000 00:00 0 /ckrun\n").unwrap()).unwrap();
+        let mut k = Recording::default();
+        map(&mut k, &plan, &p, &[]).unwrap();
+        let (s0, s1) = (&plan.staged[0], &plan.staged[1]);
+        let anon = libc::MAP_FIXED_NOREPLACE | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        assert_eq!(
+            k.calls,
+            vec![
+                Call::Mmap {
+                    at: s0.at,
+                    len: 0x200_0000_0000,
+                    prot: 3,
+                    flags: anon | libc::MAP_NORESERVE,
+                    fd: -1,
+                    offset: 0
+                },
+                Call::Mmap { at: s1.at, len: 0x40_0000, prot: 3, flags: anon, fd: -1, offset: 0 },
+                Call::Madvise { at: s1.at, len: 0x40_0000, advice: libc::MADV_DONTFORK },
+                Call::Madvise { at: s1.at, len: 0x40_0000, advice: libc::MADV_WIPEONFORK },
+            ]
+        );
+    }
 }
