@@ -149,7 +149,7 @@ pub fn for_each_left_out(child: i32, mut f: impl FnMut(u64, u64)) -> bool {
         while c.is_some_and(|(_, ce)| ce <= start) {
             c = them.next_range();
         }
-        if !c.is_some_and(|(cs, _)| cs < end) {
+        if c.is_none_or(|(cs, _)| cs >= end) {
             f(start, end);
         }
     }
