@@ -132,3 +132,53 @@ fn sparse_reservation_survives_restarts() {
         assert!(big.contains("20.0 KiB"), "not five pages saved: {big}");
     }
 }
+
+/// MADV_DONTFORK memory that cannot be made copyable (the agent is told
+/// to take every MADV_DOFORK as refused, as the kernel refuses it for
+/// device memory): the checkpoint fails, naming the memory, and writes no
+/// image; the program goes on, its memory still marked; with --no-fork
+/// the same program checkpoints and restarts.
+#[test]
+fn dontfork_memory_that_cannot_be_copied_fails_the_checkpoint_by_name() {
+    let test = "memflags-dontfork-refused";
+    let dir = TestDir::new(test);
+    let prog = Program::c("memflags");
+    let args = ["dontfork", "60"];
+    let expected = reference(&prog, &args, &dir);
+    let env = ["env", "CKRUN_TEST_FAIL=dontfork"];
+
+    let mut job = Ckrun::launch_via(&env, &prog, &args, &dir.work, &dir.img, &[]);
+    job.wait_for_tick(3);
+    ckrun_suite::sys::send_signal(job.ckrun_pid(), ckrun_suite::sys::SIGUSR2).unwrap();
+    let failed =
+        |job: &Ckrun| job.stderr().lines().find(|l| l.starts_with("ckrun: checkpoint failed")).map(str::to_string);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let line = loop {
+        if let Some(l) = failed(&job) {
+            break l;
+        }
+        assert!(std::time::Instant::now() < deadline, "no failed checkpoint\n{}", job.diagnostics());
+        std::thread::sleep(ckrun_suite::POLL);
+    };
+    assert!(
+        line.contains("MADV_DONTFORK") && line.contains(" at 0x") && line.contains("not in the copy-on-write snapshot"),
+        "the failure names the memory: {line}"
+    );
+    assert!(list_images(&dir.img).is_empty(), "a failed checkpoint left an image");
+    // The program goes on, unharmed, its memory marked as before (dc=y).
+    let code = job.wait(TIMEOUT);
+    assert_eq!(code, 0, "exit code after the failed checkpoint\n{}", job.diagnostics());
+    assert_same_output(&expected, &job.output(), test);
+
+    // --no-fork copies the stopped program itself: nothing to refuse.
+    let dir = TestDir::new(&format!("{test}-nofork"));
+    let mut job = Ckrun::launch_via(&env, &prog, &args, &dir.work, &dir.img, &["--no-fork"]);
+    job.wait_for_tick(3);
+    let image = job.checkpoint(TIMEOUT);
+    let at = job.last_tick().unwrap();
+    job.wait_for_tick(at + RUN_ON);
+    job.kill9();
+    let mut job = Ckrun::restart(&image, &dir.work, &[]);
+    assert_eq!(job.wait(TIMEOUT), 0, "exit code after the restart\n{}", job.diagnostics());
+    assert_same_output(&expected, &job.output(), test);
+}

@@ -460,7 +460,8 @@ pub fn discard_late_report(msg: &[u8], agents: &[i32]) {
 /// checkpoint fails at step STEP, to test that every failure lets the
 /// program go on and the next checkpoint succeed. Steps, in order:
 /// create, late (the last process to stop is left to answer late),
-/// stopped, fds, captured, resumed, memory, finish.
+/// stopped, fds, captured, resumed, memory, finish. (`dontfork` is the
+/// agent's: it takes every MADV_DOFORK as refused.)
 fn inject(step: &str) -> Result<()> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static SEEN: AtomicU32 = AtomicU32::new(0);

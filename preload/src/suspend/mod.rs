@@ -25,6 +25,7 @@ mod snapshot;
 mod tasks;
 mod vmas;
 
+pub(crate) use snapshot::REFUSE_DOFORK;
 pub(crate) use tasks::format_decimal;
 
 use crate::channel::{recv_msg, send_msg};

@@ -34,7 +34,7 @@ use crate::state::RacyCell;
 use crate::sys;
 use ckrun_proto::{MemRange, MAX_DONTFORK};
 use core::sync::atomic::Ordering::Relaxed;
-use core::sync::atomic::{AtomicI32, AtomicU32, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering::*};
 
 core::arch::global_asm!(
     ".text",
@@ -78,6 +78,10 @@ static SNAPSHOT: AtomicI32 = AtomicI32::new(0);
 /// intermediate, read by the leader once it has reaped it.
 static DONTFORK: RacyCell<[MemRange; MAX_DONTFORK]> = RacyCell::new([MemRange { start: 0, end: 0 }; MAX_DONTFORK]);
 static NDONTFORK: AtomicU32 = AtomicU32::new(0);
+/// Test hook (`CKRUN_TEST_FAIL=dontfork`, read at start-up): every
+/// MADV_DOFORK is taken as refused, as the kernel refuses it for device
+/// memory, so that the coordinator's check is seen to fail the checkpoint.
+pub static REFUSE_DOFORK: AtomicBool = AtomicBool::new(false);
 
 /// The MADV_DONTFORK mappings the last [`fork_snapshot`] put into the
 /// snapshot. Only the leader calls it, after `fork_snapshot`.
@@ -171,7 +175,10 @@ fn make_copyable(child: i32) -> bool {
         // SAFETY: madvise changes a flag of mappings of this process; it
         // reads no memory of ours.
         let rc = unsafe { sys::syscall3(sys::SYS_madvise, r.start, r.end - r.start, libc::MADV_DOFORK as u64) };
-        if rc == 0 {
+        if rc == 0 && REFUSE_DOFORK.load(Relaxed) {
+            // SAFETY: as above: the flag is set again at once.
+            unsafe { sys::syscall3(sys::SYS_madvise, r.start, r.end - r.start, libc::MADV_DONTFORK as u64) };
+        } else if rc == 0 {
             list[kept] = r;
             kept += 1;
         }
