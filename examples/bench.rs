@@ -254,6 +254,10 @@ fn run(args: &Args, tmp: &Path) -> Res<usize> {
     }
 
     check_interrupt()?;
+    progress("2 TiB MAP_NORESERVE reservation, 5 pages touched: checkpoint");
+    let sparse = sparse_checkpoint(&tools);
+
+    check_interrupt()?;
     progress("interposition: getppid+write loop");
     let getppid = syscall_loop(&tools, "getppid", GETPPID_LOOPS, args.loop_runs);
     progress("interposition: open+close loop");
@@ -263,7 +267,7 @@ fn run(args: &Args, tmp: &Path) -> Res<usize> {
     progress("start-up: ckrun true vs true");
     let startup = startup(&tools);
 
-    let report = Report { sizes, huge, threads, getppid, open, poll, startup };
+    let report = Report { sizes, huge, threads, sparse, getppid, open, poll, startup };
     report.print();
     Ok(report.failures())
 }
@@ -306,6 +310,7 @@ struct Tools {
     memhog: PathBuf,
     syscalls: PathBuf,
     manythreads: PathBuf,
+    memflags: PathBuf,
     tmp: PathBuf,
 }
 
@@ -339,7 +344,8 @@ impl Tools {
         let memhog = compile_c(&root.join("examples/memhog.c"), &bin)?;
         let syscalls = compile_c(&root.join("examples/syscalls.c"), &bin)?;
         let manythreads = compile_c(&root.join("examples/manythreads.c"), &bin)?;
-        Ok(Tools { ckrun, memhog, syscalls, manythreads, tmp: tmp.to_path_buf() })
+        let memflags = compile_c(&root.join("examples/memflags.c"), &bin)?;
+        Ok(Tools { ckrun, memhog, syscalls, manythreads, memflags, tmp: tmp.to_path_buf() })
     }
 }
 
@@ -956,6 +962,35 @@ fn pause_with_threads(t: &Tools, n: usize) -> Res<Vec<f64>> {
     Ok(pauses)
 }
 
+/// Checkpoints of `memflags sparse` (a 2 TiB MAP_NORESERVE reservation
+/// with 5 pages touched): (total ms, pause ms) of each. What a checkpoint
+/// costs must follow the memory used, not the memory reserved.
+fn sparse_checkpoint(t: &Tools) -> Res<Vec<(f64, f64)>> {
+    let imgdir = t.tmp.join("img-sparse");
+    fs::create_dir_all(&imgdir).map_err(|e| format!("create {}: {e}", imgdir.display()))?;
+    let deadline = Instant::now() + TIMEOUT;
+    let mut cmd = Command::new(&t.ckrun);
+    cmd.arg("--dir").arg(&imgdir).arg(&t.memflags).args(["sparse", "1000000"]).current_dir(&t.tmp);
+    let mut job = Job::spawn("ckrun memflags sparse".into(), &mut cmd)?;
+    while tick_of(&job.next_out("a tick", deadline)?.text).is_none() {}
+    let program = job.find_program(deadline)?;
+    let mut out = Vec::new();
+    for k in 1..=THREAD_CKPTS {
+        if !signal(job.pid, libc::SIGUSR2) {
+            return Err(job.fail("cannot signal ckrun"));
+        }
+        let needle = format!("checkpoint {k}:");
+        let line = job.err_line(&needle, TIMEOUT).ok_or_else(|| job.fail(&format!("no `{needle}` line from ckrun")))?;
+        let total = number_after(&line.text, "total ").ok_or_else(|| format!("no total in {:?}", line.text))?;
+        let paused = number_after(&line.text, "paused ").ok_or_else(|| format!("no pause in {:?}", line.text))?;
+        out.push((total, paused));
+    }
+    signal(program, libc::SIGKILL);
+    job.wait_exit(Duration::from_secs(30))?;
+    let _ = fs::remove_dir_all(&imgdir);
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------
 // cp baseline
 // ---------------------------------------------------------------------------
@@ -1120,6 +1155,8 @@ struct Report {
     huge: (u64, Res<Ckpt>),
     /// Pauses (ms) by number of threads.
     threads: Vec<(usize, Res<Vec<f64>>)>,
+    /// (total ms, pause ms) of checkpoints of a sparse 2 TiB reservation.
+    sparse: Res<Vec<(f64, f64)>>,
     getppid: Res<Overhead>,
     open: Res<Overhead>,
     poll: Res<Overhead>,
@@ -1150,13 +1187,17 @@ impl Report {
     fn failures(&self) -> usize {
         let sizes = self.sizes.iter().map(|(_, c, p)| c.is_err() as usize + p.is_err() as usize).sum::<usize>();
         let threads = self.threads.iter().filter(|(_, r)| r.is_err()).count();
-        sizes + threads + [&self.getppid, &self.open, &self.poll, &self.startup].iter().filter(|r| r.is_err()).count()
+        sizes
+            + threads
+            + self.sparse.is_err() as usize
+            + [&self.getppid, &self.open, &self.poll, &self.startup].iter().filter(|r| r.is_err()).count()
     }
 
     fn print(&self) {
         let mut o = String::new();
         self.print_checkpoints(&mut o);
         self.print_threads(&mut o);
+        self.print_sparse(&mut o);
         self.print_overheads(&mut o);
         self.print_targets(&mut o);
         print!("{o}");
@@ -1281,6 +1322,25 @@ impl Report {
                 }
                 Err(e) => o.push_str(&format!("| {n} | FAILED: {} |\n", one_line(e))),
             }
+        }
+    }
+
+    fn print_sparse(&self, o: &mut String) {
+        o.push_str(&format!(
+            "\n## Sparse memory\n\n\
+             {THREAD_CKPTS} checkpoints of `memflags sparse` (a 2 TiB MAP_NORESERVE reservation, 5 pages \
+             touched): the checkpoint costs the memory used, not the memory reserved.\n\n\
+             | reservation | checkpoint ms, median | min | max | pause ms, median |\n|---|---|---|---|---|\n"
+        ));
+        match &self.sparse {
+            Ok(v) => {
+                let totals: Vec<f64> = v.iter().map(|p| p.0).collect();
+                let min = totals.iter().copied().fold(f64::INFINITY, f64::min);
+                let max = totals.iter().copied().fold(0.0, f64::max);
+                let pause = median(v.iter().map(|p| p.1).collect());
+                o.push_str(&format!("| 2 TiB, 5 pages | {:.1} | {min:.1} | {max:.1} | {pause:.1} |\n", median(totals)));
+            }
+            Err(e) => o.push_str(&format!("| 2 TiB, 5 pages | FAILED: {} |\n", one_line(e))),
         }
     }
 

@@ -56,6 +56,9 @@ extern "C" fn agent_init() {
         .and_then(|s| core::str::from_utf8(s).ok()?.parse::<i32>().ok())
         .unwrap_or(0);
     state::COORDINATOR.store(coordinator, Relaxed);
+    if getenv("CKRUN_TEST_FAIL") == Some(b"dontfork") {
+        suspend::REFUSE_DOFORK.store(true, Relaxed);
+    }
     let Some(fd) = connect_at(name, -1) else {
         warn(b"ckrun agent: cannot reach the coordinator; running without checkpoints\n");
         return;

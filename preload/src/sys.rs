@@ -6,9 +6,9 @@ use core::arch::asm;
 
 pub use libc::{
     SYS_arch_prctl, SYS_brk, SYS_clone, SYS_close, SYS_exit_group, SYS_futex, SYS_get_robust_list, SYS_getdents64,
-    SYS_getitimer, SYS_getpid, SYS_gettid, SYS_kill, SYS_munmap, SYS_openat, SYS_pause, SYS_prctl, SYS_read, SYS_rseq,
-    SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_rt_tgsigqueueinfo, SYS_sendto, SYS_set_robust_list, SYS_set_tid_address,
-    SYS_setitimer, SYS_tgkill, SYS_write,
+    SYS_getitimer, SYS_getpid, SYS_gettid, SYS_kill, SYS_madvise, SYS_munmap, SYS_openat, SYS_pause, SYS_prctl,
+    SYS_read, SYS_rseq, SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_rt_tgsigqueueinfo, SYS_sendto, SYS_set_robust_list,
+    SYS_set_tid_address, SYS_setitimer, SYS_tgkill, SYS_write,
 };
 
 /// # Safety

@@ -114,7 +114,11 @@ pub mod kind {
     pub const RESTORE_FAILED: u32 = 7;
     /// Bytes: the absolute path of a file the program just created (for
     /// the coordinator's journal of files made since a checkpoint).
-    pub const CREATED: u32 = 8;
+    pub const CREATED: u32 = 9;
+    /// An array of [`super::MemRange`]: memory the program marked
+    /// MADV_DONTFORK, made copyable for the snapshot and marked again;
+    /// follows the thread records ([`super::Suspended::ndontfork`] in all).
+    pub const DONTFORK: u32 = 8;
     /// Coordinator → agent, [`super::Resume`]: let the threads go.
     pub const RESUME: u32 = 100;
     /// Coordinator → agent, [`super::Config`]: settings after a restart.
@@ -156,7 +160,20 @@ pub struct Suspended {
     pub dumpable: u32,
     /// The request this answers (see [`SUSPEND_REQUEST_SHIFT`]).
     pub request: u32,
-    pub _pad: u32,
+    /// How many [`MemRange`]s the [`kind::DONTFORK`] messages hold.
+    pub ndontfork: u32,
+}
+
+/// Most MADV_DONTFORK mappings the agent makes copyable for one snapshot;
+/// further ones stay out of it (and fail the checkpoint, by name).
+pub const MAX_DONTFORK: usize = 4096;
+
+/// A range of addresses, `[start, end)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemRange {
+    pub start: u64,
+    pub end: u64,
 }
 
 #[repr(C)]
@@ -257,6 +274,8 @@ unsafe impl Pod for Resume {}
 unsafe impl Pod for RestoreFailure {}
 // SAFETY: as above.
 unsafe impl Pod for Config {}
+// SAFETY: as above: two u64.
+unsafe impl Pod for MemRange {}
 // SAFETY: a byte has no padding and every bit pattern is valid.
 unsafe impl Pod for u8 {}
 

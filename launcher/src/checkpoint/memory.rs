@@ -7,13 +7,16 @@
 //! from (shared anonymous, memfd, deleted files). Not saved: clean file
 //! pages (re-mapped from the file), untouched pages, all-zero pages.
 
-use crate::image::manifest::{ChunkRef, FileRef, Region, RegionKind};
+use crate::image::manifest::{
+    ChunkRef, FileRef, Region, RegionKind, REGION_DONTFORK, REGION_NORESERVE, REGION_WIPEONFORK,
+};
 use crate::image::ImageWriter;
 use crate::sys::aligned::AlignedBuf;
-use crate::sys::mem::{is_zero_page, RemoteMemory, PM_FILE, PM_PRESENT, PM_SWAP};
-use crate::sys::procfs::{file_stamp, MapEntry};
+use crate::sys::mem::{is_zero_page, RemoteMemory, PAGE_IS_FILE, PAGE_IS_SWAPPED, PM_FILE, PM_PRESENT, PM_SWAP};
+use crate::sys::procfs::{file_stamp, MapEntry, VmaFlags};
 use crate::sys::PAGE_SIZE;
 use anyhow::{bail, Context, Result};
+use ckrun_proto::MemRange;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -59,10 +62,68 @@ pub fn classify(maps: &[MapEntry], mut ghost: impl FnMut(&MapEntry) -> Result<u3
             shared: m.shared,
             kind,
             name: m.path.clone(),
+            flags: 0,
             chunks: Vec::new(),
         });
     }
     Ok(out)
+}
+
+/// Marks the regions that lie in a mapping the agent reported it made
+/// copyable for the snapshot: the program's MADV_DONTFORK memory (the
+/// snapshot's own mappings no longer show the flag).
+pub fn mark_dontfork(regions: &mut [Region], dontfork: &[MemRange]) {
+    for r in regions.iter_mut() {
+        if dontfork.iter().any(|d| d.start <= r.start && r.end <= d.end) {
+            r.flags |= REGION_DONTFORK;
+        }
+    }
+}
+
+/// The mapping of `vmas` (sorted, as smaps lists them) that holds `addr`.
+fn vma_at(vmas: &[VmaFlags], addr: u64) -> Option<&VmaFlags> {
+    let i = vmas.partition_point(|v| v.end <= addr);
+    vmas.get(i).filter(|v| v.start <= addr)
+}
+
+/// Takes each region's flags from the VmFlags of the process that holds
+/// its memory (`vmas`: the frozen process, or the snapshot, where the
+/// fork kept every flag but MADV_DONTFORK, which then comes from the
+/// agent: `dontfork` false).
+pub fn take_vm_flags(regions: &mut [Region], vmas: &[VmaFlags], dontfork: bool) {
+    for r in regions.iter_mut() {
+        let Some(v) = vma_at(vmas, r.start) else { continue };
+        for (code, bit) in [("nr", REGION_NORESERVE), ("wf", REGION_WIPEONFORK), ("dc", REGION_DONTFORK)] {
+            if v.has(code) && (bit != REGION_DONTFORK || dontfork) {
+                r.flags |= bit;
+            }
+        }
+    }
+}
+
+/// Fails, naming the first, when a private region of the program is not
+/// in its snapshot (`vmas`): memory a fork leaves out, MADV_DONTFORK that
+/// the agent could not clear. Never a silent hole in the image.
+pub fn check_in_snapshot(regions: &[Region], vmas: &[VmaFlags]) -> Result<()> {
+    for r in regions.iter().filter(|r| !r.shared) {
+        if matches!(r.kind, RegionKind::Vvar | RegionKind::VvarVclock | RegionKind::Vdso) {
+            continue;
+        }
+        let mut at = r.start;
+        while let Some(v) = vma_at(vmas, at).filter(|_| at < r.end) {
+            at = v.end;
+        }
+        if at < r.end {
+            let name = if r.name.is_empty() { "anonymous memory" } else { &r.name };
+            bail!(
+                "{name} at {:#x}-{:#x} is not in the copy-on-write snapshot (the program marked it \
+                 MADV_DONTFORK, and the kernel refused to make it copyable); --no-fork saves it",
+                r.start,
+                r.end
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The file behind a mapping, if the path still names the mapped inode.
@@ -79,38 +140,102 @@ pub struct PageRun {
     pub npages: u32,
 }
 
+/// Which pages of a region are saved.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    /// Every page: there is nothing else to come back from.
+    All,
+    /// Present or swapped pages.
+    Populated,
+    /// Pages no longer the file's: written (copied on write) or swapped.
+    Written,
+}
+
 /// Which pages of the regions `which` picks must be saved, as runs of at
-/// most [`CHUNK_PAGES`].
+/// most [`CHUNK_PAGES`]. The populated ranges come from PAGEMAP_SCAN, so
+/// the cost follows the memory used, not the memory mapped (a sparse
+/// reservation of terabytes costs nothing); without it (kernels before
+/// 6.7), from pagemap entries, read a window at a time.
 pub fn select_pages(mem: &RemoteMemory, regions: &[Region], which: impl Fn(&Region) -> bool) -> Result<Vec<PageRun>> {
     let mut runs = Vec::new();
     for (i, r) in regions.iter().enumerate().filter(|(_, r)| which(r)) {
-        let npages = (r.len() / PAGE_SIZE) as usize;
-        let wanted: Box<dyn Fn(u64) -> bool> = match &r.kind {
+        let wanted = match &r.kind {
             RegionKind::Vvar | RegionKind::VvarVclock | RegionKind::Vdso => continue,
             // The file (or the ghost's saved content) holds shared pages.
             RegionKind::File { .. } | RegionKind::Ghost { .. } if r.shared => continue,
-            RegionKind::Detached => Box::new(|_| true),
-            RegionKind::File { .. } | RegionKind::Ghost { .. } => {
-                Box::new(|e| e & PM_SWAP != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0))
-            }
-            RegionKind::Anon | RegionKind::Stack => Box::new(|e| e & (PM_PRESENT | PM_SWAP) != 0),
+            RegionKind::Detached => Wanted::All,
+            RegionKind::File { .. } | RegionKind::Ghost { .. } => Wanted::Written,
+            RegionKind::Anon | RegionKind::Stack => Wanted::Populated,
         };
-        let pm = if matches!(r.kind, RegionKind::Detached) { Vec::new() } else { mem.pagemap(r.start, npages)? };
-        let mut p = 0;
-        while p < npages {
-            let take = |p: usize| pm.is_empty() || wanted(pm[p]);
-            if !take(p) {
-                p += 1;
-                continue;
-            }
-            let begin = p;
-            while p < npages && take(p) && (p - begin) < CHUNK_PAGES as usize {
-                p += 1;
-            }
-            runs.push(PageRun { region: i, addr: r.start + begin as u64 * PAGE_SIZE, npages: (p - begin) as u32 });
+        let mut out = Runs { region: i, runs: &mut runs, pending: None };
+        match wanted {
+            Wanted::All => out.add(r.start, r.end),
+            _ => match mem.populated(r.start, r.end)? {
+                Some(ranges) => {
+                    for p in ranges {
+                        let c = p.categories;
+                        let file = c & PAGE_IS_FILE != 0 && c & PAGE_IS_SWAPPED == 0;
+                        if wanted == Wanted::Populated || !file {
+                            out.add(p.start, p.end);
+                        }
+                    }
+                }
+                None => from_pagemap(mem, r, wanted, &mut out)?,
+            },
         }
+        out.flush();
     }
     Ok(runs)
+}
+
+/// The wanted pages of `r` from its pagemap entries, a window at a time.
+fn from_pagemap(mem: &RemoteMemory, r: &Region, wanted: Wanted, out: &mut Runs) -> Result<()> {
+    const WINDOW: u64 = 1 << 16; // pages: 512 KiB of entries
+    let take = |e: u64| match wanted {
+        Wanted::Written => e & PM_SWAP != 0 || (e & PM_PRESENT != 0 && e & PM_FILE == 0),
+        _ => e & (PM_PRESENT | PM_SWAP) != 0,
+    };
+    let mut at = r.start;
+    while at < r.end {
+        let n = ((r.end - at) / PAGE_SIZE).min(WINDOW);
+        for (k, e) in mem.pagemap(at, n as usize)?.into_iter().enumerate() {
+            if take(e) {
+                let page = at + k as u64 * PAGE_SIZE;
+                out.add(page, page + PAGE_SIZE);
+            }
+        }
+        at += n * PAGE_SIZE;
+    }
+    Ok(())
+}
+
+/// Collects the ranges of one region into [`PageRun`]s: consecutive
+/// ranges joined, then cut at [`CHUNK_PAGES`].
+struct Runs<'a> {
+    region: usize,
+    runs: &'a mut Vec<PageRun>,
+    pending: Option<(u64, u64)>,
+}
+
+impl Runs<'_> {
+    fn add(&mut self, start: u64, end: u64) {
+        match &mut self.pending {
+            Some((_, e)) if *e == start => *e = end,
+            _ => {
+                self.flush();
+                self.pending = Some((start, end));
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let Some((mut at, end)) = self.pending.take() else { return };
+        while at < end {
+            let npages = ((end - at) / PAGE_SIZE).min(CHUNK_PAGES as u64);
+            self.runs.push(PageRun { region: self.region, addr: at, npages: npages as u32 });
+            at += npages * PAGE_SIZE;
+        }
+    }
 }
 
 /// Where the time of [`save_pages`] went, summed over its threads
@@ -250,6 +375,100 @@ mod tests {
         assert_eq!(ghost.unwrap()[0].kind, RegionKind::Ghost { ghost: 7, offset: 0 });
     }
 
+    fn anon(start: u64, end: u64) -> Region {
+        Region {
+            start,
+            end,
+            prot: 3,
+            shared: false,
+            kind: RegionKind::Anon,
+            name: String::new(),
+            flags: 0,
+            chunks: vec![],
+        }
+    }
+
+    fn vma(start: u64, end: u64, flags: &str) -> VmaFlags {
+        VmaFlags { start, end, flags: flags.into() }
+    }
+
+    #[test]
+    fn regions_missing_from_the_snapshot_fail_by_name() {
+        let mut regions = vec![anon(0x1000, 0x3000), anon(0x3000, 0x5000), anon(0x8000, 0x9000)];
+        regions[2].name = "/some/file".into();
+        // The snapshot may merge what the program has apart (a mapping
+        // whose MADV_DONTFORK was cleared joins its neighbours).
+        let snapshot = vec![vma(0x1000, 0x5000, "rd wr nr"), vma(0x8000, 0x9000, "rd wr wf")];
+        check_in_snapshot(&regions, &snapshot).unwrap();
+        take_vm_flags(&mut regions, &snapshot, false);
+        assert_eq!(regions.iter().map(|r| r.flags).collect::<Vec<_>>(), [2, 2, 4]);
+        let holed = vec![vma(0x1000, 0x2000, ""), vma(0x8000, 0x9000, "")];
+        let e = check_in_snapshot(&regions, &holed).unwrap_err().to_string();
+        assert!(e.contains("anonymous memory at 0x1000-0x3000") && e.contains("MADV_DONTFORK"), "{e}");
+        let later = vec![vma(0x1000, 0x3000, ""), vma(0x8000, 0x9000, "")];
+        let e = check_in_snapshot(&regions, &later).unwrap_err().to_string();
+        assert!(e.contains("anonymous memory at 0x3000-0x5000"), "{e}");
+        // Shared memory is read from the program itself.
+        regions[1].shared = true;
+        check_in_snapshot(&regions, &later).unwrap();
+        let e = check_in_snapshot(&regions, &later[..1]).unwrap_err().to_string();
+        assert!(e.contains("/some/file at 0x8000-0x9000"), "{e}");
+        // Flags from the frozen program's smaps, and from the agent.
+        let mut r = vec![anon(0x1000, 0x3000), anon(0x3000, 0x5000)];
+        take_vm_flags(&mut r, &[vma(0x1000, 0x3000, "dc"), vma(0x3000, 0x5000, "dc")], true);
+        assert_eq!(r[0].flags, REGION_DONTFORK);
+        let mut r = vec![anon(0x1000, 0x3000), anon(0x3000, 0x5000)];
+        mark_dontfork(&mut r, &[MemRange { start: 0x3000, end: 0x5000 }]);
+        assert_eq!((r[0].flags, r[1].flags), (0, REGION_DONTFORK));
+    }
+
+    #[test]
+    fn scan_and_pagemap_select_the_same_pages() {
+        let ps = PAGE_SIZE as usize;
+        let len = 700 * ps;
+        // SAFETY: a fresh private anonymous mapping, used only here.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as *mut u8;
+        assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+        // SAFETY: within the mapping: runs of written pages, longer than a
+        // chunk too, and read-only touched ones (the zero page).
+        unsafe {
+            libc::madvise(p.cast(), len, libc::MADV_NOHUGEPAGE);
+            for i in (0..700).filter(|i| i % 7 < 3 || (300..600).contains(i)) {
+                *p.add(i * ps) = 1;
+            }
+            std::ptr::read_volatile(p.add(5 * ps));
+        }
+        let start = p as u64;
+        let regions = vec![anon(start, start + len as u64)];
+        let mem = RemoteMemory::open(std::process::id() as i32).unwrap();
+        let scanned = select_pages(&mem, &regions, |_| true).unwrap();
+        let mut runs = Vec::new();
+        let mut out = Runs { region: 0, runs: &mut runs, pending: None };
+        from_pagemap(&mem, &regions[0], Wanted::Populated, &mut out).unwrap();
+        out.flush();
+        // pagemap counts the zero page as present (its page is then
+        // skipped as all zeros); PAGEMAP_SCAN leaves it out at once.
+        let zero = start + 5 * PAGE_SIZE;
+        let pages = |runs: &[PageRun]| -> Vec<u64> {
+            runs.iter().flat_map(|r| (0..r.npages as u64).map(move |k| r.addr + k * PAGE_SIZE)).collect()
+        };
+        let mut from_pm = pages(&runs);
+        from_pm.retain(|&a| a != zero);
+        assert_eq!(pages(&scanned), from_pm);
+        assert!(scanned.iter().all(|r| r.npages <= CHUNK_PAGES));
+        // SAFETY: unmapping our own mapping.
+        unsafe { libc::munmap(p.cast(), len) };
+    }
+
     #[test]
     fn pages_of_this_process() {
         // A region with pages 0 and 2 written, 1 untouched: two runs.
@@ -279,6 +498,7 @@ mod tests {
             shared: false,
             kind: RegionKind::Anon,
             name: String::new(),
+            flags: 0,
             chunks: vec![],
         }];
         let mem = RemoteMemory::open(std::process::id() as i32).unwrap();

@@ -25,11 +25,12 @@ use crate::sys::mem::RemoteMemory;
 use crate::sys::{
     machine,
     proc::{sigqueue, tgsigqueue},
+    procfs,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use ckrun_proto::{
-    decode, kind, read_pod, Failure, Resume, Suspended, ThreadRecord, SUSPEND_LEAD, SUSPEND_MAGIC, SUSPEND_SIGNAL,
-    THREAD_LEADER,
+    decode, kind, read_pod, Failure, MemRange, Resume, Suspended, ThreadRecord, SUSPEND_LEAD, SUSPEND_MAGIC,
+    SUSPEND_SIGNAL, THREAD_LEADER,
 };
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -55,6 +56,8 @@ struct Stopped<'a> {
     agent: &'a Agent,
     head: Suspended,
     threads: Vec<ThreadRecord>,
+    /// The MADV_DONTFORK mappings the agent made copyable for the snapshot.
+    dontfork: Vec<MemRange>,
 }
 
 impl Stopped<'_> {
@@ -225,9 +228,14 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
     let stages = memory::Stages::default();
     if !frozen {
         for (s, img) in guard.stopped.iter().zip(images.iter_mut()) {
-            let mem = RemoteMemory::open(s.source())?;
-            let runs = memory::select_pages(&mem, &img.regions, |r| !r.shared)
-                .map_err(|e| anyhow!("{e:#} (memory marked MADV_DONTFORK is not in the snapshot: use --no-fork)"))?;
+            let source = s.source();
+            // The snapshot's flags, read now that the program runs: smaps
+            // walks the page tables (~20 ms per GiB), the snapshot's own.
+            let vmas = procfs::vm_flags(source).with_context(|| format!("process {}", img.pid))?;
+            memory::check_in_snapshot(&img.regions, &vmas).with_context(|| format!("process {}", img.pid))?;
+            memory::take_vm_flags(&mut img.regions, &vmas, false);
+            let mem = RemoteMemory::open(source)?;
+            let runs = memory::select_pages(&mem, &img.regions, |r| !r.shared)?;
             memory_bytes += memory::save_pages_timed(&mem, &runs, &mut img.regions, &out, &stages)?;
         }
     }
@@ -307,6 +315,13 @@ fn capture_stopped(
     let layout = process::capture_layout(reader, s.head.brk)?;
     let mut regions = memory::classify(&layout.maps, |m| fdtypes::ghost::capture_mapping(reader, m, ghosts, out))
         .with_context(|| format!("process {pid}"))?;
+    if frozen {
+        // Read from the process itself, which is stopped for the whole
+        // copy anyway: its smaps shows every flag.
+        memory::take_vm_flags(&mut regions, &procfs::vm_flags(reader)?, true);
+    } else {
+        memory::mark_dontfork(&mut regions, &s.dontfork);
+    }
     let mem = RemoteMemory::open(reader)?;
     let runs = memory::select_pages(&mem, &regions, |r| frozen || r.shared)?;
     *saved += memory::save_pages(&mem, &runs, &mut regions, out)?;
@@ -342,10 +357,19 @@ fn capture_stopped(
 /// are threads of the agent's own process; the snapshot is a child of
 /// ckrun (the agent's leader forked it, and it was re-parented to ckrun)
 /// that is not a process of the tree (none of `agents`).
-fn check_report(pid: i32, h: &Suspended, threads: &[ThreadRecord], agents: &[i32]) -> Result<()> {
+fn check_report(
+    pid: i32,
+    h: &Suspended,
+    threads: &[ThreadRecord],
+    dontfork: &[MemRange],
+    agents: &[i32],
+) -> Result<()> {
     let bad = |why: String| anyhow!("process {pid} reported {why}; checkpoint abandoned");
     if threads.is_empty() || threads.len() > ckrun_proto::MAX_THREADS || threads.len() != h.nthreads as usize {
         return Err(bad(format!("{} threads", threads.len())));
+    }
+    if dontfork.len() != h.ndontfork as usize || dontfork.len() > ckrun_proto::MAX_DONTFORK {
+        return Err(bad(format!("{} MADV_DONTFORK mappings", dontfork.len())));
     }
     for t in threads {
         if t.tid <= 0 || !std::path::Path::new(&format!("/proc/{pid}/task/{}", t.tid)).exists() {
@@ -388,11 +412,12 @@ fn wait_suspended<'a>(a: &'a Agent, merged: &mut u32, agents: &[i32], request: u
     let deadline = Instant::now() + SUSPEND_TIMEOUT;
     let mut head: Option<Suspended> = None;
     let mut threads = Vec::new();
+    let mut dontfork = Vec::new();
     loop {
         if let Some(h) = &head {
-            if threads.len() >= h.nthreads as usize {
-                check_report(a.pid, h, &threads, agents)?;
-                return Ok(Stopped { agent: a, head: *h, threads });
+            if threads.len() >= h.nthreads as usize && dontfork.len() >= h.ndontfork as usize {
+                check_report(a.pid, h, &threads, &dontfork, agents)?;
+                return Ok(Stopped { agent: a, head: *h, threads, dontfork });
             }
         }
         let msg = match a.recv(Some(deadline)) {
@@ -415,6 +440,9 @@ fn wait_suspended<'a>(a: &'a Agent, merged: &mut u32, agents: &[i32], request: u
             }
             kind::THREADS if head.is_some() => {
                 threads.extend(decode::<ThreadRecord>(&msg).ok_or_else(|| anyhow!("bad THREADS message"))?.1)
+            }
+            kind::DONTFORK if head.is_some() => {
+                dontfork.extend(decode::<MemRange>(&msg).ok_or_else(|| anyhow!("bad DONTFORK message"))?.1)
             }
             kind::SUSPEND_FAILED => {
                 let f: Failure = read_pod(&msg[8..]).ok_or_else(|| anyhow!("bad SUSPEND_FAILED message"))?;
@@ -458,7 +486,8 @@ pub fn discard_late_report(agent: &Agent, msg: &[u8], agents: &[i32]) {
 /// checkpoint fails at step STEP, to test that every failure lets the
 /// program go on and the next checkpoint succeed. Steps, in order:
 /// create, late (the last process to stop is left to answer late),
-/// stopped, fds, captured, resumed, memory, finish.
+/// stopped, fds, captured, resumed, memory, finish. (`dontfork` is the
+/// agent's: it takes every MADV_DOFORK as refused.)
 fn inject(step: &str) -> Result<()> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static SEEN: AtomicU32 = AtomicU32::new(0);

@@ -1,7 +1,9 @@
 //! `ckrun --inspect`: what an image holds, for people (a table) and for
 //! programs (`--json`).
 
-use super::manifest::{Manifest, OpenFile, ProcessImage, Region, RegionKind};
+use super::manifest::{
+    Manifest, OpenFile, ProcessImage, Region, RegionKind, REGION_DONTFORK, REGION_NORESERVE, REGION_WIPEONFORK,
+};
 use super::ImageReader;
 use crate::sys::PAGE_SIZE;
 use std::fmt::Write;
@@ -77,7 +79,7 @@ fn process(o: &mut String, m: &Manifest, p: &ProcessImage) {
             prot(r),
             kind(&r.kind),
             bytes(r.saved_pages() * PAGE_SIZE),
-            r.name
+            name_and_flags(r)
         );
     }
     let _ = writeln!(o, "  file descriptors:");
@@ -214,6 +216,17 @@ fn prot(r: &Region) -> String {
     s.push(if r.prot & libc::PROT_EXEC != 0 { 'x' } else { '-' });
     s.push(if r.shared { 's' } else { 'p' });
     s
+}
+
+/// The region's name, then what the program asked of it (`[dontfork]`).
+fn name_and_flags(r: &Region) -> String {
+    let names = [(REGION_DONTFORK, "dontfork"), (REGION_NORESERVE, "noreserve"), (REGION_WIPEONFORK, "wipeonfork")];
+    let set: Vec<&str> = names.iter().filter(|(b, _)| r.flags & b != 0).map(|(_, n)| *n).collect();
+    match (r.name.is_empty(), set.is_empty()) {
+        (_, true) => r.name.clone(),
+        (true, false) => format!("[{}]", set.join(" ")),
+        (false, false) => format!("{}  [{}]", r.name, set.join(" ")),
+    }
 }
 
 fn kind(k: &RegionKind) -> &'static str {

@@ -185,9 +185,21 @@ pub struct Region {
     pub kind: RegionKind,
     /// As /proc/PID/maps named it, for people.
     pub name: String,
+    /// `REGION_*` bits: what the program asked of this mapping beyond its
+    /// protection, given back to it at restart.
+    pub flags: u32,
     /// Saved pages, in ascending address order, not overlapping.
     pub chunks: Vec<ChunkRef>,
 }
+
+/// [`Region::flags`]: `madvise(MADV_DONTFORK)` (VmFlags "dc").
+pub const REGION_DONTFORK: u32 = 1;
+/// [`Region::flags`]: mapped with `MAP_NORESERVE` (VmFlags "nr"): no swap
+/// space is reserved for it, so it may be far larger than memory.
+pub const REGION_NORESERVE: u32 = 2;
+/// [`Region::flags`]: `madvise(MADV_WIPEONFORK)` (VmFlags "wf").
+pub const REGION_WIPEONFORK: u32 = 4;
+pub const REGION_FLAGS: u32 = REGION_DONTFORK | REGION_NORESERVE | REGION_WIPEONFORK;
 
 impl Region {
     pub fn len(&self) -> u64 {

@@ -11,7 +11,9 @@
 //! which runs with the image owner's credentials) or covered by the
 //! optional keyed seal (see `image::seal`).
 
-use super::manifest::{ChunkRef, GhostFile, Manifest, OpenFile, ProcessImage, Region, RegionKind, SocketState};
+use super::manifest::{
+    ChunkRef, GhostFile, Manifest, OpenFile, ProcessImage, Region, RegionKind, SocketState, REGION_FLAGS,
+};
 use super::{CHUNK_PAGES, HEADER_LEN};
 use crate::error::CkError;
 use crate::sys::PAGE_SIZE;
@@ -96,6 +98,7 @@ impl Check<'_> {
                 && r.prot & !(libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) == 0,
             || format!("{} overlaps another, or lies outside the address space", what()),
         )?;
+        self.ensure(r.flags & !REGION_FLAGS == 0, || format!("{}: unknown flags {:#x}", what(), r.flags))?;
         match &r.kind {
             RegionKind::File { file, offset } => {
                 self.path_ok(&file.path, &what())?;

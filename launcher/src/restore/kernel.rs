@@ -14,6 +14,7 @@ use std::path::Path;
 pub trait Kernel {
     fn mmap(&mut self, at: u64, len: u64, prot: i32, flags: i32, fd: i32, offset: u64) -> io::Result<()>;
     fn mprotect(&mut self, at: u64, len: u64, prot: i32) -> io::Result<()>;
+    fn madvise(&mut self, at: u64, len: u64, advice: i32) -> io::Result<()>;
     /// Opens `path` without following a symlink in its last component
     /// (paths from an image are resolved paths: a symlink there now was
     /// put there since).
@@ -155,6 +156,11 @@ impl Kernel for Linux {
     fn mprotect(&mut self, at: u64, len: u64, prot: i32) -> io::Result<()> {
         // SAFETY: only staged regions, which nothing else uses, are changed.
         cvt(unsafe { libc::mprotect(at as *mut _, len as usize, prot) } as _).map(drop)
+    }
+    fn madvise(&mut self, at: u64, len: u64, advice: i32) -> io::Result<()> {
+        // SAFETY: callers only pass flag-setting advice (MADV_DONTFORK,
+        // MADV_WIPEONFORK) for staged regions: no content changes.
+        cvt(unsafe { libc::madvise(at as *mut _, len as usize, advice) } as _).map(drop)
     }
     fn open(&mut self, path: &Path, flags: i32) -> io::Result<i32> {
         // O_NOFOLLOW itself would stay in the file's flags (F_GETFL shows
@@ -515,6 +521,7 @@ pub mod recording {
     pub enum Call {
         Mmap { at: u64, len: u64, prot: i32, flags: i32, fd: i32, offset: u64 },
         Mprotect { at: u64, len: u64, prot: i32 },
+        Madvise { at: u64, len: u64, advice: i32 },
         Open { path: PathBuf, flags: i32, fd: i32 },
         Reopen { from: i32, flags: i32, fd: i32 },
         Become(Option<u32>),
@@ -594,6 +601,10 @@ pub mod recording {
         }
         fn mprotect(&mut self, at: u64, len: u64, prot: i32) -> io::Result<()> {
             self.calls.push(Call::Mprotect { at, len, prot });
+            Ok(())
+        }
+        fn madvise(&mut self, at: u64, len: u64, advice: i32) -> io::Result<()> {
+            self.calls.push(Call::Madvise { at, len, advice });
             Ok(())
         }
         fn open(&mut self, path: &Path, flags: i32) -> io::Result<i32> {

@@ -6,7 +6,9 @@
 use super::kernel::Kernel;
 use super::plan::RestorePlan;
 use crate::error::CkError;
-use crate::image::manifest::{ChunkRef, ProcessImage, RegionKind};
+use crate::image::manifest::{
+    ChunkRef, ProcessImage, RegionKind, REGION_DONTFORK, REGION_NORESERVE, REGION_WIPEONFORK,
+};
 use crate::image::ImageReader;
 use crate::sys::uffd::Userfault;
 use crate::sys::PAGE_SIZE;
@@ -14,13 +16,19 @@ use anyhow::{Context, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Maps every staged region; writable for now where pages must be filled.
-/// `ghosts` are the fds of the recreated deleted files and memfds.
+/// `ghosts` are the fds of the recreated deleted files and memfds. A
+/// region the program mapped with MAP_NORESERVE is mapped so again (a
+/// sparse reservation of terabytes is refused otherwise), and one it
+/// marked MADV_DONTFORK or MADV_WIPEONFORK is marked again: the flags
+/// move with it into place (`mremap` keeps them), and this process forks
+/// no more once memory is staged.
 pub fn map(k: &mut impl Kernel, plan: &RestorePlan, p: &ProcessImage, ghosts: &[i32]) -> Result<()> {
     for s in &plan.staged {
         let r = &p.regions[s.region];
         let prot = if r.chunks.is_empty() { r.prot } else { r.prot | libc::PROT_READ | libc::PROT_WRITE };
         let share = if r.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
-        let flags = libc::MAP_FIXED_NOREPLACE | share;
+        let reserve = if r.flags & REGION_NORESERVE != 0 { libc::MAP_NORESERVE } else { 0 };
+        let flags = libc::MAP_FIXED_NOREPLACE | share | reserve;
         let what = || {
             format!(
                 "staging {} ({:#x}-{:#x})",
@@ -46,6 +54,11 @@ pub fn map(k: &mut impl Kernel, plan: &RestorePlan, p: &ProcessImage, ghosts: &[
                 .mmap(s.at, s.len, prot, flags | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN, -1, 0)
                 .with_context(what)?,
             _ => k.mmap(s.at, s.len, prot, flags | libc::MAP_ANONYMOUS, -1, 0).with_context(what)?,
+        }
+        for (bit, advice) in [(REGION_DONTFORK, libc::MADV_DONTFORK), (REGION_WIPEONFORK, libc::MADV_WIPEONFORK)] {
+            if r.flags & bit != 0 {
+                k.madvise(s.at, s.len, advice).with_context(what)?;
+            }
         }
     }
     Ok(())
@@ -187,6 +200,36 @@ mod tests {
                 },
                 // ... then read-only again.
                 Call::Mprotect { at: s0.at, len: 0x2000, prot: libc::PROT_READ },
+            ]
+        );
+    }
+
+    #[test]
+    fn flags_the_program_set_are_given_back() {
+        let mut big = region(0x1000_0000_0000, 0x1200_0000_0000, RegionKind::Anon);
+        big.flags = REGION_NORESERVE;
+        let mut heap = region(0x7f00_0000_0000, 0x7f00_0040_0000, RegionKind::Anon);
+        heap.flags = REGION_DONTFORK | REGION_WIPEONFORK;
+        let p = process(vec![big, heap], &[100]);
+        let plan = RestorePlan::build(&p, &parse_maps("1000-2000 r-xp 00000000 00:00 0 /ckrun\n").unwrap()).unwrap();
+        let mut k = Recording::default();
+        map(&mut k, &plan, &p, &[]).unwrap();
+        let (s0, s1) = (&plan.staged[0], &plan.staged[1]);
+        let anon = libc::MAP_FIXED_NOREPLACE | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        assert_eq!(
+            k.calls,
+            vec![
+                Call::Mmap {
+                    at: s0.at,
+                    len: 0x200_0000_0000,
+                    prot: 3,
+                    flags: anon | libc::MAP_NORESERVE,
+                    fd: -1,
+                    offset: 0
+                },
+                Call::Mmap { at: s1.at, len: 0x40_0000, prot: 3, flags: anon, fd: -1, offset: 0 },
+                Call::Madvise { at: s1.at, len: 0x40_0000, advice: libc::MADV_DONTFORK },
+                Call::Madvise { at: s1.at, len: 0x40_0000, advice: libc::MADV_WIPEONFORK },
             ]
         );
     }

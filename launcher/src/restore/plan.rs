@@ -298,7 +298,7 @@ pub mod tests {
     use crate::sys::procfs::parse_maps;
 
     pub fn region(start: u64, end: u64, kind: RegionKind) -> Region {
-        Region { start, end, prot: 3, shared: false, kind, name: String::new(), chunks: vec![] }
+        Region { start, end, prot: 3, shared: false, kind, name: String::new(), flags: 0, chunks: vec![] }
     }
 
     pub fn process(regions: Vec<Region>, tids: &[i32]) -> ProcessImage {

@@ -1,16 +1,57 @@
-//! Reading another process's memory: which pages exist (pagemap) and their
-//! bytes (process_vm_readv, or /proc/PID/mem for pages the process itself
-//! may not read, such as PROT_NONE ones: it reads with FOLL_FORCE).
+//! Reading another process's memory: which pages exist (the PAGEMAP_SCAN
+//! ioctl, or pagemap entries on kernels before 6.7) and their bytes
+//! (/proc/PID/mem, which also reads pages the process itself may not,
+//! such as PROT_NONE ones: it reads with FOLL_FORCE).
 
 use super::PAGE_SIZE;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 pub const PM_PRESENT: u64 = 1 << 63;
 pub const PM_SWAP: u64 = 1 << 62;
 /// The page is a page-cache page of a file, or shared anonymous memory.
 pub const PM_FILE: u64 = 1 << 61;
+
+/// PAGEMAP_SCAN page categories (linux/fs.h).
+pub const PAGE_IS_FILE: u64 = 1 << 2;
+pub const PAGE_IS_PRESENT: u64 = 1 << 3;
+pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
+pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
+
+/// `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: u64 = 0xc060_6610;
+
+/// struct pm_scan_arg.
+#[repr(C)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// struct page_region: consecutive pages of the same categories.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageRegion {
+    pub start: u64,
+    pub end: u64,
+    pub categories: u64,
+}
+
+/// Whether this kernel has PAGEMAP_SCAN: 0 not known yet, 1 yes, 2 no.
+static SCAN: AtomicU8 = AtomicU8::new(0);
 
 pub struct RemoteMemory {
     pid: i32,
@@ -33,6 +74,69 @@ impl RemoteMemory {
             .read_exact_at(&mut raw, start / PAGE_SIZE * 8)
             .with_context(|| format!("reading pagemap of {} at {start:#x}", self.pid))?;
         Ok(raw.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect())
+    }
+
+    /// The populated pages of `[start, end)`: present or swapped, except
+    /// those that map the shared zero page (read, never written: zeros),
+    /// as ranges of consecutive pages with the same categories (of
+    /// `PAGE_IS_PRESENT`, `PAGE_IS_SWAPPED`, `PAGE_IS_FILE`). The kernel
+    /// walks only the page tables that exist, so this costs what is
+    /// populated, not what is mapped: a 2 TiB reservation with a few pages
+    /// touched takes microseconds where its pagemap is 4 GiB to read.
+    /// None when the kernel has no PAGEMAP_SCAN (before 6.7).
+    pub fn populated(&self, start: u64, end: u64) -> Result<Option<Vec<PageRegion>>> {
+        if SCAN.load(Ordering::Relaxed) == 0 && std::env::var_os("CKRUN_NO_PAGEMAP_SCAN").is_some() {
+            // For tests and measurements: as on a kernel without it.
+            SCAN.store(2, Ordering::Relaxed);
+        }
+        if SCAN.load(Ordering::Relaxed) == 2 {
+            return Ok(None);
+        }
+        let mut out: Vec<PageRegion> = Vec::new();
+        let mut batch = vec![PageRegion::default(); 512];
+        let mut at = start;
+        while at < end {
+            let mut arg = PmScanArg {
+                size: std::mem::size_of::<PmScanArg>() as u64,
+                flags: 0,
+                start: at,
+                end,
+                walk_end: 0,
+                vec: batch.as_mut_ptr() as u64,
+                vec_len: batch.len() as u64,
+                max_pages: 0,
+                // Not the zero page, and present or swapped.
+                category_inverted: PAGE_IS_PFNZERO,
+                category_mask: PAGE_IS_PFNZERO,
+                category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+                return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE,
+            };
+            // SAFETY: the kernel reads `arg` and writes at most vec_len
+            // page_regions into `batch`, which outlives the call, and
+            // walk_end into `arg`.
+            let n = unsafe { libc::ioctl(self.pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                let missing = matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL));
+                if missing && SCAN.load(Ordering::Relaxed) != 1 {
+                    SCAN.store(2, Ordering::Relaxed);
+                    return Ok(None);
+                }
+                return Err(e).with_context(|| format!("PAGEMAP_SCAN of process {} at {at:#x}", self.pid));
+            }
+            SCAN.store(1, Ordering::Relaxed);
+            for r in &batch[..(n as usize).min(batch.len())] {
+                match out.last_mut() {
+                    Some(l) if l.end == r.start && l.categories == r.categories => l.end = r.end,
+                    _ => out.push(*r),
+                }
+            }
+            if arg.walk_end <= at || arg.walk_end > end {
+                bail!("PAGEMAP_SCAN of process {} stopped at {:#x} (from {at:#x})", self.pid, arg.walk_end);
+            }
+            at = arg.walk_end;
+        }
+        Ok(Some(out))
     }
 
     /// Copies `buf.len()` bytes from `addr`.
@@ -79,5 +183,44 @@ mod tests {
         let start = (data.as_ptr() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
         let pm = m.pagemap(start, 1).unwrap();
         assert!(pm[0] & PM_PRESENT != 0);
+    }
+
+    #[test]
+    fn scans_populated_pages() {
+        let ps = PAGE_SIZE as usize;
+        let len = 64 * ps;
+        // SAFETY: a fresh private anonymous mapping, used only here.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as *mut u8;
+        assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+        // SAFETY: within the mapping: pages 3, 4 and 40 written, page 10
+        // only read (the zero page).
+        unsafe {
+            libc::madvise(p.cast(), len, libc::MADV_NOHUGEPAGE);
+            *p.add(3 * ps) = 1;
+            *p.add(4 * ps) = 1;
+            *p.add(40 * ps) = 1;
+            std::ptr::read_volatile(p.add(10 * ps));
+        }
+        let m = RemoteMemory::open(std::process::id() as i32).unwrap();
+        let start = p as u64;
+        let Some(got) = m.populated(start, start + len as u64).unwrap() else {
+            eprintln!("no PAGEMAP_SCAN on this kernel");
+            return;
+        };
+        let page = |i: u64| start + i * PAGE_SIZE;
+        let ranges: Vec<(u64, u64)> = got.iter().map(|r| (r.start, r.end)).collect();
+        assert_eq!(ranges, vec![(page(3), page(5)), (page(40), page(41))]);
+        assert!(got.iter().all(|r| r.categories == PAGE_IS_PRESENT));
+        // SAFETY: unmapping our own mapping.
+        unsafe { libc::munmap(p.cast(), len) };
     }
 }

@@ -23,7 +23,9 @@ mod forkpoint;
 mod kstate;
 mod snapshot;
 mod tasks;
+mod vmas;
 
+pub(crate) use snapshot::REFUSE_DOFORK;
 pub(crate) use tasks::format_decimal;
 
 use crate::channel::{recv_msg, send_msg};
@@ -237,7 +239,9 @@ extern "C" fn leader_checkpoint(arg: u64) {
         )
     };
     let request = REQUEST.load(Relaxed);
-    let head = Suspended { epoch: epoch as u64, snapshot_pid, nthreads, brk, securebits, dumpable, request, _pad: 0 };
+    let dontfork = if snapshot_pid > 0 { snapshot::dontfork() } else { &[] };
+    let ndontfork = dontfork.len() as u32;
+    let head = Suspended { epoch: epoch as u64, snapshot_pid, nthreads, brk, securebits, dumpable, request, ndontfork };
     if send_msg(kind::SUSPENDED, &[head]) {
         // SAFETY: all slots below nthreads are written (their threads bumped
         // PARKED before we got here); the leader only reads them.
@@ -245,6 +249,10 @@ extern "C" fn leader_checkpoint(arg: u64) {
         const BATCH: usize = (crate::channel::MAX_MSG - 8) / core::mem::size_of::<ThreadRecord>();
         for chunk in recs.chunks(BATCH) {
             send_msg(kind::THREADS, chunk);
+        }
+        const RANGES: usize = (crate::channel::MAX_MSG - 8) / core::mem::size_of::<ckrun_proto::MemRange>();
+        for chunk in dontfork.chunks(RANGES) {
+            send_msg(kind::DONTFORK, chunk);
         }
         let mut buf = [0u8; 256];
         // Frozen or not, the coordinator says when the /proc state it reads

@@ -8,12 +8,33 @@
 //! subreaper: ckrun. The program sees nothing, whichever process of the
 //! tree it is.
 //!
+//! Memory the program marked `MADV_DONTFORK` (V8 marks its heap so, RDMA
+//! libraries their buffers) is not in a forked child. The intermediate
+//! finds such mappings by comparing the child with the program
+//! ([`super::vmas`]); if there are any, it kills that child, clears the
+//! flag (`MADV_DOFORK`), forks the snapshot again, and sets the flag
+//! again at once, all while the program is stopped: the program never runs
+//! without it, and each mapping gets exactly its own flag back (only the
+//! mappings the first fork left out are touched). Why not copy those
+//! mappings from the stopped program instead: the program would stay
+//! stopped for the copy (~1 s per GiB read and compressed), where a
+//! second fork costs the time the first one took (~25 ms per GiB of
+//! memory in all); and the common case, no such memory, costs two reads of
+//! /proc/PID/statm. Pages the program later writes are copied on write,
+//! as for all its other memory (pinned pages, the reason some programs
+//! use the flag, are copied for the child at the fork by the kernel, so
+//! the program's DMA keeps going to its own pages). Mappings the kernel
+//! refuses to make copyable (device memory) stay out of the snapshot; the
+//! coordinator then fails the checkpoint naming them.
+//!
 //! Runs in the leader's signal handler and in the children: raw syscalls only.
 
+use super::vmas;
 use crate::state::RacyCell;
 use crate::sys;
+use ckrun_proto::{MemRange, MAX_DONTFORK};
 use core::sync::atomic::Ordering::Relaxed;
-use core::sync::atomic::{AtomicI32, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering::*};
 
 core::arch::global_asm!(
     ".text",
@@ -52,11 +73,31 @@ extern "C" {
 static STACK: RacyCell<[u64; 8192]> = RacyCell::new([0; 8192]);
 /// The snapshot's pid, written by the intermediate.
 static SNAPSHOT: AtomicI32 = AtomicI32::new(0);
+/// The MADV_DONTFORK mappings the intermediate made copyable for the
+/// snapshot (and marked again), [`NDONTFORK`] of them. Written by the
+/// intermediate, read by the leader once it has reaped it.
+static DONTFORK: RacyCell<[MemRange; MAX_DONTFORK]> = RacyCell::new([MemRange { start: 0, end: 0 }; MAX_DONTFORK]);
+static NDONTFORK: AtomicU32 = AtomicU32::new(0);
+/// Test hook (`CKRUN_TEST_FAIL=dontfork`, read at start-up): every
+/// MADV_DOFORK is taken as refused, as the kernel refuses it for device
+/// memory, so that the coordinator's check is seen to fail the checkpoint.
+pub static REFUSE_DOFORK: AtomicBool = AtomicBool::new(false);
+
+/// The MADV_DONTFORK mappings the last [`fork_snapshot`] put into the
+/// snapshot. Only the leader calls it, after `fork_snapshot`.
+pub fn dontfork() -> &'static [MemRange] {
+    let n = (NDONTFORK.load(Acquire) as usize).min(MAX_DONTFORK);
+    // SAFETY: the intermediate that wrote the first n entries has exited
+    // (Acquire pairs with its Release store of NDONTFORK); nothing writes
+    // them until the next checkpoint's fork_snapshot.
+    unsafe { &(&*DONTFORK.get())[..n] }
+}
 
 /// Forks the snapshot; returns its pid (a child of ckrun by then), or a
 /// negative errno.
 pub fn fork_snapshot() -> i32 {
     SNAPSHOT.store(-(libc::ECHILD), Relaxed);
+    NDONTFORK.store(0, Relaxed);
     let top = STACK.get() as u64 + core::mem::size_of::<[u64; 8192]>() as u64;
     let flags = (libc::CLONE_VM | libc::CLONE_VFORK) as u64; // exit signal 0
                                                              // SAFETY: the child runs `intermediate` on STACK, which nothing else
@@ -72,19 +113,89 @@ pub fn fork_snapshot() -> i32 {
     SNAPSHOT.load(Acquire)
 }
 
-/// The intermediate: forks the snapshot, records its pid, exits.
+/// The intermediate: forks the snapshot (twice when the first one lacks
+/// memory marked MADV_DONTFORK, see the module's doc), records its pid
+/// and the mappings it made copyable, exits.
 extern "C" fn intermediate(_: u64) -> ! {
-    // SAFETY: a fork-like clone; the child continues here on a private copy
-    // of this stack.
-    let r = unsafe { sys::syscall6(sys::SYS_clone, libc::SIGCHLD as u64, 0, 0, 0, 0, 0) };
-    if r == 0 {
-        snapshot_main();
+    // No signal handler of the program may run here (it shares the
+    // program's memory, not its thread): a dying first snapshot's SIGCHLD
+    // stays pending until this process exits.
+    sys::sigprocmask(libc::SIG_SETMASK, Some(&!0u64), None);
+    let mut r = fork_one();
+    if r > 0 && make_copyable(r as i32) {
+        // SAFETY: kill and wait4 of our own child, no status wanted.
+        unsafe {
+            sys::syscall2(sys::SYS_kill, r as u64, libc::SIGKILL as u64);
+            sys::syscall4(libc::SYS_wait4, r as u64, 0, 0, 0);
+        }
+        r = fork_one();
+        mark_again();
+        if r < 0 {
+            NDONTFORK.store(0, Release);
+        }
     }
     SNAPSHOT.store(r as i32, Release);
     // SAFETY: ends this process (not the leader's: no CLONE_THREAD).
     unsafe { sys::syscall1(libc::SYS_exit, 0) };
     loop {
         core::hint::spin_loop();
+    }
+}
+
+/// Forks a snapshot; returns its pid or a negative errno.
+fn fork_one() -> i64 {
+    // SAFETY: a fork-like clone; the child continues here on a private copy
+    // of this stack.
+    let r = unsafe { sys::syscall6(sys::SYS_clone, libc::SIGCHLD as u64, 0, 0, 0, 0, 0) };
+    if r == 0 {
+        snapshot_main();
+    }
+    r
+}
+
+/// Clears MADV_DONTFORK on each mapping the fork of `child` left out (the
+/// intermediate shares the program's memory: this is the program's own
+/// mappings' flag), recording those it could clear. Returns whether there
+/// were any.
+fn make_copyable(child: i32) -> bool {
+    // SAFETY: only the intermediate writes DONTFORK (see there).
+    let list = unsafe { &mut *DONTFORK.get() };
+    let mut n = 0usize;
+    // Listed first, changed after: clearing the flag may merge a mapping
+    // with its neighbours, which must not happen while maps is read.
+    vmas::for_each_left_out(child, |start, end| {
+        if n < MAX_DONTFORK {
+            list[n] = MemRange { start, end };
+            n += 1;
+        }
+    });
+    let mut kept = 0;
+    for i in 0..n {
+        let r = list[i];
+        // SAFETY: madvise changes a flag of mappings of this process; it
+        // reads no memory of ours.
+        let rc = unsafe { sys::syscall3(sys::SYS_madvise, r.start, r.end - r.start, libc::MADV_DOFORK as u64) };
+        if rc == 0 && REFUSE_DOFORK.load(Relaxed) {
+            // SAFETY: as above: the flag is set again at once.
+            unsafe { sys::syscall3(sys::SYS_madvise, r.start, r.end - r.start, libc::MADV_DONTFORK as u64) };
+        } else if rc == 0 {
+            list[kept] = r;
+            kept += 1;
+        }
+    }
+    NDONTFORK.store(kept as u32, Release);
+    kept > 0
+}
+
+/// Sets MADV_DONTFORK again on every mapping [`make_copyable`] cleared it
+/// on (exactly those: after a merge, this splits them out again).
+fn mark_again() {
+    // SAFETY: only the intermediate writes DONTFORK; it wrote these.
+    let list = unsafe { &*DONTFORK.get() };
+    for r in &list[..(NDONTFORK.load(Relaxed) as usize).min(MAX_DONTFORK)] {
+        // SAFETY: as in make_copyable. It cannot fail for want of memory:
+        // it restores the split the mapping had a moment ago.
+        unsafe { sys::syscall3(sys::SYS_madvise, r.start, r.end - r.start, libc::MADV_DONTFORK as u64) };
     }
 }
 
