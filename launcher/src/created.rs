@@ -10,8 +10,8 @@
 //! restarted run will not), so they are renamed beside themselves,
 //! `PATH.ckrun-after-N`, and named on stderr.
 //!
-//! The journal (`NAME.PID.created`, mode 0600, in the image directory)
-//! holds `SEQUENCE\tPATH\0` records: the checkpoint after which the file
+//! The journal (`NAME.PID.created`, mode 0600, in the image directory,
+//! made at the job's first creation) holds `SEQUENCE\tPATH\0` records: the checkpoint after which the file
 //! was made. A restart from image N sets aside the paths recorded with a
 //! sequence of N or more that exist, and that the image itself does not
 //! use (open or mapped). It does so as the program's root process, once the
@@ -28,7 +28,11 @@ use std::sync::Mutex;
 const MAX_JOURNAL: u64 = 64 << 20;
 
 struct Journal {
-    file: std::fs::File,
+    path: PathBuf,
+    /// Opened at the first creation: a job that makes no file has no journal.
+    file: Option<std::fs::File>,
+    /// Gave up on the file (not ckrun's, or not writable): said once.
+    failed: bool,
     sequence: u32,
 }
 
@@ -42,23 +46,24 @@ pub fn journal_path(dir: &Path, image_name: &str, root: i32) -> PathBuf {
 /// Starts recording (the coordinator, at launch or restart): creations are
 /// after checkpoint `sequence` (0: none yet).
 pub fn start(path: &Path, sequence: u32) {
-    let file = std::fs::OpenOptions::new()
+    *JOURNAL.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some(Journal { path: path.to_path_buf(), file: None, failed: false, sequence });
+}
+
+fn open(path: &Path) -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path);
+        .open(path)?;
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
-    match file {
-        // Someone else's file planted at that name is not written to.
-        Ok(f) if f.metadata().is_ok_and(|m| m.uid() == me && m.is_file()) => {
-            *JOURNAL.lock().unwrap_or_else(|e| e.into_inner()) = Some(Journal { file: f, sequence });
-        }
-        Ok(_) => eprintln!("ckrun: warning: {} is not ckrun's; files the job makes are not recorded", path.display()),
-        Err(e) => {
-            eprintln!("ckrun: warning: cannot keep {}: {e}; files the job makes are not recorded", path.display())
-        }
+    // Someone else's file planted at that name is not written to.
+    if f.metadata().is_ok_and(|m| m.uid() == me && m.is_file()) {
+        Ok(f)
+    } else {
+        Err(std::io::Error::other("it is not ckrun's file"))
     }
 }
 
@@ -74,12 +79,26 @@ pub fn record(path: &[u8]) {
     if path.first() != Some(&b'/') || path.contains(&0) {
         return;
     }
-    if let Some(j) = JOURNAL.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+    let mut guard = JOURNAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(j) = guard.as_mut() else { return };
+    if j.file.is_none() && !j.failed {
+        match open(&j.path) {
+            Ok(f) => j.file = Some(f),
+            Err(e) => {
+                j.failed = true;
+                eprintln!(
+                    "ckrun: warning: cannot keep {}: {e}; files the job makes are not recorded",
+                    j.path.display()
+                );
+            }
+        }
+    }
+    if let Some(f) = j.file.as_mut() {
         let mut rec = format!("{}\t", j.sequence).into_bytes();
         rec.extend_from_slice(path);
         rec.push(0);
         // Lost records only lose a set-aside; the job goes on regardless.
-        let _ = j.file.write_all(&rec);
+        let _ = f.write_all(&rec);
     }
 }
 
