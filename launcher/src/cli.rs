@@ -177,8 +177,14 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, CkError> {
             return match e.kind() {
                 clap::error::ErrorKind::DisplayHelp => Ok(Command::Help),
                 clap::error::ErrorKind::DisplayVersion => Ok(Command::Version),
-                _ => Err(CkError::Usage(e.render().to_string().trim_start_matches("error: ").trim().to_string())),
-            }
+                // clap's first line says what is wrong; ckrun's own usage
+                // lines follow it (main), not clap's "try --help".
+                _ => {
+                    let text = e.render().to_string();
+                    let first = text.lines().next().unwrap_or_default();
+                    Err(CkError::Usage(first.trim_start_matches("error: ").trim().to_string()))
+                }
+            };
         }
     };
     if let Some(v) = cli.restore_child {

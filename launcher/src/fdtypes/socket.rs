@@ -120,7 +120,7 @@ pub fn capture(
     f: &ProcFd,
     inode: u64,
     tree: &HashSet<u64>,
-    tcp: &super::tcp::Table,
+    tcp: &std::cell::OnceCell<super::tcp::Table>,
     warnings: &mut Vec<String>,
 ) -> Result<OpenFile> {
     let s = steal(f.pid, f.fd)?;
@@ -160,7 +160,7 @@ pub fn capture(
         let peer_ino = if domain == libc::AF_UNIX {
             unix_diag(inode).and_then(|d| d.peer)
         } else if is_tcp {
-            tcp.peer_in(inode, tree)
+            tcp.get_or_init(super::tcp::Table::load).peer_in(inode, tree)
         } else {
             None
         };
