@@ -495,7 +495,9 @@ impl Coordinator {
         }
         let seq = self.sequence + 1;
         let mut result = Err(anyhow::anyhow!("no attempt"));
-        for _ in 0..5 {
+        // A shell running pipelines forks and execs every few milliseconds:
+        // the tree may change under several attempts in a row.
+        for _ in 0..20 {
             result = match self.await_agents() {
                 Ok(zombies) => {
                     self.request = self.request % ckrun_proto::SUSPEND_REQUEST_MASK as u32 + 1;
