@@ -36,11 +36,18 @@ pub const SUSPEND_LEAD: u64 = 1;
 pub const SUSPEND_PARK: u64 = 2;
 /// Bit 8 of a LEAD value: keep the program frozen (`--no-fork`).
 pub const SUSPEND_FROZEN: u64 = 1 << 8;
-/// Bits 9..16 of a LEAD value: the coordinator's request number (1..=127),
-/// echoed in [`Suspended::request`] and named by the [`Resume`] that ends
-/// it, so that a late or stale RESUME is never taken for another's.
+/// Bits 9..24 of a LEAD value: the coordinator's request number
+/// (1..=32767), echoed in [`Suspended::request`] and named by the
+/// [`Resume`] that ends it, so that a late or stale RESUME is never taken
+/// for another's. (Seven bits wrapped after 127 requests, which fifty
+/// checkpoints with retries can reach: a RESUME left queued for an old
+/// request could then have matched a new one.)
 pub const SUSPEND_REQUEST_SHIFT: u32 = 9;
-pub const SUSPEND_REQUEST_MASK: u64 = 0x7f;
+pub const SUSPEND_REQUEST_MASK: u64 = 0x7fff;
+/// The bits of a suspend value below [`SUSPEND_MAGIC`]'s.
+pub const SUSPEND_VALUE_BITS: u64 = 0xff_ffff;
+const _: () = assert!(SUSPEND_MAGIC & SUSPEND_VALUE_BITS == 0);
+const _: () = assert!((SUSPEND_REQUEST_MASK << SUSPEND_REQUEST_SHIFT) & !SUSPEND_VALUE_BITS == 0);
 
 /// The name (comm) a copy-on-write snapshot child gives itself, so that
 /// the coordinator never takes one for a process of the program.

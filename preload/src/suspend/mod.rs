@@ -91,7 +91,7 @@ pub(crate) extern "C" fn on_suspend(_sig: c_int, info: *mut libc::siginfo_t, _uc
     // si_value at 24.
     let (code, sender, value): (i32, i32, u64) =
         unsafe { (sys::siginfo_word(info, 8), sys::siginfo_word(info, 16), sys::siginfo_word(info, 24)) };
-    if code != libc::SI_QUEUE || value & !0xffff != SUSPEND_MAGIC {
+    if code != libc::SI_QUEUE || value & !ckrun_proto::SUSPEND_VALUE_BITS != SUSPEND_MAGIC {
         return; // not ours: someone else's stray real-time signal
     }
     // Before the fork point, so that a restored thread, whose interrupted
