@@ -116,7 +116,7 @@ impl Coordinator {
         sequence: u32,
     ) -> Self {
         crate::created::start(&crate::created::journal_path(&settings.dir, &settings.image_name, program), sequence);
-        let settings_interval = settings.clone();
+        let interval = crate::batch::Interval::new(&settings);
         Coordinator {
             settings,
             command,
@@ -133,7 +133,7 @@ impl Coordinator {
             request: 0,
             root_status: None,
             key: None,
-            interval: crate::batch::Interval::new(&settings_interval),
+            interval,
             stop_pending: false,
         }
     }
