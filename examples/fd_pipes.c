@@ -24,12 +24,15 @@
  *            (O_NONBLOCK: a read past them must give 0, end of file, never
  *            EAGAIN); and an empty pipe with its write end closed (always
  *            end of file).
+ *   stdin    With widowed: the pipe without writer is the program's stdin
+ *            (fd 0), as `printf ABCDEFGH | prog` gives it once printf
+ *            exited: its bytes are the tree's, not the outside's.
  *
  * Output: "tick N ..." per tick (flushed), then "done ...". 20 ms pacing,
  * 200 ticks: about 4 s. Any failed check prints "FAIL tick N: ..." and
  * exits 1. Exit code 0.
  *
- * Usage: fd_pipes [pipe] [fifo] [widowed]
+ * Usage: fd_pipes [pipe] [fifo] [widowed [stdin]]
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -357,6 +360,7 @@ static uint64_t fifo_finish(void)
 #define TAIL_EVERY 16
 static int no_reader_w, no_writer_r, empty_r;
 static int tail_read;
+static int widowed_on_stdin;
 
 static void widowed_setup(void)
 {
@@ -373,6 +377,12 @@ static void widowed_setup(void)
     write_exact(p[1], TAIL, strlen(TAIL), "widowed pipe");
     close(p[1]);
     no_writer_r = p[0];
+    if (widowed_on_stdin) {
+        if (dup2(p[0], 0) != 0)
+            fail("dup2: %s", strerror(errno));
+        close(p[0]);
+        no_writer_r = 0;
+    }
 
     if (pipe2(p, O_NONBLOCK) != 0)
         fail("pipe2: %s", strerror(errno));
@@ -429,8 +439,10 @@ int main(int argc, char **argv)
             do_fifo = 1;
         else if (strcmp(argv[i], "widowed") == 0)
             do_widowed = 1;
+        else if (strcmp(argv[i], "stdin") == 0)
+            widowed_on_stdin = 1;
         else {
-            fprintf(stderr, "usage: fd_pipes [pipe] [fifo] [widowed]\n");
+            fprintf(stderr, "usage: fd_pipes [pipe] [fifo] [widowed [stdin]]\n");
             return 2;
         }
     }

@@ -427,6 +427,16 @@ fn pipes_with_one_end_closed() {
     spine("fds-pipes-widowed", &Program::c("fd_pipes"), &["widowed"]);
 }
 
+/// A stdin pipe whose writer is gone, bytes still in it (`a | b` in the
+/// job once `a` exited): the tree's pipe, saved with its bytes, not the
+/// outside's (which a restart would replace with ckrun's stdin). A shell
+/// pipeline lost the output of a whole stage so, once in ~30 runs of the
+/// fifty-checkpoints test.
+#[test]
+fn stdin_pipe_whose_writer_exited() {
+    spine("fds-pipes-widowed-stdin", &Program::c("fd_pipes"), &["widowed", "stdin"]);
+}
+
 // ---------------------------------------------------------------------------
 // Devices
 // ---------------------------------------------------------------------------

@@ -135,7 +135,7 @@ pub fn capture(procs: &[(i32, i32)], out: &ImageWriter) -> Result<FdTables> {
         })
         .map(|m| (m.dev, m.inode))
         .collect();
-    let tree = Tree { ends, sockets, pids, tcp, mapped_writable };
+    let tree = Tree { ends, sockets, pids, tcp, mapped_writable, outside: own_stdio() };
     for &r in &reps {
         let f = &all[r].2;
         // An fd whose state cannot be read (not ours to open, say) comes
@@ -163,6 +163,24 @@ struct Tree {
     tcp: std::cell::OnceCell<tcp::Table>,
     /// (device, inode) of the files written through shared mappings.
     mapped_writable: HashSet<((u32, u32), u64)>,
+    /// What ckrun's own fds 0..2 are (`pipe:[N]`, `socket:[N]`): the only
+    /// way a pipe or socket of the outside reaches the tree.
+    outside: HashSet<String>,
+}
+
+/// The targets of ckrun's own stdio. The tree got its outside pipes and
+/// sockets from ckrun (a restart gives the program ckrun's fds 0..2 in their
+/// place), so a stdio pipe of the tree is the outside's exactly when it is
+/// one of these. Telling them apart by "no process of the tree holds the
+/// other end" is wrong: in `a | b` inside the job, once `a` has written
+/// its last bytes and exited, `b`'s stdin has no writer in the tree, and
+/// the bytes still in the pipe would be lost (a restarted `b` would read
+/// ckrun's stdin instead).
+fn own_stdio() -> HashSet<String> {
+    (0..=2)
+        .filter_map(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok())
+        .map(|t| t.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// The inode in a target like `pipe:[123]`.
@@ -174,16 +192,19 @@ fn classify(f: &ProcFd, tree: &Tree, t: &mut FdTables, out: &ImageWriter) -> Res
     let target = f.target.as_str();
     let stdio = (0..=2).contains(&f.fd);
     if let Some(ino) = inode_of(target, "pipe:[") {
-        // A stdio pipe whose other end is not ours comes from outside.
-        if stdio && !tree.ends.both(ino) {
+        // A stdio pipe that is ckrun's own comes from outside; one whose
+        // other end the tree closed is the tree's (its bytes are saved).
+        if stdio && tree.outside.contains(target) && !tree.ends.both(ino) {
             return Ok(tty::inherited(f, "pipe from outside"));
         }
         return pipe::capture(f, ino, None, &mut t.pipes);
     }
     if let Some(ino) = inode_of(target, "socket:[") {
         let s = socket::capture(f, ino, &tree.sockets, &tree.tcp, &mut t.warnings)?;
-        // A stdio socket connected outside the tree is whoever started us.
-        let outside = matches!(&s, OpenFile::Socket(x) if !matches!(x.state, SocketState::Pair { .. }));
+        // A stdio socket that is ckrun's own, connected outside the tree, is
+        // whoever started us.
+        let outside = tree.outside.contains(target)
+            && matches!(&s, OpenFile::Socket(x) if !matches!(x.state, SocketState::Pair { .. }));
         return Ok(if stdio && outside { tty::inherited(f, "socket from outside") } else { s });
     }
     match target {
