@@ -254,6 +254,10 @@ fn run(args: &Args, tmp: &Path) -> Res<usize> {
     }
 
     check_interrupt()?;
+    progress(&format!("{largest} MiB: checkpoint-and-stop (--stop-signal TERM)"));
+    let stop = (largest, checkpoint_and_stop(&tools, largest));
+
+    check_interrupt()?;
     progress("2 TiB MAP_NORESERVE reservation, 5 pages touched: checkpoint");
     let sparse = sparse_checkpoint(&tools);
 
@@ -267,7 +271,7 @@ fn run(args: &Args, tmp: &Path) -> Res<usize> {
     progress("start-up: ckrun true vs true");
     let startup = startup(&tools);
 
-    let report = Report { sizes, huge, threads, sparse, getppid, open, poll, startup };
+    let report = Report { sizes, huge, threads, stop, sparse, getppid, open, poll, startup };
     report.print();
     Ok(report.failures())
 }
@@ -962,6 +966,38 @@ fn pause_with_threads(t: &Tools, n: usize) -> Res<Vec<f64>> {
     Ok(pauses)
 }
 
+/// A batch job's end (`--stop-signal TERM`, as Slurm sends at a time limit
+/// or a preemption) of `memhog SIZE`: seconds from the signal to ckrun's
+/// exit 85, when the image is durable and the tree is gone; the warning
+/// time a batch script needs is this plus margin.
+fn checkpoint_and_stop(t: &Tools, size: u64) -> Res<f64> {
+    let imgdir = t.tmp.join(format!("img-stop-{size}"));
+    fs::create_dir_all(&imgdir).map_err(|e| format!("create {}: {e}", imgdir.display()))?;
+    let deadline = Instant::now() + TIMEOUT;
+    let mut cmd = Command::new(&t.ckrun);
+    cmd.arg("--dir").arg(&imgdir).args(["--stop-signal", "TERM"]).arg(&t.memhog).arg(size.to_string());
+    let mut job = Job::spawn(format!("ckrun --stop-signal TERM memhog {size}"), cmd.current_dir(&t.tmp))?;
+    while job.next_out("`ready`", deadline)?.text != "ready" {}
+    while tick_of(&job.next_out("a tick", deadline)?.text).unwrap_or(0) < WARMUP_TICKS {}
+    // SAFETY: sync(2) has no arguments.
+    unsafe { libc::sync() };
+    let t0 = Instant::now();
+    if !signal(job.pid, libc::SIGTERM) {
+        return Err(job.fail("cannot signal ckrun"));
+    }
+    let status = job.wait_exit(TIMEOUT)?;
+    let secs = t0.elapsed().as_secs_f64();
+    if status.code() != Some(85) {
+        return Err(job.fail(&format!("ckrun exited with {status}, not 85 (checkpointed)")));
+    }
+    let images = fs::read_dir(&imgdir).map_err(|e| format!("read {}: {e}", imgdir.display()))?.count();
+    let _ = fs::remove_dir_all(&imgdir);
+    if images != 1 {
+        return Err(format!("{images} files in the image directory after exit 85, not one image"));
+    }
+    Ok(secs)
+}
+
 /// Checkpoints of `memflags sparse` (a 2 TiB MAP_NORESERVE reservation
 /// with 5 pages touched): (total ms, pause ms) of each. What a checkpoint
 /// costs must follow the memory used, not the memory reserved.
@@ -1155,6 +1191,8 @@ struct Report {
     huge: (u64, Res<Ckpt>),
     /// Pauses (ms) by number of threads.
     threads: Vec<(usize, Res<Vec<f64>>)>,
+    /// (MiB, seconds from --stop-signal to exit 85).
+    stop: (u64, Res<f64>),
     /// (total ms, pause ms) of checkpoints of a sparse 2 TiB reservation.
     sparse: Res<Vec<(f64, f64)>>,
     getppid: Res<Overhead>,
@@ -1190,6 +1228,7 @@ impl Report {
         sizes
             + threads
             + self.sparse.is_err() as usize
+            + self.stop.1.is_err() as usize
             + [&self.getppid, &self.open, &self.poll, &self.startup].iter().filter(|r| r.is_err()).count()
     }
 
@@ -1197,6 +1236,7 @@ impl Report {
         let mut o = String::new();
         self.print_checkpoints(&mut o);
         self.print_threads(&mut o);
+        self.print_stop(&mut o);
         self.print_sparse(&mut o);
         self.print_overheads(&mut o);
         self.print_targets(&mut o);
@@ -1322,6 +1362,20 @@ impl Report {
                 }
                 Err(e) => o.push_str(&format!("| {n} | FAILED: {} |\n", one_line(e))),
             }
+        }
+    }
+
+    fn print_stop(&self, o: &mut String) {
+        let (size, r) = &self.stop;
+        o.push_str(&format!(
+            "\n## Checkpoint-and-stop\n\n\
+             `ckrun --stop-signal TERM memhog {size}`, then SIGTERM to ckrun (what Slurm sends at a time \
+             limit): time until ckrun exits 85, the image durable and the program gone. A batch script's \
+             warning time must exceed it.\n\n| memory | SIGTERM to exit 85 |\n|---|---|\n"
+        ));
+        match r {
+            Ok(s) => o.push_str(&format!("| {size} MiB | {s:.2} s |\n")),
+            Err(e) => o.push_str(&format!("| {size} MiB | FAILED: {} |\n", one_line(e))),
         }
     }
 
