@@ -37,11 +37,17 @@
  *           and OFD locks on the very open file description that set them;
  *           not /proc/locks: its listing shifts while other processes lock
  *           and unlock).
+ *   inplace inplace.dat O_RDWR, 64 records: each tick rewrites one of them
+ *           in place (pwrite at a slot that moves), after checking that
+ *           the whole file still holds what this run wrote. After a kill,
+ *           the records the killed run rewrote past the checkpoint are in
+ *           the file (same size, other bytes): a restart must put the
+ *           file's content back as it was at the checkpoint.
  *
  * Output: "tick N ..." per tick (flushed), then "done ...". 20 ms pacing,
  * 200 ticks: about 4 s. Exit code 0.
  *
- * Usage: fd_files [basic] [append] [shared] [locks]
+ * Usage: fd_files [basic] [append] [shared] [locks] [inplace]
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -501,11 +507,48 @@ static uint64_t locks_tick(int t)
     return (uint64_t)t * 31;
 }
 
+/* ---------------------------------------------------------------- inplace */
+
+#define SLOTS 64
+static struct known inp;
+static char mirror[SLOTS * REC]; /* what the file must hold */
+
+static void inplace_setup(void)
+{
+    inp = remember("inplace.dat", must_open("inplace.dat", O_RDWR | O_CREAT | O_TRUNC), 0);
+    char buf[REC + 1];
+    record(buf, 'i', 0);
+    for (int i = 0; i < SLOTS; i++)
+        memcpy(mirror + i * REC, buf, REC);
+    write_exact(inp.fd, mirror, sizeof mirror, inp.name);
+}
+
+static uint64_t inplace_tick(int t)
+{
+    char got[SLOTS * REC];
+    if (pread(inp.fd, got, sizeof got, 0) != (ssize_t)sizeof got)
+        fail("%s: pread: %s", inp.name, strerror(errno));
+    for (int i = 0; i < SLOTS; i++)
+        if (memcmp(got + i * REC, mirror + i * REC, REC) != 0)
+            fail("%s: record %d is not what this run wrote there (rewritten in place after the checkpoint by the "
+                 "killed run? a restart must put the content back as it was at the checkpoint)",
+                 inp.name, i);
+    int slot = (t * 37) % SLOTS;
+    char buf[REC + 1];
+    record(buf, 'i', t);
+    memcpy(mirror + slot * REC, buf, REC);
+    if (pwrite(inp.fd, mirror + slot * REC, REC, (off_t)slot * REC) != REC)
+        fail("%s: pwrite: %s", inp.name, strerror(errno));
+    check_fd(&inp, sizeof mirror);
+    return fnv(1469598103934665603ull, mirror, sizeof mirror);
+}
+
 /* ------------------------------------------------------------------- main */
 
 int main(int argc, char **argv)
 {
     int do_basic = argc <= 1, do_append = argc <= 1, do_shared = argc <= 1, do_locks = argc <= 1;
+    int do_inplace = argc <= 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "basic") == 0)
             do_basic = 1;
@@ -515,8 +558,10 @@ int main(int argc, char **argv)
             do_shared = 1;
         else if (strcmp(argv[i], "locks") == 0)
             do_locks = 1;
+        else if (strcmp(argv[i], "inplace") == 0)
+            do_inplace = 1;
         else {
-            fprintf(stderr, "usage: fd_files [basic] [append] [shared] [locks]\n");
+            fprintf(stderr, "usage: fd_files [basic] [append] [shared] [locks] [inplace]\n");
             return 2;
         }
     }
@@ -528,6 +573,8 @@ int main(int argc, char **argv)
         shared_setup();
     if (do_locks)
         locks_setup();
+    if (do_inplace)
+        inplace_setup();
 
     uint64_t sum = 0;
     for (tick = 1; tick <= TICKS; tick++) {
@@ -552,6 +599,11 @@ int main(int argc, char **argv)
         if (do_locks) {
             sum = sum * 31 + locks_tick(tick);
             len += snprintf(line + len, sizeof line - len, " locks held");
+        }
+        if (do_inplace) {
+            uint64_t h = inplace_tick(tick);
+            sum = sum * 31 + h;
+            len += snprintf(line + len, sizeof line - len, " inplace %016" PRIx64, h);
         }
         printf("%s sum %016" PRIx64 "\n", line, sum);
         fflush(stdout);

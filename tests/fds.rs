@@ -265,6 +265,14 @@ fn files_append() {
     spine("fds-files-append", &Program::c("fd_files"), &["append"]);
 }
 
+/// A file the job rewrites in place (same size, other bytes): its content
+/// comes back as it was at the checkpoint, although the killed run
+/// rewrote records past it.
+#[test]
+fn files_rewritten_in_place() {
+    spine("fds-files-inplace", &Program::c("fd_files"), &["inplace"]);
+}
+
 /// dup, dup2 to 77, dup3 to 78 with O_CLOEXEC share one offset; a separate
 /// open of the same file keeps its own.
 #[test]

@@ -1,10 +1,13 @@
 //! Regular files, directories and devices: reopened by path with the same
-//! flags, at the same offset, with the same locks. A file whose content
-//! changed since the checkpoint is reopened as it is now; a path that is
-//! now a symlink or another file (another inode) is refused before
-//! anything is created or cut back. What the job wrote after the
-//! checkpoint is cut off only once the whole tree is ready to run
-//! ([`CutBack`], applied by `fdtypes::commit`).
+//! flags, at the same offset, with the same locks. A path that is now a
+//! symlink or another file (another inode) is refused before anything is
+//! created or cut back. What the job wrote after the checkpoint is undone
+//! only once the whole tree is ready to run (applied by `fdtypes::commit`):
+//! a file it grew is cut back to its size then ([`CutBack`]); one it
+//! rewrote in place, whose content the image holds (files open for
+//! writing, within [`SAVE_BUDGET`]), gets that content back
+//! ([`PutBack`]). A file beyond the budget that changed in place is
+//! reopened as it is now (named in a warning at checkpoint time).
 
 use super::ProcFd;
 use crate::error::CkError;
@@ -153,6 +156,66 @@ pub struct CutBack {
     /// lines put back after the cut leave the program's next write).
     pub pos: u64,
     pub append: bool,
+}
+
+/// A file the job rewrote in place after the checkpoint: its content then,
+/// written back once the restart is sure to go ahead (a [`CutBack`] of the
+/// same file follows, for what lies past it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PutBack {
+    pub fd: i32,
+    pub path: PathBuf,
+    pub content: Vec<u8>,
+}
+
+impl std::fmt::Debug for PutBack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PutBack {{ fd: {}, path: {:?}, {} bytes }}", self.fd, self.path, self.content.len())
+    }
+}
+
+/// The saved content of a file if the file (reopened as `fd`) no longer
+/// holds it: the job changed it in place after the checkpoint, or someone
+/// shortened it. Read through a description of ckrun's own (the program's
+/// may be write-only).
+pub fn put_back_if_changed(
+    k: &mut impl Kernel,
+    img: &ImageReader,
+    fd: i32,
+    path: &Path,
+    c: &SavedContent,
+) -> Result<Option<PutBack>> {
+    let mut saved = vec![0u8; c.size as usize];
+    let mut scratch = Vec::new();
+    let mut piece = Vec::new();
+    for chunk in &c.chunks {
+        piece.resize(chunk.npages as usize * crate::sys::PAGE_SIZE as usize, 0);
+        img.read_chunk(chunk, &mut piece, &mut scratch)?;
+        let at = (chunk.addr as usize).min(saved.len());
+        let n = piece.len().min(saved.len() - at);
+        saved[at..at + n].copy_from_slice(&piece[..n]);
+    }
+    let reader = k.reopen(fd, libc::O_RDONLY | libc::O_CLOEXEC)?;
+    let now = k.pread(reader, saved.len(), 0);
+    k.close(reader);
+    let now = now.with_context(|| format!("reading {} to compare it with the checkpoint's", path.display()))?;
+    Ok((now != saved).then(|| PutBack { fd, path: path.to_path_buf(), content: saved }))
+}
+
+/// Writes the checkpoint's content back, through a description of ckrun's
+/// own without O_APPEND (a pwrite on an O_APPEND one goes to the end).
+pub fn put_back(k: &mut impl Kernel, p: &PutBack) -> Result<()> {
+    let writer = k.reopen(p.fd, libc::O_WRONLY | libc::O_CLOEXEC)?;
+    let r = k.pwrite_all(writer, &p.content, 0);
+    k.close(writer);
+    r.map_err(|e| {
+        CkError::Environment(format!(
+            "cannot put {} back as it was at the checkpoint ({} bytes): {e}",
+            p.path.display(),
+            p.content.len()
+        ))
+        .into()
+    })
 }
 
 /// How a restart compares a file with the one at the checkpoint.

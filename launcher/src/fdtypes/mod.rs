@@ -271,6 +271,8 @@ pub struct Objects {
 /// restart must leave every file as it found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Deferred {
+    /// A file the job rewrote in place, given its content back.
+    PutBack(file::PutBack),
     /// A file the job writes, cut back to its size at the checkpoint.
     CutBack(file::CutBack),
     /// A POSIX shared memory object, or a file made again, named again.
@@ -349,9 +351,14 @@ fn create_objects_as_users(k: &mut impl Kernel, img: &ImageReader, m: &Manifest,
                 o.deferred.push(Deferred::Rename(ghost::Rename { path: path.clone(), identity: who.0.clone() }));
                 Some(fd)
             }
-            OpenFile::Path { path, flags, pos, kind, locks, written_size, identity, .. } => {
+            OpenFile::Path { path, flags, pos, kind, locks, written_size, identity, content } => {
                 let expect = file::Expect { identity: *identity, same_machine };
                 let fd = file::restore(k, path, *flags, *pos, *kind, &shared_locks(locks), expect)?;
+                if let Some(c) = content {
+                    if let Some(p) = file::put_back_if_changed(k, img, fd, path, c)? {
+                        o.deferred.push(Deferred::PutBack(p));
+                    }
+                }
                 if let Some(size) = written_size {
                     let append = flags & libc::O_APPEND != 0;
                     let c = file::CutBack { fd, size: *size, path: path.clone(), pos: *pos, append };
@@ -420,6 +427,7 @@ pub fn commit(k: &mut impl Kernel, deferred: &[Deferred]) -> Result<()> {
     let ours = k.identity_of(2).ok();
     for d in deferred {
         match d {
+            Deferred::PutBack(p) => file::put_back(k, p)?,
             Deferred::CutBack(c) => file::cut_back(k, c, ours)?,
             Deferred::Rename(r) => r.apply(k)?,
             Deferred::Sysv(o) => crate::sysv::restore(o)?,
