@@ -279,7 +279,8 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
         m.processes.iter().map(|p| p.agent_fd).collect(),
         all_fds,
         objects.deferred.clone(),
-    );
+    )
+    .with_segment_ids(objects.segment_ids.clone());
     // The tree's foreground group, once its processes exist, gets ckrun's
     // terminal (if ckrun has it): a group one of them leads.
     let session = match (terminal, m.foreground) {

@@ -69,7 +69,7 @@ pub fn mapped_pages(pid: i32) -> Option<u64> {
 
 /// The address ranges of a /proc/PID/maps file, line by line, through a
 /// fixed buffer (a line longer than it is skipped over, not held).
-struct Ranges<'a> {
+pub struct Ranges<'a> {
     fd: i32,
     buf: &'a mut [u8],
     pos: usize,
@@ -77,7 +77,7 @@ struct Ranges<'a> {
 }
 
 impl<'a> Ranges<'a> {
-    fn open(pid: i32, buf: &'a mut [u8]) -> Option<Self> {
+    pub fn open(pid: i32, buf: &'a mut [u8]) -> Option<Self> {
         let mut path = [0u8; 64];
         let fd = sys::open(proc_path(pid, b"maps", &mut path), libc::O_RDONLY | libc::O_CLOEXEC);
         (fd >= 0).then_some(Ranges { fd: fd as i32, buf, pos: 0, len: 0 })
@@ -108,6 +108,35 @@ impl<'a> Ranges<'a> {
                 _ => return None,
             };
             v = v << 4 | d as u64;
+        }
+    }
+
+    /// The next line's `[start, end)` and whether its path starts with
+    /// `prefix`; None at the end (or on garbage).
+    pub fn next_range_named(&mut self, prefix: &[u8]) -> Option<(u64, u64, bool)> {
+        let start = self.hex(b'-')?;
+        let end = self.hex(b' ')?;
+        // The path is the first field starting with '/' after the five
+        // fixed ones (perms offset dev inode), none of which holds one.
+        let mut matched = 0usize;
+        let mut in_path = false;
+        let mut ok = false;
+        loop {
+            let c = self.byte()?;
+            if c == b'\n' {
+                return Some((start, end, ok));
+            }
+            if !in_path && c == b'/' {
+                in_path = true;
+            }
+            if in_path && !ok && matched < prefix.len() {
+                if c == prefix[matched] {
+                    matched += 1;
+                    ok = matched == prefix.len();
+                } else {
+                    matched = prefix.len(); // not this path
+                }
+            }
         }
     }
 
