@@ -114,6 +114,8 @@ int main(void)
             pd[0] += h & 0xff;
             xwrite(up[1]);
         }
+        /* Attached until the parent has looked at the last tick's counts. */
+        xread(down[0]);
         _exit(0);
     }
     if (mprotect((char *)pa + PAGE, PAGE, PROT_READ) != 0)
@@ -139,6 +141,7 @@ int main(void)
         while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
             ;
     }
+    xwrite(down[1]);
     int st;
     if (waitpid(c, &st, 0) != c || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
         errno = EPROTO;

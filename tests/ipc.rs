@@ -38,6 +38,10 @@ fn remove(ids: &(Vec<i32>, Vec<i32>)) {
 fn segment_ids(image: &Path, cwd: &Path) -> (Vec<i32>, Vec<i32>) {
     let out = run_ckrun(&[std::ffi::OsStr::new("--inspect"), image.as_os_str()], cwd, TIMEOUT);
     let id_of = |l: &str| l.rsplit_once("(ID ").and_then(|(_, r)| r.trim_end_matches(')').parse().ok());
+    // Attachments carry no flag the program did not set (the snapshot's
+    // own detaching is no MADV_DONTFORK).
+    let flagged: Vec<&str> = out.stdout.lines().filter(|l| l.contains("sysv-shm") && l.contains('[')).collect();
+    assert!(flagged.is_empty(), "{flagged:?}");
     let lines: Vec<&str> = out.stdout.lines().filter(|l| l.contains("SysV shared memory segment")).collect();
     let destroyed = lines.iter().filter(|l| l.contains("marked destroyed")).filter_map(|l| id_of(l)).collect();
     let live = lines.iter().filter(|l| !l.contains("marked destroyed")).filter_map(|l| id_of(l)).collect();

@@ -1036,6 +1036,38 @@ mod tests {
         assert!(k.pid_max().unwrap() >= 301);
     }
 
+    /// Part of a segment attached at a chosen address is one attachment
+    /// (counted once), with that part's content, and nothing else of the
+    /// segment stays mapped.
+    #[test]
+    fn part_of_a_segment_attaches_where_asked() {
+        let mut k = Linux::default();
+        let page = crate::sys::PAGE_SIZE;
+        // SAFETY: a segment of this test, removed at the end; a free
+        // address found by mapping and unmapping a reservation.
+        unsafe {
+            let id = libc::shmget(libc::IPC_PRIVATE, 3 * page as usize, libc::IPC_CREAT | 0o600);
+            assert!(id >= 0);
+            k.shm_write(id, false, &mut |m| {
+                m[page as usize] = 42;
+                Ok(())
+            })
+            .unwrap();
+            let hole = libc::mmap(std::ptr::null_mut(), 1 << 20, 0, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+            libc::munmap(hole, 1 << 20);
+            let at = hole as u64 + page;
+            k.shm_attach(id, at, page, page, libc::SHM_RDONLY).unwrap();
+            assert_eq!(*(at as *const u8), 42);
+            assert_eq!(k.shm_stat(id).unwrap().nattch, 1);
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            let ours: Vec<&str> = maps.lines().filter(|l| l.contains("/SYSV")).collect();
+            assert!(ours.iter().any(|l| l.starts_with(&format!("{at:x}-{:x} r--s 00001000", at + page))), "{ours:?}");
+            libc::munmap(at as *mut _, page as usize);
+            assert_eq!(k.shm_stat(id).unwrap().nattch, 0);
+            k.shm_remove(id).unwrap();
+        }
+    }
+
     /// A group leader that is gone keeps its number taken while a member
     /// of its group lives.
     #[test]

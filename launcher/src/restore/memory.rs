@@ -229,6 +229,32 @@ mod tests {
     }
 
     #[test]
+    fn segments_are_attached_again_read_only_or_not_then_protected() {
+        let mut whole =
+            region(0x7f00_0000_0000, 0x7f00_0000_3000, RegionKind::Sysv { shmid: 5, offset: 0, read_only: true });
+        whole.shared = true;
+        whole.prot = libc::PROT_READ;
+        let mut part =
+            region(0x7f00_0001_0000, 0x7f00_0001_1000, RegionKind::Sysv { shmid: 6, offset: 0x1000, read_only: false });
+        part.shared = true;
+        part.prot = libc::PROT_READ; // attached writable, then mprotect
+        let p = process(vec![whole, part], &[100]);
+        let plan = RestorePlan::build(&p, &parse_maps("1000-2000 r-xp 00000000 00:00 0 /ckrun\n").unwrap()).unwrap();
+        let mut k = Recording::default();
+        // Segment 6 was made again with another ID.
+        map(&mut k, &plan, &p, &[], &[(6, 60)]).unwrap();
+        let (s0, s1) = (&plan.staged[0], &plan.staged[1]);
+        assert_eq!(
+            k.calls,
+            vec![
+                Call::ShmAttach { id: 5, at: s0.at, offset: 0, len: 0x3000, shmflg: libc::SHM_RDONLY },
+                Call::ShmAttach { id: 60, at: s1.at, offset: 0x1000, len: 0x1000, shmflg: 0 },
+                Call::Mprotect { at: s1.at, len: 0x1000, prot: libc::PROT_READ },
+            ]
+        );
+    }
+
+    #[test]
     fn flags_the_program_set_are_given_back() {
         let mut big = region(0x1000_0000_0000, 0x1200_0000_0000, RegionKind::Anon);
         big.flags = REGION_NORESERVE;

@@ -290,6 +290,27 @@ pub fn abandon(k: &mut impl Kernel, p: &Placed) {
     }
 }
 
+/// What a restart would do with each segment of `objects`, for
+/// `--dry-run`.
+pub fn plan_lines(k: &mut impl Kernel, objects: &[super::SysvObject]) -> Vec<String> {
+    let segments = objects.iter().filter_map(|o| match o {
+        super::SysvObject::Segment(s) => Some(s),
+        _ => None,
+    });
+    segments
+        .map(|s| {
+            let what = match find(k, s) {
+                Found::InPlace => "still there: its content put back in place",
+                Found::Gone => "gone: made again with its ID",
+                Found::Taken if s.destroyed => "its ID taken: made again with another",
+                Found::Taken => "its ID taken by another object: cannot come back",
+            };
+            let dest = if s.destroyed { ", marked destroyed once every process has it" } else { "" };
+            format!("{}: {what}{dest}", s.describe())
+        })
+        .collect()
+}
+
 /// The ID segment `image_id` of the image has now (`ids`: what
 /// [`place`] did).
 pub fn id_now(ids: &[(i32, i32)], image_id: i32) -> i32 {

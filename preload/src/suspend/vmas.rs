@@ -173,12 +173,14 @@ pub fn for_each_left_out(child: i32, mut f: impl FnMut(u64, u64)) -> bool {
     };
     // Both lists are sorted by address; the child's is ours minus the
     // mappings left out.
+    // SysV segments are not in the snapshot: it detached them itself
+    // (`crate::sysv`), whatever their flags.
     let mut c = them.next_range();
-    while let Some((start, end)) = us.next_range() {
+    while let Some((start, end, sysv)) = us.next_range_named(b"/SYSV") {
         while c.is_some_and(|(_, ce)| ce <= start) {
             c = them.next_range();
         }
-        if c.is_none_or(|(cs, _)| cs >= end) {
+        if !sysv && c.is_none_or(|(cs, _)| cs >= end) {
             f(start, end);
         }
     }
