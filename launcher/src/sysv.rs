@@ -1,5 +1,5 @@
 //! SysV semaphore sets and message queues of the job: capture → image →
-//! restore side by side.
+//! restore side by side. Shared memory segments: [`shm`].
 //!
 //! They belong to no process: they outlive the job (a killed run leaves
 //! them behind, with what it did after the checkpoint) and a reboot ends
@@ -22,14 +22,18 @@
 //! Not restored: semaphore undo adjustments (`SEM_UNDO`, per process, not
 //! readable from outside), the times of last operations, and the last pids.
 
+pub mod shm;
+
 use crate::error::CkError;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
+pub use shm::is_segment_mapping;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum SysvObject {
     Semaphores { id: i32, key: i32, owner: Owner, values: Vec<u16> },
     Queue { id: i32, key: i32, owner: Owner, max_bytes: u64, messages: Vec<Message> },
+    Segment(shm::Segment),
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -53,6 +57,7 @@ impl SysvObject {
     pub fn id(&self) -> i32 {
         match self {
             SysvObject::Semaphores { id, .. } | SysvObject::Queue { id, .. } => *id,
+            SysvObject::Segment(s) => s.id,
         }
     }
 
@@ -66,25 +71,30 @@ impl SysvObject {
                 messages.len(),
                 messages.iter().map(|m| m.text.len()).sum::<usize>()
             ),
+            SysvObject::Segment(s) => s.describe(),
         }
     }
 
     fn owner(&self) -> Owner {
         match self {
             SysvObject::Semaphores { owner, .. } | SysvObject::Queue { owner, .. } => *owner,
+            SysvObject::Segment(s) => s.owner,
         }
     }
 }
 
-/// Rows of a /proc/sysvipc table, as numbers (the header skipped).
+/// Rows of a /proc/sysvipc table, as numbers (the header skipped; the
+/// third column, perms, is octal).
 fn table(name: &str) -> Vec<Vec<i64>> {
     let text = std::fs::read_to_string(format!("/proc/sysvipc/{name}")).unwrap_or_default();
-    text.lines().skip(1).map(|l| l.split_whitespace().filter_map(|w| w.parse().ok()).collect()).collect()
+    let number = |(i, w): (usize, &str)| if i == 2 { i64::from_str_radix(w, 8).ok() } else { w.parse().ok() };
+    text.lines().skip(1).map(|l| l.split_whitespace().enumerate().filter_map(number).collect()).collect()
 }
 
-/// The job's objects; `pids` are the tree's processes.
-pub fn capture(pids: &[i32]) -> Result<Vec<SysvObject>> {
-    let mut out = Vec::new();
+/// The job's objects; `pids` are the tree's processes (stopped). The
+/// content of shared memory segments goes to `image`.
+pub fn capture(pids: &[i32], image: &crate::image::ImageWriter) -> Result<Vec<SysvObject>> {
+    let mut out: Vec<SysvObject> = shm::capture(pids, image)?.into_iter().map(SysvObject::Segment).collect();
     // key semid perms nsems uid gid cuid cgid otime ctime
     for row in table("sem") {
         let [key, id, perms, nsems, uid, gid, ..] = row[..] else { continue };
@@ -181,6 +191,10 @@ fn still_there(o: &SysvObject) -> Option<bool> {
             }
             Some(ds.msg_perm.__key == *key)
         }
+        SysvObject::Segment(s) => match shm::find(&mut crate::restore::kernel::Linux::default(), s) {
+            shm::Found::Gone => None,
+            found => Some(found == shm::Found::InPlace),
+        },
     }
 }
 
@@ -194,6 +208,10 @@ pub fn check(objects: &[SysvObject], image: &std::path::Path, owner: u32) -> Res
         if owner != 0 && o.owner().uid != owner {
             let why = format!("{} belongs to uid {}, but the image to uid {owner}", o.describe(), o.owner().uid);
             return Err(CkError::BadImage { path: image.into(), why }.into());
+        }
+        if let SysvObject::Segment(s) = o {
+            shm::check(&mut crate::restore::kernel::Linux::default(), s, root)?;
+            continue;
         }
         match still_there(o) {
             Some(true) => {}
@@ -217,8 +235,12 @@ pub fn check(objects: &[SysvObject], image: &std::path::Path, owner: u32) -> Res
     Ok(())
 }
 
-/// Gives the object the checkpoint's state, making it again if it is gone.
+/// Gives the object the checkpoint's state, making it again if it is gone
+/// (a semaphore set or a queue: segments are [`shm::place`]d earlier).
 pub fn restore(o: &SysvObject) -> Result<()> {
+    if matches!(o, SysvObject::Segment(_)) {
+        return Ok(());
+    }
     let fail = |what: &str| {
         anyhow::Error::new(CkError::Environment(format!(
             "{}: {what}: {}",
@@ -237,6 +259,7 @@ pub fn restore(o: &SysvObject) -> Result<()> {
                 return Err(fail("setting its values"));
             }
         }
+        SysvObject::Segment(_) => {}
         SysvObject::Queue { id, messages, .. } => {
             // What the killed run queued after the checkpoint goes first.
             let mut buf = vec![0u8; 8 + MAX_MESSAGE];
@@ -263,6 +286,7 @@ fn make(o: &SysvObject) -> std::io::Result<()> {
     let (knob, id, key, owner) = match o {
         SysvObject::Semaphores { id, key, owner, .. } => ("sem_next_id", *id, *key, owner),
         SysvObject::Queue { id, key, owner, .. } => ("msg_next_id", *id, *key, owner),
+        SysvObject::Segment(_) => return Ok(()),
     };
     let path = format!("/proc/sys/kernel/{knob}");
     std::fs::write(&path, id.to_string())?;
@@ -272,6 +296,7 @@ fn make(o: &SysvObject) -> std::io::Result<()> {
         match o {
             SysvObject::Semaphores { values, .. } => libc::semget(key, values.len() as i32, flags),
             SysvObject::Queue { .. } => libc::msgget(key, flags),
+            SysvObject::Segment(_) => unreachable!("segments are made by shm::place"),
         }
     };
     let err = std::io::Error::last_os_error();
@@ -308,6 +333,7 @@ fn set_owner(o: &SysvObject, owner: &Owner) -> std::io::Result<()> {
                 ds.msg_qbytes = *max_bytes as _;
                 libc::msgctl(*id, libc::IPC_SET, &mut ds)
             }
+            SysvObject::Segment(_) => 0,
         }
     };
     if r != 0 {
@@ -322,6 +348,7 @@ fn remove(o: &SysvObject, id: i32) {
         match o {
             SysvObject::Semaphores { .. } => libc::semctl(id, 0, libc::IPC_RMID),
             SysvObject::Queue { .. } => libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()),
+            SysvObject::Segment(_) => libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()),
         };
     }
 }
@@ -345,14 +372,17 @@ mod tests {
             msg[8..13].copy_from_slice(b"hello");
             assert_eq!(libc::msgsnd(q, msg.as_ptr().cast(), 5, 0), 0);
 
-            let saved = capture(&[me]).unwrap();
+            let dir = std::env::temp_dir().join(format!("ckrun-sysv-test-{me}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let image = crate::image::ImageWriter::create(&dir).unwrap();
+            let saved = capture(&[me], &image).unwrap();
             let ours: Vec<&SysvObject> = saved.iter().filter(|o| o.id() == sem || o.id() == q).collect();
             assert_eq!(ours.len(), 2, "{saved:?}");
             assert!(ours.iter().any(|o| matches!(o, SysvObject::Semaphores { values, .. } if values == &[3, 7])));
             assert!(ours.iter().any(|o| matches!(o, SysvObject::Queue { messages, .. }
                 if messages == &[Message { mtype: 5, text: b"hello".to_vec() }])));
             // Copying left the message there.
-            assert!(capture(&[me]).unwrap().iter().any(|o| matches!(o, SysvObject::Queue { id, messages, .. }
+            assert!(capture(&[me], &image).unwrap().iter().any(|o| matches!(o, SysvObject::Queue { id, messages, .. }
                 if *id == q && messages.len() == 1)));
 
             // Changed after the checkpoint, then set back.
@@ -367,11 +397,13 @@ mod tests {
             }
             libc::semctl(sem, 0, libc::GETALL, w.as_mut_ptr());
             assert_eq!(w, [3, 7]);
-            let again = capture(&[me]).unwrap();
+            let again = capture(&[me], &image).unwrap();
             assert!(again.iter().any(|o| matches!(o, SysvObject::Queue { id, messages, .. }
                 if *id == q && messages == &[Message { mtype: 5, text: b"hello".to_vec() }])));
             libc::semctl(sem, 0, libc::IPC_RMID);
             libc::msgctl(q, libc::IPC_RMID, std::ptr::null_mut());
+            drop(image);
+            std::fs::remove_dir_all(&dir).unwrap();
         }
     }
 }

@@ -21,6 +21,7 @@
 //! - [`created`]: files the program creates are reported, for the
 //!   coordinator's journal (a restart sets aside what the killed run made
 //!   after the checkpoint);
+//! - [`sysv`]: a snapshot detaches the program's SysV shared memory;
 //! - [`channel`]: messages to and from the coordinator.
 
 pub mod channel;
@@ -31,6 +32,7 @@ pub mod signals;
 pub mod state;
 pub mod suspend;
 pub mod sys;
+pub mod sysv;
 pub mod tree;
 pub mod vmask;
 

@@ -38,6 +38,10 @@ pub fn classify(maps: &[MapEntry], mut ghost: impl FnMut(&MapEntry) -> Result<u3
             "[stack]" => RegionKind::Stack,
             p if m.shared && p.starts_with("[anon_shmem") => RegionKind::Ghost { ghost: ghost(m)?, offset: m.offset },
             p if m.shared && (p.is_empty() || p.starts_with("[anon")) => RegionKind::Detached,
+            // A SysV segment's inode number is its ID (`crate::sysv`).
+            p if crate::sysv::is_segment_mapping(p) => {
+                RegionKind::Sysv { shmid: m.inode as i32, offset: m.offset, read_only: !m.write }
+            }
             p if p.is_empty() || p.starts_with('[') => RegionKind::Anon,
             p if crate::fdtypes::ghost::is_ghost(p) => RegionKind::Ghost { ghost: ghost(m)?, offset: m.offset },
             p if crate::fdtypes::ghost::is_shm_object(p) => RegionKind::Ghost { ghost: ghost(m)?, offset: m.offset },
@@ -93,6 +97,11 @@ fn vma_at(vmas: &[VmaFlags], addr: u64) -> Option<&VmaFlags> {
 pub fn take_vm_flags(regions: &mut [Region], vmas: &[VmaFlags], dontfork: bool) {
     for r in regions.iter_mut() {
         let Some(v) = vma_at(vmas, r.start) else { continue };
+        // Attached writable, then made read-only with mprotect: "mw" (may
+        // write) tells it from an SHM_RDONLY attachment.
+        if let RegionKind::Sysv { read_only, .. } = &mut r.kind {
+            *read_only &= !v.has("mw");
+        }
         for (code, bit) in [("nr", REGION_NORESERVE), ("wf", REGION_WIPEONFORK), ("dc", REGION_DONTFORK)] {
             if v.has(code) && (bit != REGION_DONTFORK || dontfork) {
                 r.flags |= bit;
@@ -163,6 +172,8 @@ pub fn select_pages(mem: &RemoteMemory, regions: &[Region], which: impl Fn(&Regi
             RegionKind::Vvar | RegionKind::VvarVclock | RegionKind::Vdso => continue,
             // The file (or the ghost's saved content) holds shared pages.
             RegionKind::File { .. } | RegionKind::Ghost { .. } if r.shared => continue,
+            // The segment's content is saved once, with the segment.
+            RegionKind::Sysv { .. } => continue,
             RegionKind::Detached => Wanted::All,
             RegionKind::File { .. } | RegionKind::Ghost { .. } => Wanted::Written,
             RegionKind::Anon | RegionKind::Stack => Wanted::Populated,

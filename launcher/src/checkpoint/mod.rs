@@ -198,7 +198,7 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
     let procs: Vec<(i32, i32)> = guard.stopped.iter().map(|s| (s.reader(), s.agent.agent_fd)).collect();
     let mut fds = fdtypes::capture(&procs, &out)?;
     let pids: Vec<i32> = guard.stopped.iter().map(|s| s.agent.pid).collect();
-    let sysv = crate::sysv::capture(&pids)?;
+    let sysv = crate::sysv::capture(&pids, &out)?;
     inject("fds")?;
     let what: Vec<String> = fds.unsupported.clone();
     if settings.strict && !what.is_empty() {

@@ -32,6 +32,8 @@ pub struct RestoreSession {
     /// ckrun's terminal (fd) and the tree's group to make its foreground
     /// group once every process is ready, before any runs.
     foreground: Option<(i32, i32)>,
+    /// (ID in the image, ID now) of the SysV shared memory segments.
+    segment_ids: Vec<(i32, i32)>,
     pub(super) go: bool,
 }
 
@@ -56,6 +58,7 @@ impl RestoreSession {
             restored: vec![],
             handed: vec![],
             foreground: None,
+            segment_ids: vec![],
             go: false,
         }
     }
@@ -63,6 +66,11 @@ impl RestoreSession {
     /// Once all are ready, process group `pgid` gets terminal `fd`.
     pub fn with_foreground(self, fd: i32, pgid: i32) -> Self {
         RestoreSession { foreground: Some((fd, pgid)), ..self }
+    }
+
+    /// The restore processes attach the segments by the IDs they have now.
+    pub fn with_segment_ids(self, segment_ids: Vec<(i32, i32)>) -> Self {
+        RestoreSession { segment_ids, ..self }
     }
 }
 
@@ -83,7 +91,9 @@ impl Coordinator {
         }
         r.handed.push(i);
         let (tags, fds) = &r.sends[i];
-        if transfer::send_fds(conn.conn.as_raw_fd(), tags, fds).is_err() {
+        if transfer::send_segment_ids(conn.conn.as_raw_fd(), &r.segment_ids).is_err()
+            || transfer::send_fds(conn.conn.as_raw_fd(), tags, fds).is_err()
+        {
             return;
         }
         let agent_fd = r.agent_fds[i];

@@ -25,8 +25,8 @@ pub fn is_ghost(path: &str) -> bool {
 }
 
 /// Shared memory with no file behind it, recreated as a memfd: memfds,
-/// shared anonymous memory (`/dev/zero (deleted)`), SysV segments,
-/// hugetlbfs anonymous memory.
+/// shared anonymous memory (`/dev/zero (deleted)`), hugetlbfs anonymous
+/// memory. (SysV segments come back as segments: `crate::sysv::shm`.)
 fn is_memory(path: &str) -> bool {
     ["/memfd:", "/dev/zero", "/SYSV", "/anon_hugepage", "[anon_shmem"].iter().any(|p| path.starts_with(p))
 }

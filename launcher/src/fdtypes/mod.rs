@@ -265,6 +265,8 @@ pub struct Objects {
     pub ghosts: Vec<i32>,
     /// What waits until the whole tree is ready ([`commit`]).
     pub deferred: Vec<Deferred>,
+    /// (ID in the image, ID now) of each SysV shared memory segment.
+    pub segment_ids: Vec<(i32, i32)>,
 }
 
 /// What a restart does only once it is sure to go ahead: before, a failed
@@ -279,6 +281,9 @@ pub enum Deferred {
     Rename(ghost::Rename),
     /// A SysV semaphore set or message queue given its state back.
     Sysv(crate::sysv::SysvObject),
+    /// A SysV shared memory segment, attached by every process by now:
+    /// marked destroyed again if it was.
+    Segment(crate::sysv::shm::Placed),
     /// A file the killed run made after the checkpoint, renamed aside.
     SetAside(crate::created::SetAside),
 }
@@ -304,8 +309,24 @@ fn user_of(m: &Manifest, uses: impl Fn(&ProcessImage) -> bool) -> Option<&Proces
 pub fn create_objects(k: &mut impl Kernel, img: &ImageReader) -> Result<Objects> {
     let m = &img.manifest;
     let mut o = Objects::default();
-    o.deferred.extend(m.sysv.iter().cloned().map(Deferred::Sysv));
-    let result = create_objects_as_users(k, img, m, &mut o);
+    let mut result = Ok(());
+    for x in &m.sysv {
+        match x {
+            // Made or found now: the restore processes attach it.
+            crate::sysv::SysvObject::Segment(s) => match crate::sysv::shm::place(k, img, s) {
+                Ok(p) => {
+                    o.segment_ids.push((p.image_id, p.id));
+                    o.deferred.push(Deferred::Segment(p));
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            },
+            other => o.deferred.push(Deferred::Sysv(other.clone())),
+        }
+    }
+    let result = result.and_then(|_| create_objects_as_users(k, img, m, &mut o));
     k.become_identity(None).context("taking back ckrun's own identity")?;
     if let Err(e) = result {
         for fd in o.files.iter().flatten().chain(&o.ghosts) {
@@ -417,8 +438,10 @@ impl Acting {
 /// A restart called off: the files made under ckrun's temporary names go.
 pub fn abandon(k: &mut impl Kernel, deferred: &[Deferred]) {
     for d in deferred {
-        if let Deferred::Rename(r) = d {
-            r.abandon(k);
+        match d {
+            Deferred::Rename(r) => r.abandon(k),
+            Deferred::Segment(p) => crate::sysv::shm::abandon(k, p),
+            _ => {}
         }
     }
 }
@@ -431,6 +454,7 @@ pub fn commit(k: &mut impl Kernel, deferred: &[Deferred]) -> Result<()> {
             Deferred::CutBack(c) => file::cut_back(k, c, ours)?,
             Deferred::Rename(r) => r.apply(k)?,
             Deferred::Sysv(o) => crate::sysv::restore(o)?,
+            Deferred::Segment(p) => crate::sysv::shm::commit(k, p)?,
             Deferred::SetAside(s) => s.apply(k)?,
         }
     }

@@ -236,6 +236,7 @@ fn kind(k: &RegionKind) -> &'static str {
         RegionKind::File { .. } => "file",
         RegionKind::Detached => "detached",
         RegionKind::Ghost { .. } => "deleted",
+        RegionKind::Sysv { .. } => "sysv-shm",
         RegionKind::Vvar | RegionKind::VvarVclock | RegionKind::Vdso => "vdso",
     }
 }

@@ -28,7 +28,8 @@ pub struct Manifest {
     pub ghosts: Vec<GhostFile>,
     /// Pipes and FIFOs of the tree, with the bytes in flight.
     pub pipes: Vec<PipeImage>,
-    /// The SysV semaphore sets and message queues the job uses.
+    /// The SysV semaphore sets, message queues and shared memory
+    /// segments the job uses.
     pub sysv: Vec<crate::sysv::SysvObject>,
     /// The process group of the tree that was the foreground group of its
     /// controlling terminal (an interactive shell, a full-screen program):
@@ -230,6 +231,14 @@ pub enum RegionKind {
     Ghost {
         ghost: u32,
         offset: u64,
+    },
+    /// An attachment of SysV shared memory segment `shmid`
+    /// (`Manifest::sysv`): attached again at restart (`offset`: where in
+    /// the segment `start` is), SHM_RDONLY if `read_only`.
+    Sysv {
+        shmid: i32,
+        offset: u64,
+        read_only: bool,
     },
     /// The kernel's vDSO group, moved back to this address at restart.
     Vvar,

@@ -108,6 +108,19 @@ impl Check<'_> {
                 .ensure((*ghost as usize) < m.ghosts.len() && offset.is_multiple_of(PAGE_SIZE), || {
                     format!("{}: no such deleted file or memfd", what())
                 })?,
+            RegionKind::Sysv { shmid, offset, .. } => {
+                let seg = m.sysv.iter().find_map(|o| match o {
+                    crate::sysv::SysvObject::Segment(s) if s.id == *shmid => Some(s),
+                    _ => None,
+                });
+                self.ensure(
+                    seg.is_some_and(|s| {
+                        offset.is_multiple_of(PAGE_SIZE)
+                            && offset.checked_add(r.len()).is_some_and(|e| e <= s.mapped_len())
+                    }),
+                    || format!("{}: no such SysV shared memory segment, or beyond its end", what()),
+                )?
+            }
             _ => {}
         }
         self.chunks(&r.chunks, r.start, r.end, &what())
@@ -256,6 +269,10 @@ pub fn validate(m: &Manifest, path: &Path, chunks_end: u64) -> Result<(), CkErro
             crate::sysv::SysvObject::Semaphores { id, values, .. } => *id >= 0 && values.len() <= 32000,
             crate::sysv::SysvObject::Queue { id, messages, .. } => {
                 *id >= 0 && messages.len() <= 1 << 16 && messages.iter().all(|m| m.text.len() <= 1 << 20 && m.mtype > 0)
+            }
+            crate::sysv::SysvObject::Segment(s) => {
+                c.chunks(&s.chunks, 0, s.mapped_len(), &s.describe())?;
+                s.id >= 0 && s.size > 0 && s.size <= TASK_SIZE
             }
         };
         c.ensure(ok, || o.describe())?;

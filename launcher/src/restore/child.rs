@@ -63,7 +63,7 @@ fn restore(image_fd: i32, index: usize, ctl: i32) -> Result<std::convert::Infall
     let p = m.processes.get(index).ok_or_else(|| anyhow!("the image has no process #{index}"))?.clone();
     let hello = transfer::Hello { index: index as u32, pid: p.pid };
     transfer::send(ctl, transfer::RESTORE_HELLO, ckrun_proto::bytes_of(&hello))?;
-    let (files, ghosts) = receive_objects(ctl, m)?;
+    let (files, ghosts, segment_ids) = receive_objects(ctl, m)?;
 
     join_session_and_group(m, &p);
     start_children(m, &p, image_fd, ctl)?;
@@ -71,7 +71,7 @@ fn restore(image_fd: i32, index: usize, ctl: i32) -> Result<std::convert::Infall
 
     let plan = RestorePlan::build(&p, &procfs::maps(std::process::id() as i32)?)?;
     let mut k = Linux::default();
-    memory::map(&mut k, &plan, &p, &ghosts)?;
+    memory::map(&mut k, &plan, &p, &ghosts, &segment_ids)?;
     memory::fill(&img, &plan, &p)?;
     memory::protect(&mut k, &plan, &p)?;
     for g in ghosts.iter().filter(|&&g| g >= 0) {
@@ -106,15 +106,21 @@ fn restore(image_fd: i32, index: usize, ctl: i32) -> Result<std::convert::Infall
     unsafe { restorer::launch(&plan, &enc) }
 }
 
+/// What the coordinator made for the tree, as this process gets it.
+type Received = (HashMap<u32, i32>, Vec<i32>, Vec<(i32, i32)>);
+
 /// The descriptions (by id) and ghost fds (by index; -1 if not sent) the
-/// coordinator sends this process.
-fn receive_objects(ctl: i32, m: &Manifest) -> Result<(HashMap<u32, i32>, Vec<i32>)> {
+/// coordinator sends this process, and the IDs SysV shared memory
+/// segments have now.
+fn receive_objects(ctl: i32, m: &Manifest) -> Result<Received> {
     let mut files = HashMap::new();
     let mut ghosts = vec![-1; m.ghosts.len()];
+    let mut segment_ids = Vec::new();
     loop {
         let (kind, body, fds) = transfer::recv(ctl).context("receiving fds from the coordinator")?;
         match kind {
-            transfer::FDS_END => return Ok((files, ghosts)),
+            transfer::FDS_END => return Ok((files, ghosts, segment_ids)),
+            transfer::SEGMENT_IDS => segment_ids.extend(transfer::segment_ids(&body)),
             transfer::FDS => {
                 let tags = body.chunks_exact(4).map(|c| u32::from_ne_bytes(c.try_into().unwrap()));
                 for (tag, fd) in tags.zip(fds) {

@@ -83,6 +83,32 @@ pub trait Kernel {
     fn pid_uses(&mut self, ids: &[i32]) -> Vec<PidUse>;
     /// Waits (between two looks at exiting processes).
     fn pause(&mut self, d: std::time::Duration);
+    /// IPC_STAT of SysV shared memory segment `id`.
+    fn shm_stat(&mut self, id: i32) -> io::Result<ShmStat>;
+    /// A new segment (IPC_CREAT | IPC_EXCL), with ID `id` if given
+    /// (root: /proc/sys/kernel/shm_next_id); returns the ID it got.
+    fn shm_make(&mut self, key: i32, size: u64, mode: u32, id: Option<i32>) -> io::Result<i32>;
+    /// IPC_SET: owner and mode.
+    fn shm_set_owner(&mut self, id: i32, uid: u32, gid: u32, mode: u32) -> io::Result<()>;
+    fn shm_remove(&mut self, id: i32) -> io::Result<()>;
+    /// Attaches the segment for a moment and lets `fill` write its whole
+    /// (page-rounded) content, emptied first if `clear`.
+    fn shm_write(&mut self, id: i32, clear: bool, fill: &mut dyn FnMut(&mut [u8]) -> io::Result<()>) -> io::Result<()>;
+    /// Attaches bytes `offset..offset + len` of segment `id` at `at`
+    /// (free address space), one mapping, as the program had it.
+    fn shm_attach(&mut self, id: i32, at: u64, offset: u64, len: u64, shmflg: i32) -> io::Result<()>;
+}
+
+/// What IPC_STAT tells of a SysV shared memory segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShmStat {
+    pub key: i32,
+    pub size: u64,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits and SHM_DEST (marked destroyed).
+    pub mode: u32,
+    pub nattch: u64,
 }
 
 /// Whether a PID or TID number can be chosen.
@@ -510,6 +536,123 @@ impl Kernel for Linux {
     fn pause(&mut self, d: std::time::Duration) {
         std::thread::sleep(d);
     }
+    fn shm_stat(&mut self, id: i32) -> io::Result<ShmStat> {
+        // SAFETY: shmid_ds is plain data; IPC_STAT fills it.
+        let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: ds is a valid shmid_ds.
+        cvt(unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } as _)?;
+        let p = &ds.shm_perm;
+        Ok(ShmStat {
+            key: p.__key,
+            size: ds.shm_segsz as u64,
+            uid: p.uid,
+            gid: p.gid,
+            mode: p.mode as u32,
+            nattch: ds.shm_nattch as u64,
+        })
+    }
+    fn shm_make(&mut self, key: i32, size: u64, mode: u32, id: Option<i32>) -> io::Result<i32> {
+        const NEXT_ID: &str = "/proc/sys/kernel/shm_next_id";
+        // Only root of the first user namespace may choose: elsewhere the
+        // kernel hands out the next free ID, which the caller checks.
+        let chose = id.is_some_and(|id| std::fs::write(NEXT_ID, id.to_string()).is_ok());
+        let flags = libc::IPC_CREAT | libc::IPC_EXCL | (mode & 0o777) as i32;
+        // SAFETY: integer arguments only.
+        let got = unsafe { libc::shmget(key, size as usize, flags) };
+        let err = io::Error::last_os_error();
+        if chose {
+            let _ = std::fs::write(NEXT_ID, "-1");
+        }
+        if got < 0 {
+            return Err(err);
+        }
+        Ok(got)
+    }
+    fn shm_set_owner(&mut self, id: i32, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
+        // SAFETY: shmid_ds is plain data; IPC_STAT fills it, IPC_SET reads
+        // it back with the owner and mode changed.
+        unsafe {
+            let mut ds: libc::shmid_ds = std::mem::zeroed();
+            cvt(libc::shmctl(id, libc::IPC_STAT, &mut ds) as _)?;
+            ds.shm_perm.uid = uid;
+            ds.shm_perm.gid = gid;
+            ds.shm_perm.mode = (mode & 0o777) as _;
+            cvt(libc::shmctl(id, libc::IPC_SET, &mut ds) as _).map(drop)
+        }
+    }
+    fn shm_remove(&mut self, id: i32) -> io::Result<()> {
+        // SAFETY: IPC_RMID takes no buffer.
+        cvt(unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) } as _).map(drop)
+    }
+    fn shm_write(&mut self, id: i32, clear: bool, fill: &mut dyn FnMut(&mut [u8]) -> io::Result<()>) -> io::Result<()> {
+        let size = self.shm_stat(id)?.size.div_ceil(crate::sys::PAGE_SIZE) * crate::sys::PAGE_SIZE;
+        // SAFETY: attaches where the kernel finds room; nothing else of
+        // ckrun uses that address range until the shmdt below.
+        let at = unsafe { libc::shmat(id, std::ptr::null(), 0) };
+        if at as isize == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // What the killed run wrote after the checkpoint goes: the pages
+        // are given back to the kernel (holes read as zeros), not written.
+        // SAFETY: the range is the attachment made above.
+        if clear && unsafe { libc::madvise(at, size as usize, libc::MADV_REMOVE) } != 0 {
+            // SAFETY: as above; writable.
+            unsafe { std::ptr::write_bytes(at as *mut u8, 0, size as usize) };
+        }
+        // SAFETY: the attachment is `size` bytes, writable, and stays
+        // attached until after `fill` returns; no processes of the job run.
+        let r = fill(unsafe { std::slice::from_raw_parts_mut(at as *mut u8, size as usize) });
+        // SAFETY: detaches the attachment made above.
+        unsafe { libc::shmdt(at) };
+        r
+    }
+    fn shm_attach(&mut self, id: i32, at: u64, offset: u64, len: u64, shmflg: i32) -> io::Result<()> {
+        let page = crate::sys::PAGE_SIZE;
+        let size = self.shm_stat(id)?.size.div_ceil(page) * page;
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(io::Error::other(format!("the segment has {size} bytes, the mapping ends beyond")));
+        }
+        // `at` is taken first, so that the kernel cannot put the whole
+        // attachment over it; the part the program had mapped then moves
+        // there (mremap keeps it one attachment of the segment, which
+        // shm_nattch counts once) and the rest goes.
+        self.mmap(
+            at,
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )?;
+        // SAFETY: attaches where the kernel finds room.
+        let base = unsafe { libc::shmat(id, std::ptr::null(), shmflg) } as u64;
+        if base as i64 == -1 {
+            let e = io::Error::last_os_error();
+            // SAFETY: the placeholder mapped above.
+            unsafe { libc::munmap(at as *mut _, len as usize) };
+            return Err(e);
+        }
+        let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
+        // SAFETY: moves part of the attachment made above over the
+        // placeholder; both are this process's own and unused.
+        let moved = unsafe { libc::mremap((base + offset) as *mut _, len as usize, len as usize, flags, at) };
+        let e = io::Error::last_os_error();
+        // SAFETY: what is left of the temporary attachment; unused.
+        unsafe {
+            if offset > 0 {
+                libc::munmap(base as *mut _, offset as usize);
+            }
+            if offset + len < size {
+                libc::munmap((base + offset + len) as *mut _, (size - offset - len) as usize);
+            }
+        }
+        if moved as u64 != at {
+            // SAFETY: the placeholder or the moved part, ours.
+            unsafe { libc::munmap(at as *mut _, len as usize) };
+            return Err(e);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -563,6 +706,11 @@ pub mod recording {
         Listen { fd: i32, backlog: i32 },
         SetSockOpt { fd: i32, level: i32, opt: i32, value: i32 },
         SetPidMax(u32),
+        ShmMake { key: i32, size: u64, mode: u32, id: Option<i32> },
+        ShmSetOwner { id: i32, uid: u32, gid: u32, mode: u32 },
+        ShmRemove(i32),
+        ShmWrite { id: i32, clear: bool },
+        ShmAttach { id: i32, at: u64, offset: u64, len: u64, shmflg: i32 },
     }
 
     /// Writes every call down; hands out fds from 100 upwards.
@@ -584,6 +732,13 @@ pub mod recording {
         pub uses: std::collections::HashMap<i32, Vec<PidUse>>,
         /// How many times pause was called.
         pub pauses: u32,
+        /// The SysV segments there are, by ID.
+        pub segments: std::collections::HashMap<i32, ShmStat>,
+        /// The ID shm_make gives when none is asked for, or the one asked
+        /// for is taken.
+        pub next_shm_id: i32,
+        /// What shm_write's fill wrote, by segment.
+        pub written: std::collections::HashMap<i32, Vec<u8>>,
     }
 
     impl Recording {
@@ -807,6 +962,44 @@ pub mod recording {
         fn pause(&mut self, _d: std::time::Duration) {
             self.pauses += 1;
         }
+        fn shm_stat(&mut self, id: i32) -> io::Result<ShmStat> {
+            self.segments.get(&id).copied().ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+        }
+        fn shm_make(&mut self, key: i32, size: u64, mode: u32, id: Option<i32>) -> io::Result<i32> {
+            self.calls.push(Call::ShmMake { key, size, mode, id });
+            let got = match id {
+                Some(id) if !self.segments.contains_key(&id) => id,
+                _ => self.next_shm_id,
+            };
+            self.segments.insert(got, ShmStat { key, size, mode, ..Default::default() });
+            Ok(got)
+        }
+        fn shm_set_owner(&mut self, id: i32, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
+            self.calls.push(Call::ShmSetOwner { id, uid, gid, mode });
+            Ok(())
+        }
+        fn shm_remove(&mut self, id: i32) -> io::Result<()> {
+            self.calls.push(Call::ShmRemove(id));
+            self.segments.remove(&id);
+            Ok(())
+        }
+        fn shm_write(
+            &mut self,
+            id: i32,
+            clear: bool,
+            fill: &mut dyn FnMut(&mut [u8]) -> io::Result<()>,
+        ) -> io::Result<()> {
+            self.calls.push(Call::ShmWrite { id, clear });
+            let size = self.shm_stat(id)?.size.div_ceil(crate::sys::PAGE_SIZE) * crate::sys::PAGE_SIZE;
+            let mut buf = vec![0u8; size as usize];
+            fill(&mut buf)?;
+            self.written.insert(id, buf);
+            Ok(())
+        }
+        fn shm_attach(&mut self, id: i32, at: u64, offset: u64, len: u64, shmflg: i32) -> io::Result<()> {
+            self.calls.push(Call::ShmAttach { id, at, offset, len, shmflg });
+            Ok(())
+        }
     }
 }
 
@@ -841,6 +1034,38 @@ mod tests {
         t.thread().unpark();
         t.join().unwrap();
         assert!(k.pid_max().unwrap() >= 301);
+    }
+
+    /// Part of a segment attached at a chosen address is one attachment
+    /// (counted once), with that part's content, and nothing else of the
+    /// segment stays mapped.
+    #[test]
+    fn part_of_a_segment_attaches_where_asked() {
+        let mut k = Linux::default();
+        let page = crate::sys::PAGE_SIZE;
+        // SAFETY: a segment of this test, removed at the end; a free
+        // address found by mapping and unmapping a reservation.
+        unsafe {
+            let id = libc::shmget(libc::IPC_PRIVATE, 3 * page as usize, libc::IPC_CREAT | 0o600);
+            assert!(id >= 0);
+            k.shm_write(id, false, &mut |m| {
+                m[page as usize] = 42;
+                Ok(())
+            })
+            .unwrap();
+            let hole = libc::mmap(std::ptr::null_mut(), 1 << 20, 0, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+            libc::munmap(hole, 1 << 20);
+            let at = hole as u64 + page;
+            k.shm_attach(id, at, page, page, libc::SHM_RDONLY).unwrap();
+            assert_eq!(*(at as *const u8), 42);
+            assert_eq!(k.shm_stat(id).unwrap().nattch, 1);
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            let ours: Vec<&str> = maps.lines().filter(|l| l.contains("/SYSV")).collect();
+            assert!(ours.iter().any(|l| l.starts_with(&format!("{at:x}-{:x} r--s 00001000", at + page))), "{ours:?}");
+            libc::munmap(at as *mut _, page as usize);
+            assert_eq!(k.shm_stat(id).unwrap().nattch, 0);
+            k.shm_remove(id).unwrap();
+        }
     }
 
     /// A group leader that is gone keeps its number taken while a member

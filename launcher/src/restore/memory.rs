@@ -21,8 +21,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// sparse reservation of terabytes is refused otherwise), and one it
 /// marked MADV_DONTFORK or MADV_WIPEONFORK is marked again: the flags
 /// move with it into place (`mremap` keeps them), and this process forks
-/// no more once memory is staged.
-pub fn map(k: &mut impl Kernel, plan: &RestorePlan, p: &ProcessImage, ghosts: &[i32]) -> Result<()> {
+/// no more once memory is staged. An attachment of a SysV shared memory
+/// segment is attached again (`segment_ids`: the IDs segments have now),
+/// and moves into place like the rest: every process of the tree has
+/// it attached before any runs.
+pub fn map(
+    k: &mut impl Kernel,
+    plan: &RestorePlan,
+    p: &ProcessImage,
+    ghosts: &[i32],
+    segment_ids: &[(i32, i32)],
+) -> Result<()> {
     for s in &plan.staged {
         let r = &p.regions[s.region];
         let prot = if r.chunks.is_empty() { r.prot } else { r.prot | libc::PROT_READ | libc::PROT_WRITE };
@@ -49,6 +58,21 @@ pub fn map(k: &mut impl Kernel, plan: &RestorePlan, p: &ProcessImage, ghosts: &[
             }
             RegionKind::Ghost { ghost, offset } => {
                 k.mmap(s.at, s.len, prot, flags, ghosts[*ghost as usize], *offset).with_context(what)?
+            }
+            RegionKind::Sysv { shmid, offset, read_only } => {
+                let id = crate::sysv::shm::id_now(segment_ids, *shmid);
+                let exec = if r.prot & libc::PROT_EXEC != 0 { libc::SHM_EXEC } else { 0 };
+                let (shmflg, attached) = match read_only {
+                    true => (libc::SHM_RDONLY | exec, libc::PROT_READ | (r.prot & libc::PROT_EXEC)),
+                    false => (exec, libc::PROT_READ | libc::PROT_WRITE | (r.prot & libc::PROT_EXEC)),
+                };
+                k.shm_attach(id, s.at, *offset, s.len, shmflg)
+                    .with_context(|| format!("attaching SysV shared memory segment {id}"))
+                    .with_context(what)?;
+                // Made read-only (or inaccessible) with mprotect since.
+                if attached != r.prot {
+                    k.mprotect(s.at, s.len, r.prot).with_context(what)?;
+                }
             }
             RegionKind::Stack => k
                 .mmap(s.at, s.len, prot, flags | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN, -1, 0)
@@ -173,7 +197,7 @@ mod tests {
         let p = process(vec![file, stack], &[100]);
         let plan = RestorePlan::build(&p, &parse_maps("1000-2000 r-xp 00000000 00:00 0 /ckrun\n").unwrap()).unwrap();
         let mut k = Recording::default();
-        map(&mut k, &plan, &p, &[]).unwrap();
+        map(&mut k, &plan, &p, &[], &[]).unwrap();
         protect(&mut k, &plan, &p).unwrap();
         let (s0, s1) = (&plan.staged[0], &plan.staged[1]);
         assert_eq!(
@@ -205,6 +229,32 @@ mod tests {
     }
 
     #[test]
+    fn segments_are_attached_again_read_only_or_not_then_protected() {
+        let mut whole =
+            region(0x7f00_0000_0000, 0x7f00_0000_3000, RegionKind::Sysv { shmid: 5, offset: 0, read_only: true });
+        whole.shared = true;
+        whole.prot = libc::PROT_READ;
+        let mut part =
+            region(0x7f00_0001_0000, 0x7f00_0001_1000, RegionKind::Sysv { shmid: 6, offset: 0x1000, read_only: false });
+        part.shared = true;
+        part.prot = libc::PROT_READ; // attached writable, then mprotect
+        let p = process(vec![whole, part], &[100]);
+        let plan = RestorePlan::build(&p, &parse_maps("1000-2000 r-xp 00000000 00:00 0 /ckrun\n").unwrap()).unwrap();
+        let mut k = Recording::default();
+        // Segment 6 was made again with another ID.
+        map(&mut k, &plan, &p, &[], &[(6, 60)]).unwrap();
+        let (s0, s1) = (&plan.staged[0], &plan.staged[1]);
+        assert_eq!(
+            k.calls,
+            vec![
+                Call::ShmAttach { id: 5, at: s0.at, offset: 0, len: 0x3000, shmflg: libc::SHM_RDONLY },
+                Call::ShmAttach { id: 60, at: s1.at, offset: 0x1000, len: 0x1000, shmflg: 0 },
+                Call::Mprotect { at: s1.at, len: 0x1000, prot: libc::PROT_READ },
+            ]
+        );
+    }
+
+    #[test]
     fn flags_the_program_set_are_given_back() {
         let mut big = region(0x1000_0000_0000, 0x1200_0000_0000, RegionKind::Anon);
         big.flags = REGION_NORESERVE;
@@ -213,7 +263,7 @@ mod tests {
         let p = process(vec![big, heap], &[100]);
         let plan = RestorePlan::build(&p, &parse_maps("1000-2000 r-xp 00000000 00:00 0 /ckrun\n").unwrap()).unwrap();
         let mut k = Recording::default();
-        map(&mut k, &plan, &p, &[]).unwrap();
+        map(&mut k, &plan, &p, &[], &[]).unwrap();
         let (s0, s1) = (&plan.staged[0], &plan.staged[1]);
         let anon = libc::MAP_FIXED_NOREPLACE | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
         assert_eq!(

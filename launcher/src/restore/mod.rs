@@ -279,7 +279,8 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
         m.processes.iter().map(|p| p.agent_fd).collect(),
         all_fds,
         objects.deferred.clone(),
-    );
+    )
+    .with_segment_ids(objects.segment_ids.clone());
     // The tree's foreground group, once its processes exist, gets ckrun's
     // terminal (if ckrun has it): a group one of them leads.
     let session = match (terminal, m.foreground) {
@@ -386,6 +387,9 @@ fn dry_run_text(img: &ImageReader, needs: &[placement::Need], policy: placement:
     }
     if let Some(g) = img.manifest.foreground {
         let _ = writeln!(o, "terminal: process group {g} gets the foreground of ckrun's terminal");
+    }
+    for line in crate::sysv::shm::plan_lines(&mut Linux::default(), &img.manifest.sysv) {
+        let _ = writeln!(o, "{line}");
     }
     let current = crate::sys::procfs::maps(std::process::id() as i32)?;
     for p in &img.manifest.processes {

@@ -20,6 +20,9 @@ pub const READY: u32 = 203;
 pub const GO: u32 = 204;
 /// child → coordinator: an i32 exit code, then a UTF-8 message.
 pub const FAILED: u32 = 205;
+/// coordinator → child, before FDS: (ID in the image, ID now) of SysV
+/// shared memory segments, as i32 pairs.
+pub const SEGMENT_IDS: u32 = 206;
 
 /// Tag bit of a ghost file (else: an open file description).
 pub const GHOST: u32 = 1 << 31;
@@ -83,6 +86,22 @@ pub fn send_fds(sock: RawFd, tags: &[u32], fds: &[RawFd]) -> io::Result<()> {
         }
     }
     send(sock, FDS_END, &[])
+}
+
+/// Sends the segments' (ID in the image, ID now), in batches.
+pub fn send_segment_ids(sock: RawFd, ids: &[(i32, i32)]) -> io::Result<()> {
+    for batch in ids.chunks(4096) {
+        let body: Vec<u8> =
+            batch.iter().flat_map(|(a, b)| a.to_ne_bytes().into_iter().chain(b.to_ne_bytes())).collect();
+        send(sock, SEGMENT_IDS, &body)?;
+    }
+    Ok(())
+}
+
+/// The pairs of a SEGMENT_IDS body.
+pub fn segment_ids(body: &[u8]) -> impl Iterator<Item = (i32, i32)> + '_ {
+    let int = |b: &[u8]| i32::from_ne_bytes(b.try_into().unwrap());
+    body.chunks_exact(8).map(move |p| (int(&p[..4]), int(&p[4..])))
 }
 
 /// One message: its kind, its body, and any fds it carried.

@@ -23,7 +23,7 @@ mod forkpoint;
 mod kstate;
 mod snapshot;
 mod tasks;
-mod vmas;
+pub(crate) mod vmas;
 
 pub(crate) use snapshot::REFUSE_DOFORK;
 pub(crate) use tasks::format_decimal;

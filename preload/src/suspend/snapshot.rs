@@ -142,16 +142,44 @@ extern "C" fn intermediate(_: u64) -> ! {
     }
 }
 
-/// Forks a snapshot; returns its pid or a negative errno.
+/// Forks a snapshot; returns its pid or a negative errno. A snapshot of
+/// a process that attached SysV shared memory detaches it before the
+/// program can run again (see `crate::sysv`): the intermediate waits for
+/// its word on a pipe (or its end).
 fn fork_one() -> i64 {
+    let sysv = crate::sysv::attached();
+    let mut pipe = [-1i32; 2];
+    // SAFETY: pipe2 writes two fds into `pipe`.
+    if sysv && unsafe { sys::syscall2(libc::SYS_pipe2, pipe.as_mut_ptr() as u64, libc::O_CLOEXEC as u64) } != 0 {
+        pipe = [-1, -1];
+    }
     // SAFETY: a fork-like clone; the child continues here on a private copy
     // of this stack.
     let r = unsafe { sys::syscall6(sys::SYS_clone, libc::SIGCHLD as u64, 0, 0, 0, 0, 0) };
     if r == 0 {
+        if sysv {
+            // SAFETY: the snapshot's own copy of the buffer: its memory is
+            // private to it, whatever the intermediate does with its own.
+            crate::sysv::detach_all(unsafe { &mut *OURS_MAPS.get() });
+            if pipe[1] >= 0 {
+                sys::write(pipe[1], b"d");
+            }
+        }
         snapshot_main();
+    }
+    if pipe[0] >= 0 {
+        sys::close(pipe[1]);
+        if r > 0 {
+            let mut b = [0u8; 1];
+            while sys::read(pipe[0], &mut b) == -(libc::EINTR as i64) {}
+        }
+        sys::close(pipe[0]);
     }
     r
 }
+
+/// The snapshot's maps read buffer (its own copy after the fork).
+static OURS_MAPS: RacyCell<[u8; 4096]> = RacyCell::new([0; 4096]);
 
 /// Clears MADV_DONTFORK on each mapping the fork of `child` left out (the
 /// intermediate shares the program's memory: this is the program's own

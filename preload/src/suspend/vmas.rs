@@ -69,7 +69,7 @@ pub fn mapped_pages(pid: i32) -> Option<u64> {
 
 /// The address ranges of a /proc/PID/maps file, line by line, through a
 /// fixed buffer (a line longer than it is skipped over, not held).
-struct Ranges<'a> {
+pub struct Ranges<'a> {
     fd: i32,
     buf: &'a mut [u8],
     pos: usize,
@@ -77,7 +77,7 @@ struct Ranges<'a> {
 }
 
 impl<'a> Ranges<'a> {
-    fn open(pid: i32, buf: &'a mut [u8]) -> Option<Self> {
+    pub fn open(pid: i32, buf: &'a mut [u8]) -> Option<Self> {
         let mut path = [0u8; 64];
         let fd = sys::open(proc_path(pid, b"maps", &mut path), libc::O_RDONLY | libc::O_CLOEXEC);
         (fd >= 0).then_some(Ranges { fd: fd as i32, buf, pos: 0, len: 0 })
@@ -108,6 +108,35 @@ impl<'a> Ranges<'a> {
                 _ => return None,
             };
             v = v << 4 | d as u64;
+        }
+    }
+
+    /// The next line's `[start, end)` and whether its path starts with
+    /// `prefix`; None at the end (or on garbage).
+    pub fn next_range_named(&mut self, prefix: &[u8]) -> Option<(u64, u64, bool)> {
+        let start = self.hex(b'-')?;
+        let end = self.hex(b' ')?;
+        // The path is the first field starting with '/' after the five
+        // fixed ones (perms offset dev inode), none of which holds one.
+        let mut matched = 0usize;
+        let mut in_path = false;
+        let mut ok = false;
+        loop {
+            let c = self.byte()?;
+            if c == b'\n' {
+                return Some((start, end, ok));
+            }
+            if !in_path && c == b'/' {
+                in_path = true;
+            }
+            if in_path && !ok && matched < prefix.len() {
+                if c == prefix[matched] {
+                    matched += 1;
+                    ok = matched == prefix.len();
+                } else {
+                    matched = prefix.len(); // not this path
+                }
+            }
         }
     }
 
@@ -144,12 +173,14 @@ pub fn for_each_left_out(child: i32, mut f: impl FnMut(u64, u64)) -> bool {
     };
     // Both lists are sorted by address; the child's is ours minus the
     // mappings left out.
+    // SysV segments are not in the snapshot: it detached them itself
+    // (`crate::sysv`), whatever their flags.
     let mut c = them.next_range();
-    while let Some((start, end)) = us.next_range() {
+    while let Some((start, end, sysv)) = us.next_range_named(b"/SYSV") {
         while c.is_some_and(|(_, ce)| ce <= start) {
             c = them.next_range();
         }
-        if c.is_none_or(|(cs, _)| cs >= end) {
+        if !sysv && c.is_none_or(|(cs, _)| cs >= end) {
             f(start, end);
         }
     }
