@@ -8,8 +8,11 @@
  * helper thread), semtimedop, msgrcv (a message sent later), msgsnd (on a
  * full queue drained later), nanosleep, clock_nanosleep (relative and
  * TIMER_ABSTIME), usleep, sleep (every 50 ticks), sigtimedwait,
- * sigwaitinfo (a signal sent later), recv / recvfrom / recvmsg / accept
- * with SO_RCVTIMEO, sem_timedwait, sem_clockwait and, with "aio",
+ * sigwaitinfo (a signal sent later), recv / recvfrom / recvmsg / recvmmsg /
+ * read / readv / accept with SO_RCVTIMEO, write / writev / sendmmsg with
+ * SO_SNDTIMEO on a full socket (a timeout, or bytes taken once the queue
+ * has room: never EINTR), thrd_sleep, sem_timedwait, sem_clockwait and,
+ * with "aio",
  * io_getevents. Every call must end as it would without a checkpoint: a
  * timeout after at least its time (checked on CLOCK_MONOTONIC where the
  * kernel's timer is a high-resolution one), or the event the helper
@@ -55,6 +58,8 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <sys/uio.h>
+#include <threads.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -69,7 +74,7 @@ static long calls, own_eintr;
 static int use_sysv = 1, use_aio;
 
 static pthread_t main_thread;
-static int pipe_fd[2] = {-1, -1}, ep = -1, sv[2] = {-1, -1}, listener = -1;
+static int pipe_fd[2] = {-1, -1}, ep = -1, sv[2] = {-1, -1}, listener = -1, wv[2] = {-1, -1};
 static int semid = -1, msqid = -1;
 static sem_t psem;
 static sigset_t blocked;     /* the program's mask: USR1, ALRM, RT2, RT3 */
@@ -138,6 +143,16 @@ static void expect_rc(const char *call, long rc, long want)
     calls++;
     if (rc != want)
         fail(call, rc, rc < 0 ? errno : 0);
+}
+
+/* A blocking send on a full socket with SO_SNDTIMEO: its timeout, or some
+ * bytes taken (a restored queue may have room that the killed one had
+ * not); never an EINTR. */
+static void expect_full(const char *call, long rc)
+{
+    calls++;
+    if (rc == -1 && errno != EAGAIN)
+        fail(call, rc, errno);
 }
 
 static void expect_err(const char *call, long rc, int want)
@@ -326,6 +341,11 @@ static void setup(void)
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0 ||
         setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &rto, sizeof rto) != 0)
         fail("socketpair/SO_RCVTIMEO", -1, errno);
+    int small = 4096;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, wv) != 0 ||
+        setsockopt(wv[0], SOL_SOCKET, SO_SNDTIMEO, &rto, sizeof rto) != 0 ||
+        setsockopt(wv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small) != 0)
+        fail("socketpair/SO_SNDTIMEO", -1, errno);
     memset(&addr, 0, sizeof addr);
     addr.sun_family = AF_UNIX;
     int n = snprintf(addr.sun_path + 1, sizeof addr.sun_path - 1, "ckrun-eintr-%d", (int)getpid());
@@ -489,6 +509,11 @@ static void sleeping(void)
     expect_rc("usleep", usleep(WAIT_MS * 1000), 0);
     not_early("usleep", &t0, WAIT_NS);
 
+    struct timespec nap = {0, WAIT_NS};
+    now(CLOCK_MONOTONIC, &t0);
+    expect_rc("thrd_sleep", thrd_sleep(&nap, NULL), 0);
+    not_early("thrd_sleep", &t0, WAIT_NS);
+
     if (tick % 50 == 10) {
         now(CLOCK_MONOTONIC, &t0);
         errno = 0;
@@ -580,15 +605,58 @@ static void signal_waits(void)
         fail_msg("sigwaitinfo", "the siginfo is not the signal's");
 }
 
+/* Fills wv[0]'s queue without blocking, so that the next send waits. */
+static void fill_wv(void)
+{
+    static char chunk[4096];
+    while (send(wv[0], chunk, sizeof chunk, MSG_DONTWAIT) > 0)
+        ;
+}
+
+static void drain_wv(void)
+{
+    static char sink[65536];
+    while (recv(wv[1], sink, sizeof sink, MSG_DONTWAIT) > 0)
+        ;
+}
+
 static void sockets(void)
 {
+    static char out[4096];
+    struct iovec oiov = {out, sizeof out};
+    struct mmsghdr omm = {.msg_hdr = {.msg_iov = &oiov, .msg_iovlen = 1}};
     char buf[16];
     struct sockaddr_un from;
     socklen_t flen = sizeof from;
     struct iovec iov = {buf, sizeof buf};
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
     /* SO_RCVTIMEO counts in jiffies: no early-return check here. */
-    switch (tick % 4) {
+    struct mmsghdr mm = {.msg_hdr = {.msg_iov = &iov, .msg_iovlen = 1}};
+    switch (tick % 10) {
+    case 4:
+        expect_err("read", read(sv[0], buf, sizeof buf), EAGAIN);
+        break;
+    case 5:
+        expect_err("readv", readv(sv[0], &iov, 1), EAGAIN);
+        break;
+    case 6:
+        expect_err("recvmmsg", recvmmsg(sv[0], &mm, 1, 0, NULL), EAGAIN);
+        break;
+    case 7:
+        fill_wv();
+        expect_full("write", write(wv[0], out, sizeof out));
+        drain_wv();
+        break;
+    case 8:
+        fill_wv();
+        expect_full("writev", writev(wv[0], &oiov, 1));
+        drain_wv();
+        break;
+    case 9:
+        fill_wv();
+        expect_full("sendmmsg", sendmmsg(wv[0], &omm, 1, 0));
+        drain_wv();
+        break;
     case 0:
         expect_err("recv", recv(sv[0], buf, sizeof buf, 0), EAGAIN);
         break;

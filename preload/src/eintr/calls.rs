@@ -421,6 +421,23 @@ pub unsafe extern "C" fn usleep(usec: libc::useconds_t) -> c_int {
     unsafe { nanosleep(&ts, core::ptr::null_mut()) }
 }
 
+/// C11's sleep: 0, or -1 when a signal cut it short (the time left in
+/// `rem`), or another negative value on an error. glibc's calls its
+/// clock_nanosleep internally, past the wrapper above.
+///
+/// # Safety
+/// As glibc's `thrd_sleep`.
+#[no_mangle]
+pub unsafe extern "C" fn thrd_sleep(req: *const Ts, rem: *mut Ts) -> c_int {
+    let next = real!(thrd_sleep: fn(*const Ts, *mut Ts) -> c_int);
+    if !active() {
+        // SAFETY: forwarded unchanged.
+        return unsafe { next(req, rem) };
+    }
+    // SAFETY: forwarded per the contract.
+    unsafe { sleep_for(|q, m| next(q, m), |r| (r == -1).then_some(libc::EINTR), req, rem) }
+}
+
 /// # Safety
 /// As glibc's `pause`.
 #[no_mangle]
@@ -655,6 +672,126 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_i
     }
     // SAFETY: forwarded unchanged.
     resuming(minus_one, |_| unsafe { next(fd, msg, flags) })
+}
+
+/// # Safety
+/// As glibc's `recvmmsg`. The timeout, if any, is the kernel's (checked
+/// after each datagram, not a wait): passed on unchanged.
+#[no_mangle]
+pub unsafe extern "C" fn recvmmsg(
+    fd: c_int,
+    msgs: *mut libc::mmsghdr,
+    n: libc::c_uint,
+    flags: c_int,
+    timeout: *mut Ts,
+) -> c_int {
+    let next = real!(recvmmsg: fn(c_int, *mut libc::mmsghdr, libc::c_uint, c_int, *mut Ts) -> c_int);
+    if !active() {
+        // SAFETY: forwarded unchanged.
+        return unsafe { next(fd, msgs, n, flags, timeout) };
+    }
+    // SAFETY: forwarded unchanged.
+    resuming(minus_one, |_| unsafe { next(fd, msgs, n, flags, timeout) })
+}
+
+/// # Safety
+/// As glibc's `sendmmsg`.
+#[no_mangle]
+pub unsafe extern "C" fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, n: libc::c_uint, flags: c_int) -> c_int {
+    let next = real!(sendmmsg: fn(c_int, *mut libc::mmsghdr, libc::c_uint, c_int) -> c_int);
+    if !active() {
+        // SAFETY: forwarded unchanged.
+        return unsafe { next(fd, msgs, n, flags) };
+    }
+    // SAFETY: forwarded unchanged.
+    resuming(minus_one, |_| unsafe { next(fd, msgs, n, flags) })
+}
+
+/// Resolves the wrappers that signal handlers call (`write` above all) now:
+/// each finds glibc's function with dlsym at its first call, which must not
+/// happen inside a handler (dlsym is not async-signal-safe). Calls on fd
+/// -1 fail at once with EBADF; errno is left as it was.
+pub(crate) fn resolve_early() {
+    let saved = super::errno();
+    // SAFETY: an invalid fd and empty buffers: the calls fail with EBADF.
+    unsafe {
+        read(-1, core::ptr::null_mut(), 0);
+        write(-1, core::ptr::null(), 0);
+        readv(-1, core::ptr::null(), 0);
+        writev(-1, core::ptr::null(), 0);
+    }
+    super::set_errno(saved);
+}
+
+// ---- read / write on sockets with a timeout ---------------------------
+//
+// The kernel restarts them after a handler (SA_RESTART) on pipes, files
+// and sockets without a timeout; an EINTR means nothing was read or
+// written. Off the EINTR path these cost the two loads of `Watch::start`.
+
+/// # Safety
+/// As glibc's `read`.
+#[no_mangle]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, len: usize) -> isize {
+    let next = real!(read: fn(c_int, *mut c_void, usize) -> isize);
+    if !active() {
+        // SAFETY: forwarded unchanged.
+        return unsafe { next(fd, buf, len) };
+    }
+    // SAFETY: forwarded unchanged.
+    resuming(minus_one, |_| unsafe { next(fd, buf, len) })
+}
+
+/// # Safety
+/// As glibc's `__read_chk` (`read` under `_FORTIFY_SOURCE`).
+#[no_mangle]
+pub unsafe extern "C" fn __read_chk(fd: c_int, buf: *mut c_void, len: usize, buflen: usize) -> isize {
+    if len > buflen {
+        let next = real!(__read_chk: fn(c_int, *mut c_void, usize, usize) -> isize);
+        // SAFETY: forwarded unchanged (glibc aborts).
+        return unsafe { next(fd, buf, len, buflen) };
+    }
+    // SAFETY: same contract as read, the bound checked.
+    unsafe { read(fd, buf, len) }
+}
+
+/// # Safety
+/// As glibc's `readv`.
+#[no_mangle]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, n: c_int) -> isize {
+    let next = real!(readv: fn(c_int, *const libc::iovec, c_int) -> isize);
+    if !active() {
+        // SAFETY: forwarded unchanged.
+        return unsafe { next(fd, iov, n) };
+    }
+    // SAFETY: forwarded unchanged.
+    resuming(minus_one, |_| unsafe { next(fd, iov, n) })
+}
+
+/// # Safety
+/// As glibc's `write`.
+#[no_mangle]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, len: usize) -> isize {
+    let next = real!(write: fn(c_int, *const c_void, usize) -> isize);
+    if !active() {
+        // SAFETY: forwarded unchanged.
+        return unsafe { next(fd, buf, len) };
+    }
+    // SAFETY: forwarded unchanged.
+    resuming(minus_one, |_| unsafe { next(fd, buf, len) })
+}
+
+/// # Safety
+/// As glibc's `writev`.
+#[no_mangle]
+pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, n: c_int) -> isize {
+    let next = real!(writev: fn(c_int, *const libc::iovec, c_int) -> isize);
+    if !active() {
+        // SAFETY: forwarded unchanged.
+        return unsafe { next(fd, iov, n) };
+    }
+    // SAFETY: forwarded unchanged.
+    resuming(minus_one, |_| unsafe { next(fd, iov, n) })
 }
 
 /// # Safety

@@ -169,6 +169,7 @@ pub(crate) fn init() {
         PROGRAM_OFFSET.store(tp - here, Relaxed);
     }
     handlers::adopt_existing();
+    calls::resolve_early();
 }
 
 pub(crate) fn errno() -> c_int {
