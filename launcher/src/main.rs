@@ -27,6 +27,7 @@ mod restore;
 mod sys;
 mod sysv;
 mod terminal;
+mod timens;
 
 use error::exit_code_of;
 use std::io::Write;

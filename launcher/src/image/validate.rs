@@ -260,6 +260,7 @@ pub fn validate(m: &Manifest, path: &Path, chunks_end: u64) -> Result<(), CkErro
         };
         c.ensure(ok, || o.describe())?;
     }
+    c.ensure(m.info.clocks.usable(), || "clocks at the checkpoint".into())?;
     let s = &m.settings;
     c.ensure((1..=64).contains(&s.trigger) && s.trigger != ckrun_proto::SUSPEND_SIGNAL, || "trigger signal".into())?;
     c.ensure(!s.socket_name.is_empty() && s.socket_name.len() < 100 && !s.socket_name.contains('\0'), || {
@@ -331,6 +332,7 @@ pub mod tests {
                 kernel_release: String::new(),
                 kernel_version: String::new(),
                 xsave_features: 0,
+                clocks: Default::default(),
                 command: vec![],
                 sequence: 1,
                 paused_us: 0,
