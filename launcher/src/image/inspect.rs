@@ -32,6 +32,12 @@ pub fn human(img: &ImageReader) -> String {
     );
     let _ = writeln!(
         o,
+        "cpu         xsave features {:#x}: {} (a restart needs them all)",
+        i.xsave_features,
+        crate::sys::machine::xsave_feature_names(i.xsave_features).join(", ")
+    );
+    let _ = writeln!(
+        o,
         "size        image {}, memory saved {} (ratio {:.2})",
         bytes(img.len),
         bytes(mem),

@@ -77,12 +77,8 @@ fn check_compatible(m: &Manifest) -> Result<(), CkError> {
             i.kernel_release, i.kernel_version, release, version
         )));
     }
-    let have = machine::xsave_features();
-    if i.xsave_features & !have != 0 {
-        return Err(CkError::Incompatible(format!(
-            "the image uses CPU state features {:#x}, this CPU has {have:#x}",
-            i.xsave_features
-        )));
+    if let Some(why) = machine::missing_xsave_features(i.xsave_features, machine::xsave_features()) {
+        return Err(CkError::Incompatible(why));
     }
     Ok(())
 }
