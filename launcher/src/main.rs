@@ -11,6 +11,7 @@
 //! | file descriptors, by kind | [`fdtypes`] | [`fdtypes`] |
 //! | cwd, umask, rlimits, personality | [`checkpoint::process`] | [`restore::settings`] |
 //! | uids, gids, groups, capabilities | [`creds`] | [`creds`] + agent `suspend::kstate` |
+//! | CLOCK_MONOTONIC, CLOCK_BOOTTIME | [`timens`] | [`timens`] (a time namespace) |
 
 mod batch;
 mod checkpoint;
