@@ -487,6 +487,34 @@ mod tests {
         }
     }
 
+    /// A kernel that refuses the namespace (a container's seccomp filter):
+    /// the restart goes on in ckrun's namespace, saying the clocks jump.
+    #[test]
+    fn a_refused_namespace_is_a_warning() {
+        let mut k = Recording::default();
+        k.refuse_time_namespace = true;
+        let plan = ClockPlan {
+            saved: Clocks { monotonic_ns: NS, boottime_ns: NS },
+            machine: Clocks { monotonic_ns: DAY + NS, boottime_ns: DAY + NS },
+            offsets: Some(Offsets { monotonic_ns: -DAY, boottime_ns: -DAY }),
+        };
+        let mut warnings = Vec::new();
+        let mut created = false;
+        let r: Result<(), CkError> = around_children(&mut k, &plan, &mut |w| warnings.push(w), || {
+            created = true;
+            Ok(())
+        });
+        r.unwrap();
+        assert!(created);
+        assert_eq!(k.calls, vec![Call::OpenTimeNamespace(100), Call::Close(100)]);
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("cannot create a time namespace (Operation not permitted")
+                && warnings[0].contains("CLOCK_MONOTONIC jumps by +86400.000 s"),
+            "{warnings:?}"
+        );
+    }
+
     #[test]
     fn clocks_a_namespace_refuses_are_unusable() {
         assert!(Clocks { monotonic_ns: 0, boottime_ns: DAY }.usable());

@@ -403,6 +403,8 @@ pub mod tests {
             ("foreground group of no process", Box::new(|m| m.foreground = Some(4242))),
             ("image name", Box::new(|m| m.settings.image_name = "../x".into())),
             ("trigger", Box::new(|m| m.settings.trigger = 63)),
+            ("negative clock", Box::new(|m| m.info.clocks.monotonic_ns = -1)),
+            ("clock past the kernel's range", Box::new(|m| m.info.clocks.boottime_ns = i64::MAX)),
             ("path with NUL", Box::new(|m| m.processes[0].cwd = "/a\0b".into())),
             (
                 "ghost chunk past its size",

@@ -634,6 +634,8 @@ pub mod recording {
         pub clocks_value: Clocks,
         /// What time_offsets answers (None: no time namespaces).
         pub offsets_value: Option<Offsets>,
+        /// unshare_time fails with EPERM (a seccomp filter's answer).
+        pub refuse_time_namespace: bool,
     }
 
     impl Recording {
@@ -869,6 +871,9 @@ pub mod recording {
             Ok(fd)
         }
         fn unshare_time(&mut self) -> io::Result<()> {
+            if self.refuse_time_namespace {
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
+            }
             self.calls.push(Call::UnshareTime);
             Ok(())
         }
