@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ckrun_suite::{reseal_manifest, run_ckrun, Ckrun, CmdOutput, Program, TestDir, TIMEOUT};
+use ckrun_suite::{reseal_manifest, run_ckrun, Ckrun, CmdOutput, Program, TestDir, OUT_FILE, TIMEOUT};
 
 /// Deadline of one ckrun command: failing fast is part of the contract.
 const CMD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -130,6 +130,56 @@ fn image_from_another_kernel_build_exits_4() {
     assert_eq!(out.code, 0, "inspect of a well-formed foreign image: {}", out.stderr);
     // ... but it cannot run here, and says why.
     restart(&dir, &foreign).assert_error(4, Some("kernel"));
+}
+
+/// An image of a program that may use a CPU feature this CPU lacks (its
+/// recorded xsave features, XCR0 of the machine that made it, edited to
+/// claim one more) is refused with exit 4 naming the feature, before
+/// anything runs: no process, its output file untouched.
+#[test]
+fn image_needing_a_cpu_feature_this_cpu_lacks_exits_4() {
+    let dir = TestDir::new("bad-cpu");
+    let img = real_image(&dir);
+    let ours = kernel_version();
+    // The manifest's ImageInfo: ... kernel_version (a string), then the
+    // xsave features (a u64, little-endian, bincode's fixed width).
+    let bytes = fs::read(&img).unwrap();
+    let json = inspect_json(&dir, &img);
+    let recorded = json["info"]["xsave_features"].as_u64().expect("xsave_features in --inspect --json");
+    let candidates = [("APX", 1u64 << 19), ("AMX", 3 << 17), ("PKRU", 1 << 9), ("AVX-512", 0xe0)];
+    let Some(&(name, bits)) = candidates.iter().find(|(_, bits)| recorded & bits == 0) else {
+        eprintln!("SKIPPED: this CPU has every feature the test could claim ({recorded:#x})");
+        return;
+    };
+    let sealed = reseal_manifest(&img, |m| {
+        let at = m.windows(ours.len()).position(|w| w == ours.as_bytes()).expect("kernel version in the manifest");
+        let field = &mut m[at + ours.len()..at + ours.len() + 8];
+        assert_eq!(u64::from_le_bytes(field.try_into().unwrap()), recorded, "xsave features after the kernel version");
+        field.copy_from_slice(&(recorded | bits).to_le_bytes());
+    });
+    assert_ne!(sealed, bytes);
+    let needy = put(&dir, "needy.ckimg", &sealed);
+    assert_eq!(inspect_json(&dir, &needy)["info"]["xsave_features"].as_u64(), Some(recorded | bits));
+    let out_before = fs::read(dir.work.join(OUT_FILE)).unwrap();
+    let pid = ckrun_suite::ImageName::parse(&img).unwrap().pid;
+
+    let why = format!("this CPU lacks {name}");
+    ckrun(&dir, &[OsStr::new("--restart"), needy.as_os_str(), OsStr::new("--dry-run")]).assert_error(4, Some(&why));
+    let out = restart(&dir, &needy);
+    out.assert_error(4, Some(&why));
+    assert!(out.stderr.contains(&format!("{:#x}", recorded | bits)), "{out:#?}");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "process {pid} exists after the refused restart");
+    assert_eq!(fs::read(dir.work.join(OUT_FILE)).unwrap(), out_before, "the program's output changed");
+    // The image as it was made restarts here (counter exits with 7).
+    let out = restart(&dir, &img);
+    assert_eq!(out.code, 7, "{out:#?}");
+}
+
+/// `ckrun --inspect --json IMAGE`, parsed.
+fn inspect_json(dir: &TestDir, image: &Path) -> serde_json::Value {
+    let out = ckrun(dir, &[OsStr::new("--inspect"), image.as_os_str(), OsStr::new("--json")]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    serde_json::from_str(&out.stdout).expect("--inspect --json prints JSON")
 }
 
 #[test]

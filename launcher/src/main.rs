@@ -11,6 +11,7 @@
 //! | file descriptors, by kind | [`fdtypes`] | [`fdtypes`] |
 //! | cwd, umask, rlimits, personality | [`checkpoint::process`] | [`restore::settings`] |
 //! | uids, gids, groups, capabilities | [`creds`] | [`creds`] + agent `suspend::kstate` |
+//! | CLOCK_MONOTONIC, CLOCK_BOOTTIME | [`timens`] | [`timens`] (a time namespace) |
 
 mod batch;
 mod checkpoint;
@@ -27,6 +28,7 @@ mod restore;
 mod sys;
 mod sysv;
 mod terminal;
+mod timens;
 
 use error::exit_code_of;
 use std::io::Write;

@@ -183,6 +183,9 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
         guard.signalled.remove(0);
         guard.stopped.push(s);
     }
+    // The clocks the restart continues: those of the moment the last
+    // process stopped, after anything the program saw of them.
+    let stopped_at = crate::timens::now();
     inject("stopped")?;
     let snapshots: Vec<i32> = guard.stopped.iter().map(|s| s.head.snapshot_pid).filter(|&p| p > 0).collect();
     let now: Vec<i32> =
@@ -241,6 +244,10 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
     }
     let t_memory = t0.elapsed();
     inject("memory")?;
+    // A namespace's offsets never change once a process is in it: read
+    // now that the program runs.
+    let readers: Vec<i32> = guard.stopped.iter().map(|s| s.reader()).collect();
+    let clocks = crate::timens::capture(&readers, stopped_at, &mut warnings);
     drop(guard); // reaps the snapshot children
 
     let (hostname, kernel_release, kernel_version) = machine::uname();
@@ -254,6 +261,7 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
             kernel_release,
             kernel_version,
             xsave_features: machine::xsave_features(),
+            clocks,
             command: command.to_vec(),
             sequence,
             paused_us: paused.as_micros() as u64,

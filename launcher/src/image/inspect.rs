@@ -26,6 +26,18 @@ pub fn human(img: &ImageReader) -> String {
     let _ = writeln!(o, "checkpoint  #{}, program paused {:.1} ms", i.sequence, i.paused_us as f64 / 1000.0);
     let _ = writeln!(
         o,
+        "clocks      CLOCK_MONOTONIC {:.3} s, CLOCK_BOOTTIME {:.3} s (a restart continues them)",
+        i.clocks.monotonic_ns as f64 / 1e9,
+        i.clocks.boottime_ns as f64 / 1e9
+    );
+    let _ = writeln!(
+        o,
+        "cpu         xsave features {:#x}: {} (a restart needs them all)",
+        i.xsave_features,
+        crate::sys::machine::xsave_feature_names(i.xsave_features).join(", ")
+    );
+    let _ = writeln!(
+        o,
         "size        image {}, memory saved {} (ratio {:.2})",
         bytes(img.len),
         bytes(mem),

@@ -55,8 +55,13 @@ pub struct ImageInfo {
     /// belong to one kernel build.
     pub kernel_release: String,
     pub kernel_version: String,
-    /// XCR0: the xsave features (hence the signal frame's FPU area).
+    /// XCR0 of the checkpointing machine: the xsave state components
+    /// (AVX, AVX-512, PKRU, AMX...) the program may use; a restart needs
+    /// them all (see `sys::machine`).
     pub xsave_features: u64,
+    /// The program's CLOCK_MONOTONIC and CLOCK_BOOTTIME when it was
+    /// stopped: a restart continues them (see `crate::timens`).
+    pub clocks: crate::timens::Clocks,
     /// The command line ckrun was started with.
     pub command: Vec<String>,
     /// This image's number in the run (the N in NAME.PID.N.ckimg).

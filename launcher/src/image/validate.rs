@@ -277,6 +277,7 @@ pub fn validate(m: &Manifest, path: &Path, chunks_end: u64) -> Result<(), CkErro
         };
         c.ensure(ok, || o.describe())?;
     }
+    c.ensure(m.info.clocks.usable(), || "clocks at the checkpoint".into())?;
     let s = &m.settings;
     c.ensure((1..=64).contains(&s.trigger) && s.trigger != ckrun_proto::SUSPEND_SIGNAL, || "trigger signal".into())?;
     c.ensure(!s.socket_name.is_empty() && s.socket_name.len() < 100 && !s.socket_name.contains('\0'), || {
@@ -348,6 +349,7 @@ pub mod tests {
                 kernel_release: String::new(),
                 kernel_version: String::new(),
                 xsave_features: 0,
+                clocks: Default::default(),
                 command: vec![],
                 sequence: 1,
                 paused_us: 0,
@@ -418,6 +420,8 @@ pub mod tests {
             ("foreground group of no process", Box::new(|m| m.foreground = Some(4242))),
             ("image name", Box::new(|m| m.settings.image_name = "../x".into())),
             ("trigger", Box::new(|m| m.settings.trigger = 63)),
+            ("negative clock", Box::new(|m| m.info.clocks.monotonic_ns = -1)),
+            ("clock past the kernel's range", Box::new(|m| m.info.clocks.boottime_ns = i64::MAX)),
             ("path with NUL", Box::new(|m| m.processes[0].cwd = "/a\0b".into())),
             (
                 "ghost chunk past its size",

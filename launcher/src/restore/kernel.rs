@@ -6,6 +6,7 @@
 
 use crate::creds::Identity;
 use crate::image::manifest::{FileIdentity, FileLock, LockKind};
+use crate::timens::{Clocks, Offsets, TimeError};
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -83,6 +84,22 @@ pub trait Kernel {
     fn pid_uses(&mut self, ids: &[i32]) -> Vec<PidUse>;
     /// Waits (between two looks at exiting processes).
     fn pause(&mut self, d: std::time::Duration);
+    /// CLOCK_MONOTONIC and CLOCK_BOOTTIME as this process sees them.
+    fn clocks(&mut self) -> Clocks;
+    /// The offsets of this process's time namespace from the machine's
+    /// clocks; None: the kernel has no time namespaces.
+    fn time_offsets(&mut self) -> Result<Option<Offsets>, TimeError>;
+    /// An fd of this process's time namespace (`/proc/self/ns/time`).
+    fn open_time_namespace(&mut self) -> io::Result<i32>;
+    /// unshare(CLONE_NEWTIME): the children created from now on are born
+    /// in a new time namespace (this process stays in its own).
+    fn unshare_time(&mut self) -> io::Result<()>;
+    /// The offsets of the time namespace the children will be born in
+    /// (only while none is in it).
+    fn set_time_offsets(&mut self, o: Offsets) -> io::Result<()>;
+    /// setns into the time namespace `fd`, for this process and the
+    /// children it creates from now on.
+    fn set_time_namespace(&mut self, fd: i32) -> io::Result<()>;
     /// IPC_STAT of SysV shared memory segment `id`.
     fn shm_stat(&mut self, id: i32) -> io::Result<ShmStat>;
     /// A new segment (IPC_CREAT | IPC_EXCL), with ID `id` if given
@@ -653,6 +670,31 @@ impl Kernel for Linux {
         }
         Ok(())
     }
+    fn clocks(&mut self) -> Clocks {
+        crate::timens::now()
+    }
+    fn time_offsets(&mut self) -> Result<Option<Offsets>, TimeError> {
+        crate::timens::offsets_of("self")
+    }
+    fn open_time_namespace(&mut self) -> io::Result<i32> {
+        // SAFETY: a NUL-terminated literal.
+        cvt(unsafe { libc::open(c"/proc/self/ns/time".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) } as _)
+            .map(|fd| fd as i32)
+    }
+    fn unshare_time(&mut self) -> io::Result<()> {
+        // SAFETY: unshare takes flags only; CLONE_NEWTIME changes the
+        // namespace of this process's future children, nothing of its own.
+        cvt(unsafe { libc::unshare(libc::CLONE_NEWTIME) } as _).map(drop)
+    }
+    fn set_time_offsets(&mut self, o: Offsets) -> io::Result<()> {
+        // One write: the kernel takes both lines at once, or neither.
+        std::fs::write("/proc/self/timens_offsets", crate::timens::offsets_text(o))
+    }
+    fn set_time_namespace(&mut self, fd: i32) -> io::Result<()> {
+        // SAFETY: setns with an fd we hold; the kernel checks it is a time
+        // namespace and that this process is single-threaded.
+        cvt(unsafe { libc::setns(fd, libc::CLONE_NEWTIME) } as _).map(drop)
+    }
 }
 
 #[cfg(test)]
@@ -711,6 +753,10 @@ pub mod recording {
         ShmRemove(i32),
         ShmWrite { id: i32, clear: bool },
         ShmAttach { id: i32, at: u64, offset: u64, len: u64, shmflg: i32 },
+        OpenTimeNamespace(i32),
+        UnshareTime,
+        SetTimeOffsets(Offsets),
+        SetTimeNamespace(i32),
     }
 
     /// Writes every call down; hands out fds from 100 upwards.
@@ -739,6 +785,12 @@ pub mod recording {
         pub next_shm_id: i32,
         /// What shm_write's fill wrote, by segment.
         pub written: std::collections::HashMap<i32, Vec<u8>>,
+        /// What clocks answers.
+        pub clocks_value: Clocks,
+        /// What time_offsets answers (None: no time namespaces).
+        pub offsets_value: Option<Offsets>,
+        /// unshare_time fails with EPERM (a seccomp filter's answer).
+        pub refuse_time_namespace: bool,
     }
 
     impl Recording {
@@ -998,6 +1050,32 @@ pub mod recording {
         }
         fn shm_attach(&mut self, id: i32, at: u64, offset: u64, len: u64, shmflg: i32) -> io::Result<()> {
             self.calls.push(Call::ShmAttach { id, at, offset, len, shmflg });
+            Ok(())
+        }
+        fn clocks(&mut self) -> Clocks {
+            self.clocks_value
+        }
+        fn time_offsets(&mut self) -> Result<Option<Offsets>, TimeError> {
+            Ok(self.offsets_value)
+        }
+        fn open_time_namespace(&mut self) -> io::Result<i32> {
+            let fd = self.fd(0);
+            self.calls.push(Call::OpenTimeNamespace(fd));
+            Ok(fd)
+        }
+        fn unshare_time(&mut self) -> io::Result<()> {
+            if self.refuse_time_namespace {
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
+            }
+            self.calls.push(Call::UnshareTime);
+            Ok(())
+        }
+        fn set_time_offsets(&mut self, o: Offsets) -> io::Result<()> {
+            self.calls.push(Call::SetTimeOffsets(o));
+            Ok(())
+        }
+        fn set_time_namespace(&mut self, fd: i32) -> io::Result<()> {
+            self.calls.push(Call::SetTimeNamespace(fd));
             Ok(())
         }
     }

@@ -77,12 +77,8 @@ fn check_compatible(m: &Manifest) -> Result<(), CkError> {
             i.kernel_release, i.kernel_version, release, version
         )));
     }
-    let have = machine::xsave_features();
-    if i.xsave_features & !have != 0 {
-        return Err(CkError::Incompatible(format!(
-            "the image uses CPU state features {:#x}, this CPU has {have:#x}",
-            i.xsave_features
-        )));
+    if let Some(why) = machine::missing_xsave_features(i.xsave_features, machine::xsave_features()) {
+        return Err(CkError::Incompatible(why));
     }
     Ok(())
 }
@@ -219,8 +215,8 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     crate::image::writer::check_writable(&settings.dir)?;
     crate::image::writer::remove_stale_temporaries(&settings.dir);
     let mut k = Linux::default();
-    let decision = placement::place(&mut k, &needs, policy, placement::EXIT_WAIT, &mut |s| eprintln!("ckrun: {s}"))
-        .map_err(CkError::from)?;
+    let mut warn = |s: String| eprintln!("ckrun: {s}");
+    let decision = placement::place(&mut k, &needs, policy, placement::EXIT_WAIT, &mut warn).map_err(CkError::from)?;
     // The terminal ckrun runs in the foreground of: the ckrun the user
     // started knows it (in a new PID namespace, ckrun's group is not seen).
     let terminal = if opts.inside_namespace {
@@ -245,9 +241,11 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
         }
         let host_pid_max = k.pid_max().map_err(placement::PlaceError::PidMax).map_err(CkError::from)?;
         let (trigger, stop) = (settings.trigger, settings.stop_signal);
+        let clocks = crate::timens::plan_restart(&mut k, m.info.clocks, &mut warn)?;
         drop(img);
         let inner = Overrides { no_pidns: true, inside_namespace: true, terminal: terminal.map(|t| t.fd), ..opts };
-        let code = pidns::run_in_new_namespace(trigger, stop, host_pid_max, pid_max, || restart(&path, inner, false));
+        let code =
+            pidns::run_in_new_namespace(trigger, stop, host_pid_max, pid_max, &clocks, || restart(&path, inner, false));
         if let Some(t) = terminal {
             crate::terminal::take_back(t);
         }
@@ -295,7 +293,46 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     let image_fd = img.raw_fd();
     let image_arg = CString::new(image_fd.to_string())?;
     let socket_arg = CString::new(settings.socket_name.clone())?;
-    for (i, p) in m.processes.iter().enumerate().filter(|(_, p)| !pids.contains(&p.ppid)) {
+    // They are born in a time namespace where the program's clocks go on
+    // (in ckrun's own PID namespace, ckrun was born in it).
+    let clocks = match policy.inside_namespace {
+        true => None,
+        false => Some(crate::timens::plan_restart(&mut k, m.info.clocks, &mut warn)?),
+    };
+    let start_roots = || -> Result<()> {
+        for (i, p) in m.processes.iter().enumerate().filter(|(_, p)| !pids.contains(&p.ppid)) {
+            start_root(p, i, &exe, image_fd, &image_arg, &socket_arg)?;
+        }
+        Ok(())
+    };
+    match &clocks {
+        Some(plan) => crate::timens::around_children(&mut k, plan, &mut warn, start_roots)?,
+        None => start_roots()?,
+    }
+    let mut c = Coordinator::new(settings, m.info.command.clone(), listener, sigfd, m.root, m.info.sequence);
+    c.program_ended(m.root_status);
+    c.seal_with(key);
+    c.start_restore(session);
+    drop(img);
+    let end = c.run();
+    if let Some(t) = terminal.filter(|_| !policy.inside_namespace) {
+        crate::terminal::take_back(t);
+    }
+    Ok(end?.exit_code())
+}
+
+/// Creates the restore child of root process `p` (number `i` in the
+/// image) with its PID: a fresh ckrun in restore mode, reading the image
+/// from `image_fd`.
+fn start_root(
+    p: &ProcessImage,
+    i: usize,
+    exe: &CString,
+    image_fd: i32,
+    image_arg: &CString,
+    socket_arg: &CString,
+) -> Result<()> {
+    {
         let index = CString::new(i.to_string())?;
         let argv = [
             c"ckrun".as_ptr(),
@@ -319,16 +356,7 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
         })
         .map_err(|e| pid_error(p.pid, e))?;
     }
-    let mut c = Coordinator::new(settings, m.info.command.clone(), listener, sigfd, m.root, m.info.sequence);
-    c.program_ended(m.root_status);
-    c.seal_with(key);
-    c.start_restore(session);
-    drop(img);
-    let end = c.run();
-    if let Some(t) = terminal.filter(|_| !policy.inside_namespace) {
-        crate::terminal::take_back(t);
-    }
-    Ok(end?.exit_code())
+    Ok(())
 }
 
 /// The objects process `p` receives: the descriptions its fds use, the
@@ -383,6 +411,14 @@ fn dry_run_text(img: &ImageReader, needs: &[placement::Need], policy: placement:
         }
         Err(e) => {
             let _ = writeln!(o, "restore impossible: {e}");
+        }
+    }
+    match crate::timens::decide(&mut k, img.manifest.info.clocks) {
+        Ok(plan) => {
+            let _ = writeln!(o, "{plan}");
+        }
+        Err(e) => {
+            let _ = writeln!(o, "clocks: restart impossible: {e}");
         }
     }
     if let Some(g) = img.manifest.foreground {

@@ -12,8 +12,12 @@
 //! holds the capabilities choosing PIDs and restoring a process need. The
 //! restore children get them as ambient capabilities; each restorer drops
 //! all capabilities before the program resumes.
+//!
+//! The init is born in the restart's time namespace too (`crate::timens`),
+//! owned by that user namespace.
 
 use crate::coordinator::handled_signals;
+use crate::error::CkError;
 use anyhow::{bail, Context, Result};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
@@ -26,13 +30,14 @@ pub fn privileged() -> bool {
 /// Runs `inner` as PID 1 of a new PID namespace (with a private mount
 /// namespace and a fresh /proc; with a user namespace too when not
 /// privileged) whose pid_max is `pid_max` (where the kernel gives each
-/// namespace its own: `host_pid_max` is this one's), and returns its exit
-/// code.
+/// namespace its own: `host_pid_max` is this one's), and born in a new
+/// time namespace with `clocks`' offsets, and returns its exit code.
 pub fn run_in_new_namespace(
     trigger: i32,
     stop: Option<i32>,
     host_pid_max: u32,
     pid_max: u32,
+    clocks: &crate::timens::ClockPlan,
     inner: impl FnOnce() -> Result<i32>,
 ) -> Result<i32> {
     let set = handled_signals(trigger, stop);
@@ -42,13 +47,17 @@ pub fn run_in_new_namespace(
         own_user_namespace()?;
     }
     // SAFETY: unshare(CLONE_NEWPID) only affects the children created
-    // after it; fork is called while this process is single-threaded.
-    let child = unsafe {
-        if libc::unshare(libc::CLONE_NEWPID) != 0 {
-            bail!("cannot create a PID namespace: {}", std::io::Error::last_os_error());
-        }
-        libc::fork()
-    };
+    // after it.
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        bail!("cannot create a PID namespace: {}", std::io::Error::last_os_error());
+    }
+    // After the user namespace, which then owns the time namespace (its
+    // offsets need CAP_SYS_TIME there). From here on this process creates
+    // no thread (it could not): it forks the init and forwards signals.
+    let mut k = super::kernel::Linux::default();
+    crate::timens::unshare_for_children(&mut k, clocks, &mut |w| eprintln!("ckrun: {w}")).map_err(CkError::from)?;
+    // SAFETY: fork is called while this process is single-threaded.
+    let child = unsafe { libc::fork() };
     if child < 0 {
         bail!("fork: {}", std::io::Error::last_os_error());
     }
