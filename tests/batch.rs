@@ -127,3 +127,35 @@ fn resume_falls_back_past_a_damaged_newest_image_and_starts_without_one() {
     assert!(said.contains("trying an older image") && said.contains(".1.ckimg"), "{}", job.diagnostics());
     assert_same_output(&reference.stdout, &job.output(), "batch-resume-damaged");
 }
+
+#[test]
+fn what_others_append_to_the_output_after_a_stop_stays() {
+    let dir = TestDir::new("batch-stop-others");
+    let prog = Program::c("counter");
+    let reference = prog.run_bare(&["300"], &dir.bare);
+    let flags = ["--resume", "--stop-signal", "USR1"];
+    let mut job = Ckrun::launch_appending(&prog, &["300"], &dir.work, &dir.img, &flags);
+    job.wait_for_tick(30);
+    sys::send_signal(job.ckrun_pid(), sys::SIGUSR1).unwrap();
+    assert_eq!(job.wait(TIMEOUT), 85, "checkpointed and stopped\n{}", job.diagnostics());
+    // The program was ended at the checkpoint: its output is the bare
+    // run's up to there, not a line more.
+    let at_stop = job.output();
+    assert_eq!(at_stop[..], reference.stdout[..at_stop.len()], "{}", job.diagnostics());
+    // What a batch script and slurmstepd write to the job's output file
+    // between the stop and the requeued run.
+    let others: &[u8] = b"script: ckrun exited 85\nslurmstepd: *** JOB 7 ON node CANCELLED DUE TO JOB REQUEUE ***\n";
+    let mut f = std::fs::OpenOptions::new().append(true).open(dir.work.join(ckrun_suite::OUT_FILE)).unwrap();
+    std::io::Write::write_all(&mut f, others).unwrap();
+    drop(f);
+    let mut job = Ckrun::launch_appending(&prog, &["300"], &dir.work, &dir.img, &flags);
+    assert_eq!(job.wait(TIMEOUT), reference.code, "{}", job.diagnostics());
+    assert!(job.stderr().contains("resuming from"), "{}", job.diagnostics());
+    let mut expected = at_stop.clone();
+    expected.extend_from_slice(others);
+    expected.extend_from_slice(&reference.stdout[at_stop.len()..]);
+    assert_same_output(&expected, &job.output(), "batch-stop-others");
+    // The mark is taken by the restart: a second restart from the same
+    // image cuts back what the first wrote, as always.
+    assert!(!std::fs::read_dir(&dir.img).unwrap().flatten().any(|e| e.path().extension() == Some("stopped".as_ref())));
+}

@@ -76,7 +76,67 @@ pub fn retain(settings: &Settings, root: i32, newest: u32) {
             Ok(()) => eprintln!("ckrun: removed {} (--keep {keep})", path.display()),
             Err(e) => eprintln!("ckrun: warning: cannot remove {}: {e}", path.display()),
         }
+        let _ = std::fs::remove_file(stop_mark(path));
     }
+}
+
+/// The mark `DIR/NAME.ROOT.N.stopped`, beside image N: the run that took
+/// checkpoint N ended there (`--stop-signal`: the program was killed
+/// stopped, it wrote nothing after the checkpoint). What the files it
+/// writes hold beyond their size at the checkpoint is then not the
+/// program's: the lines a batch script, `scontrol` or `slurmstepd` append
+/// to the job's output file after ckrun exits. A restart from N that finds
+/// the mark takes it away and keeps those lines; without it (the killed
+/// run may have gone on after N), files are cut back to their size at the
+/// checkpoint as always.
+pub fn stop_mark(image: &Path) -> PathBuf {
+    image.with_extension("stopped")
+}
+
+/// After a `--stop-signal` checkpoint is durable: marks image `n` as where
+/// the run ended ([`stop_mark`]). A mark that cannot be made only costs
+/// those lines at the restart.
+pub fn mark_stopped(settings: &Settings, root: i32, n: u32) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let image = settings.dir.join(format!("{}.{root}.{n}.ckimg", settings.image_name));
+    let mark = stop_mark(&image);
+    let made = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&mark)
+        .and_then(|f| f.sync_all());
+    if let Err(e) = made {
+        eprintln!("ckrun: warning: cannot make {}: {e}", mark.display());
+    }
+}
+
+/// At a restart from `image` (owned by `owner`): takes its stop mark away
+/// and says whether there was one (a mark someone else made is not
+/// believed).
+pub fn take_stop_mark(image: &Path, owner: u32) -> bool {
+    // Taken before the program runs: a later restart from the same image
+    // must cut back what this run writes.
+    has_stop_mark(image, owner) && std::fs::remove_file(stop_mark(image)).is_ok()
+}
+
+/// Whether `image` (owned by `owner`) has its stop mark.
+pub fn has_stop_mark(image: &Path, owner: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(stop_mark(image)).is_ok_and(|m| m.is_file() && m.uid() == owner)
+}
+
+/// A restart's deferred steps after a stop mark: no file is cut back.
+pub fn keep_after_stop(deferred: Vec<crate::fdtypes::Deferred>) -> Vec<crate::fdtypes::Deferred> {
+    use crate::fdtypes::Deferred;
+    deferred
+        .into_iter()
+        .map(|d| match d {
+            Deferred::CutBack(c) => Deferred::KeepAfterStop(c),
+            other => other,
+        })
+        .collect()
 }
 
 /// `--resume`: the newest image in `dir` of the job `program args` that
@@ -164,8 +224,32 @@ mod tests {
         let left: Vec<u32> = images_of(&dir, "sim", 77).into_iter().map(|(n, _)| n).collect();
         assert_eq!(left, [5, 4]);
         assert!(dir.join("sim.78.1.ckimg").exists() && dir.join("other.77.1.ckimg").exists());
+        std::fs::write(dir.join("sim.77.4.stopped"), b"").unwrap();
+        std::fs::write(dir.join("sim.77.5.stopped"), b"").unwrap();
+        retain(&settings(&dir, Some(1)), 77, 5);
+        assert!(!dir.join("sim.77.4.ckimg").exists() && !dir.join("sim.77.4.stopped").exists());
+        assert!(dir.join("sim.77.5.stopped").exists(), "the kept image keeps its mark");
+        std::fs::write(dir.join("sim.77.4.ckimg"), b"x").unwrap();
         retain(&settings(&dir, None), 77, 5);
         assert_eq!(images_of(&dir, "sim", 77).len(), 2, "no --keep: nothing removed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_stop_mark_is_taken_once_and_only_from_the_images_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("ckrun-stopmark-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Settings { dir: dir.clone(), ..settings(&dir, None) };
+        let image = dir.join("sim.77.3.ckimg");
+        assert_eq!(stop_mark(&image), dir.join("sim.77.3.stopped"));
+        mark_stopped(&s, 77, 3);
+        let me = std::fs::metadata(&dir).unwrap().uid();
+        assert!(!take_stop_mark(&image, me + 1), "another owner's mark is not believed");
+        assert!(has_stop_mark(&image, me));
+        assert!(take_stop_mark(&image, me));
+        assert!(!take_stop_mark(&image, me), "a second restart from the image cuts back");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -141,6 +141,10 @@ pub struct Tree<'a> {
     pub root_status: Option<i32>,
     /// This attempt's request number, 1..=127, new for every attempt.
     pub request: u32,
+    /// `--stop-signal`: the program is killed once captured instead of
+    /// resumed, so that nothing it does after the checkpoint (output that
+    /// a restart would have to cut back) ever happens.
+    pub end_after_capture: bool,
 }
 
 /// The image name for number `n`.
@@ -223,9 +227,18 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
 
     inject("captured")?;
 
-    // 3./4. Resume; private memory from the snapshots.
+    // 3./4. Resume (or end); private memory from the snapshots.
     let t_captured = t0.elapsed();
-    guard.resume(false);
+    if tree.end_after_capture {
+        for s in guard.stopped.iter() {
+            // SAFETY: plain kill of a process of the job, stopped in its
+            // agent; its snapshot (ckrun's child) keeps its memory.
+            unsafe { libc::kill(s.agent.pid, libc::SIGKILL) };
+        }
+        guard.resumed = true;
+    } else {
+        guard.resume(false);
+    }
     let paused = t0.elapsed();
     inject("resumed")?;
     let stages = memory::Stages::default();

@@ -456,7 +456,14 @@ impl Coordinator {
     /// `--stop-signal`: a checkpoint, then the end of the tree; ckrun's
     /// status says whether the image is durable (85) or not (86).
     fn checkpoint_and_stop(&mut self) -> Ending {
-        let ok = self.checkpoint();
+        // The program may have ended just before (Slurm signals every
+        // process of a job at once): its end is the job's, and there is
+        // nothing to checkpoint.
+        if let Some(end) = self.reap() {
+            eprintln!("ckrun: the program had ended when the stop signal came: no checkpoint");
+            return end;
+        }
+        let ok = self.checkpoint_then(true);
         let me = std::process::id() as i32;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -473,6 +480,7 @@ impl Coordinator {
             std::thread::sleep(Duration::from_millis(5));
         }
         if ok {
+            crate::batch::mark_stopped(&self.settings, self.program, self.sequence);
             eprintln!("ckrun: checkpointed and stopped (exit {})", crate::batch::EXIT_CHECKPOINTED);
             Ending::Exited(crate::batch::EXIT_CHECKPOINTED)
         } else {
@@ -483,12 +491,18 @@ impl Coordinator {
 
     /// Takes a checkpoint; returns whether a new image is durable.
     fn checkpoint(&mut self) -> bool {
-        let ok = self.checkpoint_once();
+        self.checkpoint_then(false)
+    }
+
+    /// Takes a checkpoint, after which the tree is killed instead of
+    /// resumed when `end` (`--stop-signal`).
+    fn checkpoint_then(&mut self, end: bool) -> bool {
+        let ok = self.checkpoint_once(end);
         self.interval.restart();
         ok
     }
 
-    fn checkpoint_once(&mut self) -> bool {
+    fn checkpoint_once(&mut self, end: bool) -> bool {
         if self.restore.is_some() || self.agents.iter().any(|a| !a.running) {
             eprintln!("ckrun: the program is still being restored; checkpoint request ignored");
             return false;
@@ -502,14 +516,20 @@ impl Coordinator {
                 Ok(zombies) => {
                     self.request = self.request % ckrun_proto::SUSPEND_REQUEST_MASK as u32 + 1;
                     let live = self.live_agents();
-                    let tree = checkpoint::Tree {
-                        live,
-                        zombies,
-                        root: self.program,
-                        root_status: self.root_status,
-                        request: self.request,
-                    };
-                    checkpoint::take(&tree, &self.settings, &self.command, seq, self.key.as_ref())
+                    if live.is_empty() {
+                        // An image without a process could only fail a restart.
+                        Err(anyhow::anyhow!("no process of the program is left to checkpoint"))
+                    } else {
+                        let tree = checkpoint::Tree {
+                            live,
+                            zombies,
+                            root: self.program,
+                            root_status: self.root_status,
+                            request: self.request,
+                            end_after_capture: end,
+                        };
+                        checkpoint::take(&tree, &self.settings, &self.command, seq, self.key.as_ref())
+                    }
                 }
                 Err(e) => Err(e),
             };

@@ -305,6 +305,23 @@ pub fn cut_back(k: &mut impl Kernel, c: &CutBack, ours: Option<FileIdentity>) ->
     Ok(())
 }
 
+/// Instead of [`cut_back`] after a `--stop-signal` checkpoint
+/// (`batch::stop_mark`): what the file holds beyond its size at the
+/// checkpoint was written by others after the program ended (a batch
+/// script's lines, Slurm's), and stays. A program that writes at the
+/// end without `O_APPEND` goes on after those lines, as it would after
+/// ckrun's own lines put back by a cut.
+pub fn keep_after_stop(k: &mut impl Kernel, c: &CutBack) -> Result<()> {
+    if c.append || c.pos < c.size {
+        return Ok(());
+    }
+    let now = k.file_size(c.fd)?;
+    if now > c.size {
+        k.seek(c.fd, c.pos + (now - c.size))?;
+    }
+    Ok(())
+}
+
 pub fn take_locks(k: &mut impl Kernel, fd: i32, locks: &[FileLock], what: &Path) -> Result<()> {
     for l in locks {
         k.lock(fd, l).map_err(|e| {

@@ -277,6 +277,9 @@ pub enum Deferred {
     PutBack(file::PutBack),
     /// A file the job writes, cut back to its size at the checkpoint.
     CutBack(file::CutBack),
+    /// The same after a `--stop-signal` checkpoint: not cut, what others
+    /// wrote since stays (`file::keep_after_stop`).
+    KeepAfterStop(file::CutBack),
     /// A POSIX shared memory object, or a file made again, named again.
     Rename(ghost::Rename),
     /// A SysV semaphore set or message queue given its state back.
@@ -452,6 +455,7 @@ pub fn commit(k: &mut impl Kernel, deferred: &[Deferred]) -> Result<()> {
         match d {
             Deferred::PutBack(p) => file::put_back(k, p)?,
             Deferred::CutBack(c) => file::cut_back(k, c, ours)?,
+            Deferred::KeepAfterStop(c) => file::keep_after_stop(k, c)?,
             Deferred::Rename(r) => r.apply(k)?,
             Deferred::Sysv(o) => crate::sysv::restore(o)?,
             Deferred::Segment(p) => crate::sysv::shm::commit(k, p)?,
@@ -678,5 +682,20 @@ mod tests {
                 Call::Seek { fd: 5, pos: 10 + "ckrun: checkpoint 1: x\n".len() as u64 },
             ]
         );
+    }
+
+    #[test]
+    fn after_a_stop_nothing_is_cut_and_the_program_writes_after_what_others_wrote() {
+        let mut k = Recording::default();
+        k.sizes = 700; // a batch script's and Slurm's lines after the checkpoint's 420 bytes
+        let at_end = file::CutBack { fd: 5, size: 420, path: "/job.out".into(), pos: 420, append: false };
+        commit(&mut k, &[Deferred::KeepAfterStop(at_end.clone())]).unwrap();
+        assert_eq!(k.calls, vec![Call::FileSize(5), Call::Seek { fd: 5, pos: 700 }]);
+        // Appending, or writing inside the file: nothing to do.
+        k.calls.clear();
+        let appending = file::CutBack { append: true, ..at_end.clone() };
+        let inside = file::CutBack { pos: 100, ..at_end };
+        commit(&mut k, &[Deferred::KeepAfterStop(appending), Deferred::KeepAfterStop(inside)]).unwrap();
+        assert!(k.calls.is_empty(), "{:?}", k.calls);
     }
 }

@@ -210,6 +210,9 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     };
     if dry_run {
         print!("{}", dry_run_text(&img, &needs, policy)?);
+        if crate::batch::has_stop_mark(&path, img.owner) {
+            println!("files: not cut back (the run ended at this checkpoint: --stop-signal)");
+        }
         return Ok(0);
     }
     crate::image::writer::check_writable(&settings.dir)?;
@@ -268,6 +271,9 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     objects
         .deferred
         .extend(crate::created::to_set_aside(m, &path, img.owner).into_iter().map(fdtypes::Deferred::SetAside));
+    if crate::batch::take_stop_mark(&path, img.owner) {
+        objects.deferred = crate::batch::keep_after_stop(objects.deferred);
+    }
     let sends: Vec<(Vec<u32>, Vec<i32>)> = m.processes.iter().map(|p| share_of(p, &objects)).collect();
     let all_fds: Vec<i32> = objects.files.iter().flatten().copied().chain(objects.ghosts.iter().copied()).collect();
     let session = RestoreSession::new(
