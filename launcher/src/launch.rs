@@ -2,10 +2,11 @@
 //! agent preloaded, and hands over to the coordinator.
 
 use crate::cli::Overrides;
-use crate::coordinator::{self, socket, Coordinator, Ending};
+use crate::coordinator::{self, Coordinator, Ending};
 use crate::elf::{linkage, Linkage};
 use crate::error::CkError;
 use crate::image::manifest::Settings;
+use crate::sys::socket;
 use anyhow::{Context, Result};
 use ckrun_proto::{DEFAULT_TRIGGER, ENV_PRELOAD, ENV_SOCKET, ENV_TRIGGER};
 use std::ffi::OsString;

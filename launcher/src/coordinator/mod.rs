@@ -6,7 +6,6 @@
 pub mod agent;
 pub mod peers;
 mod restoring;
-pub mod socket;
 pub mod tree;
 
 pub use restoring::RestoreSession;
@@ -17,6 +16,7 @@ use crate::image::inspect::bytes;
 use crate::image::manifest::Settings;
 use crate::image::manifest::Zombie;
 use crate::restore::transfer;
+use crate::sys::socket;
 use agent::{kind_of, Agent};
 use anyhow::{Context, Result};
 use ckrun_proto::{decode, kind, Hello, PROTOCOL_VERSION};

@@ -35,7 +35,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 pub fn main(image_fd: i32, index: usize, socket: &str) -> Result<i32> {
-    let conn = crate::coordinator::socket::connect(socket).context("cannot reach the coordinator")?;
+    let conn = crate::sys::socket::connect(socket).context("cannot reach the coordinator")?;
     let fd = conn.as_raw_fd();
     match restore(image_fd, index, fd) {
         Ok(never) => match never {},
@@ -158,7 +158,7 @@ fn join_session_and_group(m: &Manifest, p: &ProcessImage) {
 /// anything (children are copies of it: better small).
 fn start_children(m: &Manifest, p: &ProcessImage, image_fd: i32, ctl: i32) -> Result<()> {
     let exe = CString::new(std::env::current_exe()?.as_os_str().as_bytes())?;
-    let socket = crate::coordinator::socket::name_of(ctl).context("the coordinator socket's name")?;
+    let socket = crate::sys::socket::name_of(ctl).context("the coordinator socket's name")?;
     for (i, q) in m.processes.iter().enumerate().filter(|(_, q)| q.ppid == p.pid) {
         let args: Vec<CString> = [
             "ckrun".as_bytes(),

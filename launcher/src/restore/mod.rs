@@ -21,7 +21,7 @@ pub mod transfer;
 pub use restorer::RESTORER_FAILED;
 
 use crate::cli::Overrides;
-use crate::coordinator::{self, socket, Coordinator, RestoreSession};
+use crate::coordinator::{self, Coordinator, RestoreSession};
 use crate::creds;
 use crate::error::CkError;
 use crate::fdtypes;
@@ -29,6 +29,7 @@ use crate::image::inspect;
 use crate::image::manifest::{Manifest, OpenFile, ProcessImage, RegionKind};
 use crate::image::ImageReader;
 use crate::launch::{become_subreaper, image_dir};
+use crate::sys::socket;
 use crate::sys::{machine, proc::fork_with_pid, procfs::file_stamp};
 use anyhow::{Context, Result};
 use kernel::{Kernel, Linux};

@@ -150,7 +150,7 @@ mod tests {
 
     #[test]
     fn fds_cross_with_their_tags() {
-        let (a, b) = crate::coordinator::socket::pair().unwrap();
+        let (a, b) = crate::sys::socket::pair().unwrap();
         let f = std::fs::File::open("/dev/null").unwrap();
         let fds: Vec<RawFd> = vec![f.as_raw_fd(); 250];
         let tags: Vec<u32> = (0..250).map(|i| if i % 2 == 0 { i } else { i | GHOST }).collect();

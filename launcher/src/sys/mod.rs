@@ -8,6 +8,7 @@ pub mod machine;
 pub mod mem;
 pub mod proc;
 pub mod procfs;
+pub mod socket;
 pub mod uffd;
 
 pub const PAGE_SIZE: u64 = 4096;
