@@ -85,6 +85,18 @@ impl Base {
             bail!("{} is not in the image directory {}", path.display(), dir.display());
         }
         let img = ImageReader::open(path)?;
+        // An image takes pages only from files of its own owner (the
+        // reader refuses others): root continuing a user's image writes
+        // its first image whole.
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if img.owner != me {
+            bail!(
+                "{} is owned by uid {}, and images written by uid {me} take no pages from it",
+                path.display(),
+                img.owner
+            );
+        }
         let m = &img.manifest;
         let Some(blob) = &m.lineage.page_hashes else { bail!("{} has no page hashes", path.display()) };
         let hashes = img.read_blob(blob)?;
