@@ -356,7 +356,8 @@ struct Output<'a> {
 
 /// Reads one run, splits it around zero pages and around the pages the
 /// base holds (runs of consecutive pages of one of its blocks are taken
-/// from there), compresses each other piece and writes it to the image.
+/// from there), compresses the other pages as one block and writes it to
+/// the image.
 fn save_run(
     mem: &RemoteMemory,
     run: &PageRun,
@@ -383,6 +384,12 @@ fn save_run(
     }
     t = Stages::add(&stages.hash, t);
     let addr_of = |p: usize| run.addr + (p * ps) as u64;
+    // The pages to store, gathered into one block (scattered changes make
+    // one block, not one per page: each block is padded to 4 KiB for
+    // O_DIRECT and written by one call); each piece of them is a run that
+    // takes its pages from it.
+    let mut own: Vec<(usize, usize)> = Vec::new();
+    let mut gathered = 0usize;
     let mut p = 0usize;
     while p < n {
         match found[p] {
@@ -403,14 +410,29 @@ fn save_run(
                 while p < n && found[p] == Some(None) {
                     p += 1;
                 }
-                let len = lz4_flex::block::compress_into(&data[begin * ps..p * ps], packed)
-                    .map_err(|e| anyhow::anyhow!("compressing: {e}"))?;
-                t = Stages::add(&stages.compress, t);
-                let (offset, checksum) = out.image.append_aligned(packed, len)?;
-                t = Stages::add(&stages.write, t);
-                let c = ChunkRef::own(addr_of(begin), (p - begin) as u32, len as u32, offset, checksum);
-                out.chunks.push((run.region, c));
+                if gathered != begin {
+                    data.copy_within(begin * ps..p * ps, gathered * ps);
+                }
+                own.push((begin, p - begin));
+                gathered += p - begin;
             }
+        }
+    }
+    if gathered > 0 {
+        let len = lz4_flex::block::compress_into(&data[..gathered * ps], packed)
+            .map_err(|e| anyhow::anyhow!("compressing: {e}"))?;
+        t = Stages::add(&stages.compress, t);
+        let (offset, checksum) = out.image.append_aligned(packed, len)?;
+        Stages::add(&stages.write, t);
+        let mut skip = 0;
+        for (begin, npages) in own {
+            let c = ChunkRef {
+                skip,
+                block_pages: gathered as u32,
+                ..ChunkRef::own(addr_of(begin), npages as u32, len as u32, offset, checksum)
+            };
+            out.chunks.push((run.region, c));
+            skip += npages as u32;
         }
     }
     Ok(())

@@ -183,6 +183,8 @@ pub fn take(
         None => (None, None),
     };
     let t_base = t0.elapsed();
+    // The pause is counted from here: the base was read while the program ran.
+    let t_stop = Instant::now();
     let base = base.as_ref();
     let out = ImageWriter::create(&settings.dir)?;
     let mut merged_requests = 0;
@@ -255,7 +257,7 @@ pub fn take(
     // 3./4. Resume; private memory from the snapshots.
     let t_captured = t0.elapsed();
     guard.resume(false);
-    let paused = t0.elapsed();
+    let paused = t_stop.elapsed();
     inject("resumed")?;
     let stages = memory::Stages::default();
     if !frozen {
@@ -328,7 +330,7 @@ pub fn take(
             ms(t_base),
             ms(t_captured - t_base),
             ms(paused),
-            ms(t_memory - paused),
+            ms(t_memory - t_base - paused),
             sum(&stages.read),
             sum(&stages.hash),
             sum(&stages.compress),
