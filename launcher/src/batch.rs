@@ -3,6 +3,7 @@
 //! (`--resume`), so that one command line serves the first run of a job
 //! and every requeue of it, on any node.
 
+use crate::image::lineage;
 use crate::image::manifest::Settings;
 use crate::image::ImageReader;
 use std::ffi::OsString;
@@ -63,21 +64,100 @@ pub fn images_of(dir: &Path, name: &str, root: i32) -> Vec<(u32, PathBuf)> {
     out
 }
 
-/// After image `newest` is durable: deletes the job's older images beyond
+/// After image `newest` is durable: deletes the job's images older than
 /// the `keep` newest. The newest is always kept (`keep` >= 1), and so is
-/// every image newer than it; an image that is not the job's (another
-/// name or root) is never looked at.
+/// every image newer than it; an image that is not the job's (another name
+/// or root) is never looked at. An older image a kept one takes pages from
+/// is not deleted but renamed to `NAME.ROOT.N.ckpages` (see
+/// `lineage::pages_name`): no longer an image to restart from, still found
+/// by the images that use it; and such files no kept image uses any more
+/// are deleted.
+///
+/// Order makes every step safe to interrupt: images go newest first, so no
+/// image that is left depends on one already gone (an image depends only
+/// on older ones), and page files go last, once every image left is a kept
+/// one, whose page files stay. If a kept image's manifest cannot be read,
+/// what it needs is unknown, and nothing is deleted.
 pub fn retain(settings: &Settings, root: i32, newest: u32) {
     let Some(keep) = settings.keep.filter(|&k| k >= 1) else { return };
     let all = images_of(&settings.dir, &settings.image_name, root);
-    let older: Vec<&(u32, PathBuf)> = all.iter().filter(|(n, _)| *n <= newest).collect();
-    for (_, path) in older.iter().skip(keep as usize) {
+    let mut n_older = 0;
+    type Images<'a> = Vec<&'a (u32, PathBuf)>;
+    let (kept, older): (Images, Images) = all.iter().partition(|(n, _)| {
+        *n > newest || {
+            n_older += 1;
+            n_older <= keep
+        }
+    });
+    let mut needed: Vec<String> = Vec::new();
+    for (_, path) in &kept {
+        match ImageReader::open_alone(path) {
+            Ok(img) => needed.extend(img.manifest.lineage.parents.iter().map(|p| p.name.clone())),
+            Err(e) => {
+                eprintln!(
+                    "ckrun: warning: --keep {keep}: nothing removed, {} cannot be read to see which images it needs ({e})",
+                    path.display()
+                );
+                return;
+            }
+        }
+    }
+    let name_of = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut steps = 0;
+    let mut step = || {
+        if steps > 0 {
+            crate::checkpoint::hang("retain");
+        }
+        steps += 1;
+    };
+    for (_, path) in &older {
+        step();
+        let name = name_of(path);
+        if needed.contains(&name) {
+            let to = settings.dir.join(lineage::pages_name(&name));
+            match std::fs::rename(path, &to) {
+                Ok(()) => eprintln!(
+                    "ckrun: {} is no image to restart from any more (--keep {keep}): renamed {}, newer images take pages from it",
+                    path.display(),
+                    to.display()
+                ),
+                Err(e) => eprintln!("ckrun: warning: cannot rename {}: {e}", path.display()),
+            }
+            // No image to restart from: its mark goes with it.
+            let _ = std::fs::remove_file(stop_mark(path));
+            continue;
+        }
         match std::fs::remove_file(path) {
             Ok(()) => eprintln!("ckrun: removed {} (--keep {keep})", path.display()),
             Err(e) => eprintln!("ckrun: warning: cannot remove {}: {e}", path.display()),
         }
         let _ = std::fs::remove_file(stop_mark(path));
     }
+    for (_, path) in pages_of(&settings.dir, &settings.image_name, root) {
+        let image_name = lineage::image_name_of_pages(&name_of(&path));
+        if !needed.contains(&image_name) {
+            step();
+            match std::fs::remove_file(&path) {
+                Ok(()) => eprintln!("ckrun: removed {} (no kept image uses it)", path.display()),
+                Err(e) => eprintln!("ckrun: warning: cannot remove {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+/// The job's page files in `dir` (`NAME.ROOT.N.ckpages`).
+fn pages_of(dir: &Path, name: &str, root: i32) -> Vec<(u32, PathBuf)> {
+    let prefix = format!("{name}.{root}.");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let f = e.file_name().to_string_lossy().into_owned();
+            let n = f.strip_prefix(&prefix)?.strip_suffix(lineage::PAGES_SUFFIX)?.parse::<u32>().ok()?;
+            Some((n, e.path()))
+        })
+        .collect()
 }
 
 /// The mark `DIR/NAME.ROOT.N.stopped`, beside image N: the run that took
@@ -207,31 +287,84 @@ mod tests {
             interval_ms: None,
             keep,
             stop_signal: None,
+            full: false,
         }
     }
 
+    /// Writes image `sim.77.N.ckimg` taking pages from the images `parents`.
+    fn image(dir: &Path, n: u32, parents: &[u32]) {
+        use crate::image::lineage::ParentRef;
+        let mut m = crate::image::validate::tests::valid_manifest();
+        m.lineage.id = crate::image::lineage::new_id();
+        m.lineage.generation = if parents.is_empty() { 0 } else { n };
+        m.lineage.parents = parents
+            .iter()
+            .map(|p| ParentRef { name: format!("sim.77.{p}.ckimg"), id: [0; 16], generation: *p - 1, len: 0 })
+            .collect();
+        let w = crate::image::ImageWriter::create(dir).unwrap();
+        w.finish(&m, &format!("sim.77.{n}.ckimg"), None).unwrap();
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
     #[test]
-    fn retention_keeps_the_newest_and_only_this_jobs() {
+    fn retention_keeps_the_newest_what_they_need_and_only_this_jobs() {
         let dir = std::env::temp_dir().join(format!("ckrun-keep-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        for n in 1..=5 {
-            std::fs::write(dir.join(format!("sim.77.{n}.ckimg")), b"x").unwrap();
-        }
+        image(&dir, 1, &[]);
+        image(&dir, 2, &[1]);
+        image(&dir, 3, &[1, 2]);
+        image(&dir, 4, &[3]);
+        image(&dir, 5, &[4]);
         std::fs::write(dir.join("sim.78.1.ckimg"), b"another job").unwrap();
         std::fs::write(dir.join("other.77.1.ckimg"), b"another program").unwrap();
+        for n in [1, 3, 5] {
+            std::fs::write(dir.join(format!("sim.77.{n}.stopped")), b"").unwrap();
+        }
         retain(&settings(&dir, Some(2)), 77, 5);
+        // 5 and 4 kept; 3, which 4 takes pages from, is no image any more
+        // but stays as a page file; 2 and 1 are removed.
         let left: Vec<u32> = images_of(&dir, "sim", 77).into_iter().map(|(n, _)| n).collect();
         assert_eq!(left, [5, 4]);
-        assert!(dir.join("sim.78.1.ckimg").exists() && dir.join("other.77.1.ckimg").exists());
-        std::fs::write(dir.join("sim.77.4.stopped"), b"").unwrap();
-        std::fs::write(dir.join("sim.77.5.stopped"), b"").unwrap();
-        retain(&settings(&dir, Some(1)), 77, 5);
-        assert!(!dir.join("sim.77.4.ckimg").exists() && !dir.join("sim.77.4.stopped").exists());
-        assert!(dir.join("sim.77.5.stopped").exists(), "the kept image keeps its mark");
-        std::fs::write(dir.join("sim.77.4.ckimg"), b"x").unwrap();
+        assert_eq!(
+            names(&dir),
+            [
+                "other.77.1.ckimg",
+                "sim.77.3.ckpages",
+                "sim.77.4.ckimg",
+                "sim.77.5.ckimg",
+                "sim.77.5.stopped",
+                "sim.78.1.ckimg"
+            ],
+            "the marks of removed images and of page files go; the kept image keeps its own"
+        );
         retain(&settings(&dir, None), 77, 5);
         assert_eq!(images_of(&dir, "sim", 77).len(), 2, "no --keep: nothing removed");
+        // Once no kept image uses a page file, it goes too; 5 takes from 4.
+        image(&dir, 6, &[5]);
+        retain(&settings(&dir, Some(2)), 77, 6);
+        assert_eq!(
+            names(&dir),
+            [
+                "other.77.1.ckimg",
+                "sim.77.4.ckpages",
+                "sim.77.5.ckimg",
+                "sim.77.5.stopped",
+                "sim.77.6.ckimg",
+                "sim.78.1.ckimg"
+            ]
+        );
+        // A kept image whose manifest cannot be read: nothing is removed.
+        image(&dir, 7, &[6]);
+        std::fs::write(dir.join("sim.77.8.ckimg"), b"cut short").unwrap();
+        retain(&settings(&dir, Some(1)), 77, 8);
+        assert_eq!(images_of(&dir, "sim", 77).len(), 4);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

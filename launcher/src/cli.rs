@@ -33,6 +33,8 @@ pub struct Overrides {
     pub keep: Option<u32>,
     /// Checkpoint and stop on this signal (`--stop-signal`).
     pub stop_signal: Option<i32>,
+    /// Every image self-contained (`--full`).
+    pub full: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -55,10 +57,15 @@ pub enum Command {
         json: bool,
         key_file: Option<PathBuf>,
     },
+    /// `--flatten`: a self-contained copy of an incremental image.
+    Flatten {
+        image: PathBuf,
+        key_file: Option<PathBuf>,
+    },
     /// Internal: the process that becomes process `index` of the image.
     RestoreChild {
-        /// The image, open (the coordinator checked it).
-        image_fd: i32,
+        /// The image, then its parents, open (the coordinator checked them).
+        image_fds: Vec<i32>,
         index: usize,
         socket: String,
     },
@@ -93,7 +100,8 @@ exit status: the program's own (128+N if a signal N killed it), or
     about = "ckrun: transparent checkpoint/restart for unmodified, dynamically linked programs",
     override_usage = "ckrun [OPTIONS] PROGRAM [ARGS...]        run PROGRAM under checkpoint control\n       \
                       ckrun --restart IMAGE|DIR [OPTIONS]      continue from an image (DIR: its newest image)\n       \
-                      ckrun --inspect IMAGE [--json]           show what an image holds",
+                      ckrun --inspect IMAGE [--json]           show what an image holds\n       \
+                      ckrun --flatten IMAGE                    a self-contained copy of an incremental image",
     after_help = AFTER_HELP,
     disable_help_subcommand = true
 )]
@@ -130,6 +138,15 @@ struct Cli {
     /// arguments) in --dir, or start the program if there is none
     #[arg(long)]
     resume: bool,
+    /// Write every image self-contained (default: an image stores only
+    /// the pages no earlier image of the job holds, and takes the others
+    /// from those images); kept across restarts
+    #[arg(long)]
+    full: bool,
+    /// Write a self-contained copy of an incremental image beside it
+    /// (NAME.full.ckimg), without restarting anything
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["restart", "inspect", "resume"])]
+    flatten: Option<PathBuf>,
     /// Continue from an image (DIR: its newest image)
     #[arg(long, value_name = "IMAGE|DIR", conflicts_with_all = ["inspect", "resume"])]
     restart: Option<PathBuf>,
@@ -151,7 +168,7 @@ struct Cli {
     /// $CKRUN_KEY_FILE)
     #[arg(long = "key-file", value_name = "FILE")]
     key_file: Option<PathBuf>,
-    #[arg(long = "restore-child", num_args = 3, value_names = ["FD", "INDEX", "SOCKET"], hide = true)]
+    #[arg(long = "restore-child", num_args = 3, value_names = ["FDS", "INDEX", "SOCKET"], hide = true)]
     restore_child: Option<Vec<String>>,
     /// The program and its arguments
     #[arg(value_name = "PROGRAM", trailing_var_arg = true, allow_hyphen_values = true)]
@@ -190,9 +207,10 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, CkError> {
     if let Some(v) = cli.restore_child {
         let number =
             |v: &str, what: &str| v.parse::<i64>().map_err(|_| CkError::Usage(format!("{what}: not a number")));
-        let image_fd = number(&v[0], "image fd")? as i32;
+        let image_fds =
+            v[0].split(',').map(|f| number(f, "image fd").map(|n| n as i32)).collect::<Result<Vec<i32>, _>>()?;
         let index = number(&v[1], "index")? as usize;
-        return Ok(Command::RestoreChild { image_fd, index, socket: v[2].clone() });
+        return Ok(Command::RestoreChild { image_fds, index, socket: v[2].clone() });
     }
     if let Some(p) = cli.program.first().map(|p| p.to_string_lossy().into_owned()) {
         // The program's own arguments may look like options (clap lets
@@ -217,6 +235,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, CkError> {
         interval: cli.interval,
         keep: cli.keep,
         stop_signal: cli.stop_signal,
+        full: cli.full,
         ..Default::default()
     };
     let usage = |m: &str| Err(CkError::Usage(m.into()));
@@ -225,6 +244,12 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, CkError> {
             return usage("--restart takes no program");
         }
         return Ok(Command::Restart { image, opts, dry_run: cli.dry_run });
+    }
+    if let Some(image) = cli.flatten {
+        if !cli.program.is_empty() {
+            return usage("--flatten takes no program");
+        }
+        return Ok(Command::Flatten { image, key_file: opts.key_file });
     }
     if let Some(image) = cli.inspect {
         if !cli.program.is_empty() {

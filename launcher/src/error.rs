@@ -17,7 +17,7 @@ pub const EXIT_FAILURE: i32 = 1;
 
 #[derive(Debug, Error)]
 pub enum CkError {
-    #[error("{0}\nusage: ckrun [--dir DIR] [--resume] [--interval DUR] [--keep N] [--stop-signal SIG] [OPTIONS] PROGRAM [ARGS...]\n       ckrun --restart IMAGE|DIR [--dir DIR] [OPTIONS] [--dry-run]\n       ckrun --inspect IMAGE [--json]\n(ckrun --help for more)")]
+    #[error("{0}\nusage: ckrun [--dir DIR] [--resume] [--interval DUR] [--keep N] [--stop-signal SIG] [OPTIONS] PROGRAM [ARGS...]\n       ckrun --restart IMAGE|DIR [--dir DIR] [OPTIONS] [--dry-run]\n       ckrun --inspect IMAGE [--json]\n       ckrun --flatten IMAGE\n(ckrun --help for more)")]
     Usage(String),
     #[error("{path}: {why}")]
     BadImage { path: PathBuf, why: String },

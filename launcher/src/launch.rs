@@ -46,6 +46,7 @@ pub fn run(program: OsString, args: Vec<OsString>, opts: Overrides, resume: bool
         interval_ms: opts.interval.map(|d| d.as_millis() as u64),
         keep: opts.keep,
         stop_signal: opts.stop_signal,
+        full: opts.full,
     };
     let listener = socket::listen(&settings.socket_name).context("creating the coordinator socket")?;
     let sigfd = coordinator::signal_fd(settings.trigger, settings.stop_signal)?;

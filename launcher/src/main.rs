@@ -58,6 +58,7 @@ fn run() -> anyhow::Result<i32> {
         cli::Command::Run { program, args, opts, resume } => launch::run(program, args, opts, resume),
         cli::Command::Restart { image, opts, dry_run } => restore::restart(&image, opts, dry_run),
         cli::Command::Inspect { image, json, key_file } => restore::inspect(&image, json, key_file),
-        cli::Command::RestoreChild { image_fd, index, socket } => restore::child::main(image_fd, index, &socket),
+        cli::Command::Flatten { image, key_file } => image::flatten::run(&image, key_file),
+        cli::Command::RestoreChild { image_fds, index, socket } => restore::child::main(&image_fds, index, &socket),
     }
 }

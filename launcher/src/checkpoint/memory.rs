@@ -7,6 +7,7 @@
 //! from (shared anonymous, memfd, deleted files). Not saved: clean file
 //! pages (re-mapped from the file), untouched pages, all-zero pages.
 
+use super::dedup::{page_hash, Base, PageHashes, PageLoc};
 use crate::image::manifest::{
     ChunkRef, FileRef, Region, RegionKind, REGION_DONTFORK, REGION_NORESERVE, REGION_WIPEONFORK,
 };
@@ -254,6 +255,7 @@ impl Runs<'_> {
 #[derive(Default, Debug)]
 pub struct Stages {
     pub read: AtomicU64,
+    pub hash: AtomicU64,
     pub compress: AtomicU64,
     pub write: AtomicU64,
 }
@@ -266,12 +268,34 @@ impl Stages {
     }
 }
 
-/// Reads the runs from `mem` on all cores, drops zero pages, compresses
-/// and appends the chunks to `out` (each worker writes its own chunks at
-/// reserved offsets), recording them in `regions`. Returns the bytes of
-/// page data saved (before compression).
-pub fn save_pages(mem: &RemoteMemory, runs: &[PageRun], regions: &mut [Region], out: &ImageWriter) -> Result<u64> {
-    save_pages_timed(mem, runs, regions, out, &Stages::default())
+/// What [`save_pages`] saved: bytes of page data (before compression),
+/// of which `taken` are referred to in earlier images, not stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Saved {
+    pub bytes: u64,
+    pub taken: u64,
+}
+
+impl std::ops::AddAssign for Saved {
+    fn add_assign(&mut self, o: Saved) {
+        self.bytes += o.bytes;
+        self.taken += o.taken;
+    }
+}
+
+/// Reads the runs from `mem` on all cores, drops zero pages, hashes the
+/// others (into `hashes`), takes those `base` holds from there,
+/// compresses and appends the rest to `out` (each worker writes its own
+/// chunks at reserved offsets), recording them in `regions`.
+pub fn save_pages(
+    mem: &RemoteMemory,
+    runs: &[PageRun],
+    regions: &mut [Region],
+    out: &ImageWriter,
+    base: Option<&Base>,
+    hashes: &mut PageHashes,
+) -> Result<Saved> {
+    save_pages_timed(mem, runs, regions, out, base, hashes, &Stages::default())
 }
 
 pub fn save_pages_timed(
@@ -279,14 +303,16 @@ pub fn save_pages_timed(
     runs: &[PageRun],
     regions: &mut [Region],
     out: &ImageWriter,
+    base: Option<&Base>,
+    hashes: &mut PageHashes,
     stages: &Stages,
-) -> Result<u64> {
+) -> Result<Saved> {
     // A direct write blocks its thread until the disk has the data: one
     // more worker keeps the cores busy compressing meanwhile.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get()).min(16);
     let workers = if out.is_direct() { cores + 1 } else { cores };
     let next = AtomicUsize::new(0);
-    let saved: Mutex<Vec<(usize, ChunkRef)>> = Mutex::new(Vec::new());
+    let saved: Mutex<(Vec<(usize, ChunkRef)>, PageHashes)> = Mutex::new((Vec::new(), Vec::new()));
     let first_err: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..workers {
@@ -294,68 +320,131 @@ pub fn save_pages_timed(
                 let mut buf = vec![0u8; CHUNK_PAGES as usize * PAGE_SIZE as usize];
                 let mut packed = AlignedBuf::new(lz4_flex::block::get_maximum_output_size(buf.len()));
                 let mut mine = Vec::new();
+                let mut my_hashes = Vec::new();
+                let mut to = Output { image: out, base, chunks: &mut mine, hashes: &mut my_hashes };
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(run) = runs.get(i) else { break };
-                    if let Err(e) = save_run(mem, run, &mut buf, &mut packed, out, &mut mine, stages) {
+                    if let Err(e) = save_run(mem, run, &mut buf, &mut packed, &mut to, stages) {
                         first_err.lock().unwrap().get_or_insert(e);
                         // Stop the others quickly.
                         next.store(runs.len(), Ordering::Relaxed);
                         break;
                     }
                 }
-                saved.lock().unwrap().extend(mine);
+                let mut all = saved.lock().unwrap();
+                all.0.extend(mine);
+                all.1.extend(my_hashes);
             });
         }
     });
     if let Some(e) = first_err.into_inner().unwrap() {
         return Err(e);
     }
-    let mut bytes = 0;
-    for (region, c) in saved.into_inner().unwrap() {
-        bytes += c.npages as u64 * PAGE_SIZE;
+    let (chunks, found) = saved.into_inner().unwrap();
+    hashes.extend(found);
+    let mut total = Saved::default();
+    for (region, c) in chunks {
+        total.bytes += c.npages as u64 * PAGE_SIZE;
+        if c.image > 0 {
+            total.taken += c.npages as u64 * PAGE_SIZE;
+        }
         regions[region].chunks.push(c);
     }
     for r in regions.iter_mut() {
         r.chunks.sort_by_key(|c| c.addr);
     }
-    Ok(bytes)
+    Ok(total)
 }
 
-/// Reads one run, splits it around zero pages, compresses each piece and
-/// writes it to the image.
+/// Where one worker's saved pages go.
+struct Output<'a> {
+    image: &'a ImageWriter,
+    base: Option<&'a Base>,
+    chunks: &'a mut Vec<(usize, ChunkRef)>,
+    hashes: &'a mut PageHashes,
+}
+
+/// Reads one run, splits it around zero pages and around the pages the
+/// base holds (runs of consecutive pages of one of its blocks are taken
+/// from there), compresses the other pages as one block and writes it to
+/// the image.
 fn save_run(
     mem: &RemoteMemory,
     run: &PageRun,
     buf: &mut [u8],
     packed: &mut AlignedBuf,
-    out: &ImageWriter,
-    saved: &mut Vec<(usize, ChunkRef)>,
+    out: &mut Output,
     stages: &Stages,
 ) -> Result<()> {
     let ps = PAGE_SIZE as usize;
-    let data = &mut buf[..run.npages as usize * ps];
+    let n = run.npages as usize;
+    let data = &mut buf[..n * ps];
     let t = Instant::now();
     mem.read(run.addr, data).with_context(|| format!("saving memory at {:#x}", run.addr))?;
     let mut t = Stages::add(&stages.read, t);
+    // Per page: None if all zero (not saved), else where the base holds it.
+    let mut found: [Option<Option<PageLoc>>; CHUNK_PAGES as usize] = [None; CHUNK_PAGES as usize];
+    for (p, slot) in found.iter_mut().enumerate().take(n) {
+        let page = &data[p * ps..(p + 1) * ps];
+        if !is_zero_page(page) {
+            let h = page_hash(page);
+            out.hashes.push((run.addr + (p * ps) as u64, h));
+            *slot = Some(out.base.and_then(|b| b.find(h)));
+        }
+    }
+    t = Stages::add(&stages.hash, t);
+    let addr_of = |p: usize| run.addr + (p * ps) as u64;
+    // The pages to store, gathered into one block (scattered changes make
+    // one block, not one per page: each block is padded to 4 KiB for
+    // O_DIRECT and written by one call); each piece of them is a run that
+    // takes its pages from it.
+    let mut own: Vec<(usize, usize)> = Vec::new();
+    let mut gathered = 0usize;
     let mut p = 0usize;
-    let n = run.npages as usize;
     while p < n {
-        if is_zero_page(&data[p * ps..(p + 1) * ps]) {
-            p += 1;
-            continue;
+        match found[p] {
+            None => p += 1,
+            Some(Some(loc)) => {
+                let base = out.base.expect("found in the base");
+                let begin = p;
+                p += 1;
+                while p < n && found[p] == Some(Some(PageLoc { block: loc.block, page: loc.page + (p - begin) as u32 }))
+                {
+                    p += 1;
+                }
+                let c = base.run(loc.block, addr_of(begin), loc.page, (p - begin) as u32);
+                out.chunks.push((run.region, c));
+            }
+            Some(None) => {
+                let begin = p;
+                while p < n && found[p] == Some(None) {
+                    p += 1;
+                }
+                if gathered != begin {
+                    data.copy_within(begin * ps..p * ps, gathered * ps);
+                }
+                own.push((begin, p - begin));
+                gathered += p - begin;
+            }
         }
-        let begin = p;
-        while p < n && !is_zero_page(&data[p * ps..(p + 1) * ps]) {
-            p += 1;
-        }
-        let len = lz4_flex::block::compress_into(&data[begin * ps..p * ps], packed)
+    }
+    if gathered > 0 {
+        let len = lz4_flex::block::compress_into(&data[..gathered * ps], packed)
             .map_err(|e| anyhow::anyhow!("compressing: {e}"))?;
         t = Stages::add(&stages.compress, t);
-        let (offset, checksum) = out.append_aligned(packed, len)?;
-        t = Stages::add(&stages.write, t);
-        let addr = run.addr + (begin * ps) as u64;
-        saved.push((run.region, ChunkRef { addr, npages: (p - begin) as u32, clen: len as u32, offset, checksum }));
+        let (offset, checksum) = out.image.append_aligned(packed, len)?;
+        Stages::add(&stages.write, t);
+        let mut skip = 0;
+        for (begin, npages) in own {
+            let c = ChunkRef {
+                skip,
+                block_pages: gathered as u32,
+                ..ChunkRef::own(addr_of(begin), npages as u32, len as u32, offset, checksum)
+            };
+            out.chunks.push((run.region, c));
+            skip += npages as u32;
+        }
     }
     Ok(())
 }

@@ -9,15 +9,19 @@
 //!    ([`process`]), the memory map and shared memory (which a snapshot
 //!    child shares with the running program);
 //! 3. resume the program (with `--no-fork`: only after step 4);
-//! 4. read the private memory of the snapshot ([`memory`]), compress it on
-//!    all cores, write the image under a temporary name, sync, rename.
+//! 4. read the private memory of the snapshot ([`memory`]), hash it, take
+//!    the pages the previous image holds from there ([`dedup`]), compress
+//!    the others on all cores, write the image under a temporary name,
+//!    sync, rename.
 
+pub mod dedup;
 pub mod memory;
 pub mod process;
 
 use crate::coordinator::agent::{kind_of, Agent};
 use crate::coordinator::tree;
 use crate::fdtypes;
+use crate::image::lineage::{self, BlobRef, Lineage};
 use crate::image::manifest::{FdImage, GhostFile, ImageInfo, Manifest, ProcessImage, Settings, ThreadImage, Zombie};
 use crate::image::seal::Key;
 use crate::image::ImageWriter;
@@ -43,6 +47,12 @@ pub struct Outcome {
     /// The image's number (the first free one from the number asked for).
     pub sequence: u32,
     pub memory_bytes: u64,
+    /// Of those, the bytes taken from earlier images (not stored again).
+    pub taken_bytes: u64,
+    /// How many earlier images the image takes pages from.
+    pub parents: usize,
+    /// Why the image is self-contained although a base was given.
+    pub whole_because: Option<String>,
     pub image_bytes: u64,
     pub paused: Duration,
     pub total: Duration,
@@ -153,13 +163,33 @@ pub fn image_name(settings: &Settings, root: i32, n: u32) -> String {
 }
 
 /// Checkpoints `tree` into image number `sequence`, or the first number
-/// after it that is free (an image is never replaced), sealed with `key`.
-pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32, key: Option<&Key>) -> Result<Outcome> {
+/// after it that is free (an image is never replaced), sealed with `key`;
+/// taking the pages the image `base` (the job's previous one) holds from
+/// there, unless `--full`.
+pub fn take(
+    tree: &Tree,
+    settings: &Settings,
+    command: &[String],
+    sequence: u32,
+    key: Option<&Key>,
+    base: Option<&std::path::Path>,
+) -> Result<Outcome> {
     let t0 = Instant::now();
     let mut sequence = sequence;
     while std::fs::symlink_metadata(settings.dir.join(image_name(settings, tree.root, sequence))).is_ok() {
         sequence += 1;
     }
+    // Before the program stops: reading the base's hashes does not add
+    // to the pause.
+    let (base, whole_because) = match base.filter(|_| !settings.full).map(|b| dedup::Base::load(b, &settings.dir)) {
+        Some(Ok(b)) => (Some(b), None),
+        Some(Err(e)) => (None, Some(format!("{e:#}"))),
+        None => (None, None),
+    };
+    let t_base = t0.elapsed();
+    // The pause is counted from here: the base was read while the program ran.
+    let t_stop = Instant::now();
+    let base = base.as_ref();
     let out = ImageWriter::create(&settings.dir)?;
     let mut merged_requests = 0;
 
@@ -215,12 +245,16 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
         what.into_iter().map(|w| format!("{w} cannot be restored; it will be closed after a restart")).collect();
     warnings.append(&mut fds.warnings);
     let mut images = Vec::new();
-    let mut memory_bytes = 0;
+    let mut saved = memory::Saved::default();
+    let mut hashes: Vec<dedup::PageHashes> = Vec::new();
     let mut terminal_groups = Vec::new();
     for (i, s) in guard.stopped.iter().enumerate() {
         let table = std::mem::take(&mut fds.fds[i]);
-        let (image, tpgid) = capture_stopped(s, table, &mut fds.ghosts, &out, frozen, reserved, &mut memory_bytes)?;
+        let mut h = Vec::new();
+        let into = Into { out: &out, base, hashes: &mut h, saved: &mut saved };
+        let (image, tpgid) = capture_stopped(s, table, &mut fds.ghosts, into, frozen, reserved)?;
         images.push(image);
+        hashes.push(h);
         terminal_groups.extend(tpgid);
     }
     let foreground = foreground_group(&images, &terminal_groups);
@@ -239,11 +273,11 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
     } else {
         guard.resume(false);
     }
-    let paused = t0.elapsed();
+    let paused = t_stop.elapsed();
     inject("resumed")?;
     let stages = memory::Stages::default();
     if !frozen {
-        for (s, img) in guard.stopped.iter().zip(images.iter_mut()) {
+        for ((s, img), h) in guard.stopped.iter().zip(images.iter_mut()).zip(hashes.iter_mut()) {
             let source = s.source();
             // The snapshot's flags, read now that the program runs: smaps
             // walks the page tables (~20 ms per GiB), the snapshot's own.
@@ -252,7 +286,7 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
             memory::take_vm_flags(&mut img.regions, &vmas, false);
             let mem = RemoteMemory::open(source)?;
             let runs = memory::select_pages(&mem, &img.regions, |r| !r.shared)?;
-            memory_bytes += memory::save_pages_timed(&mem, &runs, &mut img.regions, &out, &stages)?;
+            saved += memory::save_pages_timed(&mem, &runs, &mut img.regions, &out, base, h, &stages)?;
         }
     }
     let t_memory = t0.elapsed();
@@ -262,6 +296,20 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
     let readers: Vec<i32> = guard.stopped.iter().map(|s| s.reader()).collect();
     let clocks = crate::timens::capture(&readers, stopped_at, &mut warnings);
     drop(guard); // reaps the snapshot children
+
+    let blob = dedup::hashes_blob(&mut hashes);
+    let (offset, checksum) = out.append_chunk(&blob)?;
+    let page_hashes = Some(BlobRef { offset, len: blob.len() as u64, checksum });
+    let lineage = match base {
+        Some(b) => {
+            let chunks = images.iter_mut().flat_map(|p| p.regions.iter_mut().flat_map(|r| r.chunks.iter_mut()));
+            let parents = b.parents_of(chunks);
+            let generation = if parents.is_empty() { 0 } else { b.generation };
+            Lineage { id: lineage::new_id(), generation, parents, page_hashes }
+        }
+        None => Lineage { id: lineage::new_id(), generation: 0, parents: Vec::new(), page_hashes },
+    };
+    let parents = lineage.parents.len();
 
     let (hostname, kernel_release, kernel_version) = machine::uname();
     let manifest = Manifest {
@@ -278,7 +326,7 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
             command: command.to_vec(),
             sequence,
             paused_us: paused.as_micros() as u64,
-            memory_bytes,
+            memory_bytes: saved.bytes,
         },
         settings: settings.clone(),
         root: tree.root,
@@ -290,24 +338,48 @@ pub fn take(tree: &Tree, settings: &Settings, command: &[String], sequence: u32,
         pipes: fds.pipes,
         sysv,
         foreground,
+        lineage,
     };
     inject("finish")?;
+    hang("finish");
     let (path, image_bytes) = out.finish(&manifest, &image_name(settings, tree.root, sequence), key)?;
     if std::env::var_os("CKRUN_TIMING").is_some() {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let sum = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
         eprintln!(
-            "ckrun: timing: stopped+captured {:.1} ms, resumed {:.1} ms, memory {:.1} ms (threads: read {:.0}, compress {:.0}, write {:.0} ms), manifest+fsync+rename {:.1} ms",
-            ms(t_captured),
+            "ckrun: timing: base {:.1} ms, stopped+captured {:.1} ms, resumed {:.1} ms, memory {:.1} ms (threads: read {:.0}, hash {:.0}, compress {:.0}, write {:.0} ms), manifest+fsync+rename {:.1} ms",
+            ms(t_base),
+            ms(t_captured - t_base),
             ms(paused),
-            ms(t_memory - paused),
+            ms(t_memory - t_base - paused),
             sum(&stages.read),
+            sum(&stages.hash),
             sum(&stages.compress),
             sum(&stages.write),
             ms(t0.elapsed() - t_memory)
         );
     }
-    Ok(Outcome { path, sequence, memory_bytes, image_bytes, paused, total: t0.elapsed(), warnings, merged_requests })
+    Ok(Outcome {
+        path,
+        sequence,
+        memory_bytes: saved.bytes,
+        taken_bytes: saved.taken,
+        parents,
+        whole_because,
+        image_bytes,
+        paused,
+        total: t0.elapsed(),
+        warnings,
+        merged_requests,
+    })
+}
+
+/// Where a process's saved memory goes.
+struct Into<'a> {
+    out: &'a ImageWriter,
+    base: Option<&'a dedup::Base>,
+    hashes: &'a mut dedup::PageHashes,
+    saved: &'a mut memory::Saved,
 }
 
 /// The group of the tree that is the foreground group of the terminal
@@ -325,11 +397,11 @@ fn capture_stopped(
     s: &Stopped,
     fds: Vec<FdImage>,
     ghosts: &mut Vec<GhostFile>,
-    out: &ImageWriter,
+    into: Into,
     frozen: bool,
     reserved: u64,
-    saved: &mut u64,
 ) -> Result<(ProcessImage, Option<i32>)> {
+    let out = into.out;
     let pid = s.agent.pid;
     let reader = s.reader();
     let st = process::capture_state(reader)?;
@@ -345,7 +417,7 @@ fn capture_stopped(
     }
     let mem = RemoteMemory::open(reader)?;
     let runs = memory::select_pages(&mem, &regions, |r| frozen || r.shared)?;
-    *saved += memory::save_pages(&mem, &runs, &mut regions, out)?;
+    *into.saved += memory::save_pages(&mem, &runs, &mut regions, out, into.base, into.hashes)?;
     let tpgid = (st.stat.tty_nr != 0 && st.stat.tpgid > 0).then_some(st.stat.tpgid);
     let image = ProcessImage {
         pid,
@@ -500,6 +572,25 @@ pub fn discard_late_report(agent: &Agent, msg: &[u8], agents: &[i32]) {
         // SAFETY: plain signal to a snapshot child of ours (checked above);
         // the coordinator's SIGCHLD handling reaps it.
         unsafe { libc::kill(h.snapshot_pid, libc::SIGKILL) };
+    }
+}
+
+/// Test hook (`CKRUN_TEST_HANG=STEP`, or `STEP:N` for the N-th time):
+/// ckrun says `ckrun: test: hanging at STEP` and waits for ever there, so
+/// that a test can kill it at that moment. Steps: finish (the image's
+/// chunks are written, not its manifest), retain (an image was deleted,
+/// the others not yet).
+pub fn hang(step: &str) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEEN: AtomicU32 = AtomicU32::new(0);
+    let Some(spec) = std::env::var_os("CKRUN_TEST_HANG") else { return };
+    let spec = spec.to_string_lossy();
+    let (want, nth) = spec.split_once(':').map_or((&*spec, 1), |(s, n)| (s, n.parse().unwrap_or(1)));
+    if want == step && SEEN.fetch_add(1, Ordering::Relaxed) + 1 == nth {
+        eprintln!("ckrun: test: hanging at {step}");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
     }
 }
 

@@ -78,6 +78,9 @@ pub struct Coordinator {
     interval: crate::batch::Interval,
     /// The `--stop-signal` came while a checkpoint ran.
     stop_pending: bool,
+    /// The job's newest image (the last one written, or the one the run
+    /// restarted from): the next image takes from it what it holds.
+    base: Option<std::path::PathBuf>,
 }
 
 /// Signals the coordinator handles through its signalfd. They are blocked
@@ -135,7 +138,14 @@ impl Coordinator {
             key: None,
             interval,
             stop_pending: false,
+            base: None,
         }
+    }
+
+    /// The run continues image `path`: the next image is deduplicated
+    /// against it.
+    pub fn continue_from(&mut self, path: &std::path::Path) {
+        self.base = Some(path.to_owned());
     }
 
     /// Seals every image with `key`.
@@ -528,7 +538,14 @@ impl Coordinator {
                             request: self.request,
                             end_after_capture: end,
                         };
-                        checkpoint::take(&tree, &self.settings, &self.command, seq, self.key.as_ref())
+                        checkpoint::take(
+                            &tree,
+                            &self.settings,
+                            &self.command,
+                            seq,
+                            self.key.as_ref(),
+                            self.base.as_deref(),
+                        )
                     }
                 }
                 Err(e) => Err(e),
@@ -545,15 +562,24 @@ impl Coordinator {
         match result {
             Ok(o) => {
                 self.sequence = o.sequence;
+                self.base = Some(o.path.clone());
                 crate::created::checkpointed(o.sequence);
+                if let Some(why) = &o.whole_because {
+                    eprintln!("ckrun: warning: checkpoint {} is self-contained: {why}", o.sequence);
+                }
                 for w in &o.warnings {
                     eprintln!("ckrun: warning: {w}");
                 }
                 if merged > 0 {
                     eprintln!("ckrun: {merged} checkpoint request(s) arrived during checkpoint {seq}; merged into it");
                 }
+                let taken = if o.parents > 0 {
+                    format!(", {} of it in {} earlier image(s)", bytes(o.taken_bytes), o.parents)
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "ckrun: checkpoint {}: {} (memory {}, image {}, paused {:.1} ms, total {:.0} ms)",
+                    "ckrun: checkpoint {}: {} (memory {}{taken}, image {}, paused {:.1} ms, total {:.0} ms)",
                     o.sequence,
                     o.path.display(),
                     bytes(o.memory_bytes),

@@ -97,7 +97,7 @@ fn save_mapped_part(pid: i32, m: &MapEntry, ghosts: &mut Vec<GhostFile>, out: &I
             let data = lz4_flex::block::compress(&buf[..n]);
             let (offset, checksum) = out.append_chunk(&data)?;
             let npages = (n / PAGE_SIZE as usize) as u32;
-            chunks.push(ChunkRef { addr: m.offset + at, npages, clen: data.len() as u32, offset, checksum });
+            chunks.push(ChunkRef::own(m.offset + at, npages, data.len() as u32, offset, checksum));
         }
         at += n as u64;
     }
@@ -163,13 +163,7 @@ pub(super) fn save_content(f: &mut std::fs::File, size: u64, out: &ImageWriter) 
         if !buf[..padded].chunks(PAGE_SIZE as usize).all(is_zero_page) {
             let data = lz4_flex::block::compress(&buf[..padded]);
             let (offset, checksum) = out.append_chunk(&data)?;
-            chunks.push(ChunkRef {
-                addr: off,
-                npages: (padded / PAGE_SIZE as usize) as u32,
-                clen: data.len() as u32,
-                offset,
-                checksum,
-            });
+            chunks.push(ChunkRef::own(off, (padded / PAGE_SIZE as usize) as u32, data.len() as u32, offset, checksum));
         }
         off += want as u64;
     }

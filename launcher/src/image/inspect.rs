@@ -43,6 +43,7 @@ pub fn human(img: &ImageReader) -> String {
         bytes(mem),
         if mem == 0 { 0.0 } else { img.len as f64 / mem as f64 }
     );
+    lineage(&mut o, img);
     let s = &m.settings;
     let _ = writeln!(
         o,
@@ -67,6 +68,41 @@ pub fn human(img: &ImageReader) -> String {
         }
     }
     o
+}
+
+/// How much of the image is its own, and which earlier images it takes
+/// the rest from (all verified, as the rest of the image, by `--inspect`).
+fn lineage(o: &mut String, img: &ImageReader) {
+    let m = &img.manifest;
+    let (own, taken) = super::lineage::own_and_taken(m);
+    let total = own + taken.iter().sum::<u64>();
+    let pct = |b: u64| if total == 0 { 0.0 } else { b as f64 * 100.0 / total as f64 };
+    let l = &m.lineage;
+    if l.parents.is_empty() {
+        let _ =
+            writeln!(o, "pages       self-contained: all {} its own (id {})", bytes(own), super::lineage::hex(&l.id));
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "pages       incremental (generation {}, id {}): {} its own ({:.1}%), {} from {} earlier image(s):",
+        l.generation,
+        super::lineage::hex(&l.id),
+        bytes(own),
+        pct(own),
+        bytes(taken.iter().sum()),
+        l.parents.len()
+    );
+    for ((p, t), path) in l.parents.iter().zip(&taken).zip(img.parent_paths()) {
+        let _ = writeln!(
+            o,
+            "              {:>9} ({:>5.1}%) from {} (generation {})",
+            bytes(*t),
+            pct(*t),
+            path.display(),
+            p.generation
+        );
+    }
 }
 
 fn process(o: &mut String, m: &Manifest, p: &ProcessImage) {
@@ -132,6 +168,10 @@ pub fn json(img: &ImageReader) -> String {
                 "image_bytes": img.len,
                 "memory_saved_bytes": mem,
                 "ratio": if mem == 0 { 0.0 } else { img.len as f64 / mem as f64 },
+                "own_bytes": super::lineage::own_and_taken(m).0,
+                "depends_on": m.lineage.parents.iter().zip(super::lineage::own_and_taken(m).1).zip(img.parent_paths())
+                    .map(|((p, t), path)| serde_json::json!({ "image": p.name, "path": path, "bytes": t }))
+                    .collect::<Vec<_>>(),
                 "pids": m.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
             }),
         );

@@ -35,6 +35,9 @@ pub struct Manifest {
     /// controlling terminal (an interactive shell, a full-screen program):
     /// a restart makes it the foreground group of ckrun's terminal again.
     pub foreground: Option<i32>,
+    /// Which earlier images this one takes pages from (incremental
+    /// images), and the page hashes a later one is deduplicated against.
+    pub lineage: crate::image::lineage::Lineage,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -96,6 +99,9 @@ pub struct Settings {
     pub keep: Option<u32>,
     /// `--stop-signal`: checkpoint, end the tree, exit 85.
     pub stop_signal: Option<i32>,
+    /// `--full`: every image is self-contained (takes no page from an
+    /// earlier one).
+    pub full: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -251,17 +257,38 @@ pub enum RegionKind {
     Vdso,
 }
 
-/// A run of consecutive pages, compressed as one block.
+/// A run of consecutive pages, taken from one stored block: an lz4 block
+/// of `block_pages` pages in this image (`image` 0) or in an earlier image
+/// of the job (`image` k: `Manifest::lineage.parents[k - 1]`), of which
+/// this run is the `npages` pages after the first `skip`.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChunkRef {
     /// First page's address.
     pub addr: u64,
     pub npages: u32,
-    /// Compressed length and position in the image file.
+    /// Compressed length and position of the block in its image file.
     pub clen: u32,
     pub offset: u64,
     /// xxh3-64 of the compressed bytes.
     pub checksum: u64,
+    /// 0: this image; k >= 1: the k-th of `lineage.parents`.
+    pub image: u32,
+    /// Pages of the block before this run.
+    pub skip: u32,
+    /// Pages the block decompresses to.
+    pub block_pages: u32,
+}
+
+impl ChunkRef {
+    /// A block of this image, all of whose pages the run restores.
+    pub fn own(addr: u64, npages: u32, clen: u32, offset: u64, checksum: u64) -> ChunkRef {
+        ChunkRef { addr, npages, clen, offset, checksum, image: 0, skip: 0, block_pages: npages }
+    }
+
+    /// Whether the run is its block, whole.
+    pub fn is_whole_block(&self) -> bool {
+        self.skip == 0 && self.npages == self.block_pages
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -2,10 +2,11 @@
 //!
 //! ```text
 //! +--------------------+ 0
-//! | header (64 bytes)  |  magic "CKRUNIMG", format version
+//! | header (64 bytes)  |  magic "CKRUNIMG", format version, image id
 //! +--------------------+ 64
 //! | page chunks        |  each an lz4 block of consecutive pages,
 //! |   ...              |  checksummed (xxh3-64) in the manifest
+//! | page hashes        |  xxh3-128 of every page (for the next image)
 //! +--------------------+ manifest_offset
 //! | manifest (bincode) |  processes, regions -> chunks, fds, threads
 //! +--------------------+
@@ -16,10 +17,13 @@
 //! Chunks are written as the compressing threads finish them (any order);
 //! the manifest, written last, says where each is. A file cut short has no
 //! valid trailer; a flipped bit fails a checksum. Either is reported before
-//! anything is restored. A chunk could later refer to a parent image
-//! (incremental checkpoints): the reference is per chunk.
+//! anything is restored. A chunk may refer to a block of an earlier
+//! image of the job instead (incremental images, see [`lineage`]): the
+//! reference is per chunk.
 
+pub mod flatten;
 pub mod inspect;
+pub mod lineage;
 pub mod manifest;
 mod reader;
 pub mod seal;
@@ -31,7 +35,7 @@ pub use writer::ImageWriter;
 
 pub const MAGIC: &[u8; 8] = b"CKRUNIMG";
 pub const TRAILER_MAGIC: &[u8; 8] = b"CKRUNEND";
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 pub const HEADER_LEN: u64 = 64;
 pub const TRAILER_LEN: u64 = 64;
 /// Largest run of pages compressed as one chunk (1 MiB): small enough to

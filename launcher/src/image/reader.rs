@@ -4,8 +4,11 @@
 //! its trailer and manifest checksums match, the manifest's length is
 //! bounded before it is read, its decoding cannot allocate more than the
 //! manifest's own size, and [`super::validate`] checks every field that
-//! anything later relies on.
+//! anything later relies on. An incremental image's parents are opened and
+//! checked with it ([`super::lineage::open_parents`]): one that is
+//! missing, replaced or incomplete fails the open, naming it.
 
+use super::lineage::{self, BlobRef, ParentFile};
 use super::manifest::{ChunkRef, Manifest};
 use super::{checksum, Trailer, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_MANIFEST, TRAILER_LEN};
 use crate::error::CkError;
@@ -27,6 +30,10 @@ pub struct ImageReader {
     /// The keyed seal in the trailer, if the image has one, and the bytes
     /// it covers (see `image::seal`).
     pub seal: Option<([u8; 16], Vec<u8>)>,
+    /// The earlier images it takes pages from (`lineage.parents`, in order).
+    parents: Vec<ParentFile>,
+    /// Where its chunk area ends.
+    chunks_end: u64,
 }
 
 /// The decoder for manifests: bincode's fixed-width encoding (as
@@ -37,7 +44,38 @@ pub fn decoder(limit: u64) -> impl Options {
 }
 
 impl ImageReader {
+    /// Opens the image at `path` and the parents it names beside it.
     pub fn open(path: &Path) -> Result<Self, CkError> {
+        let mut img = Self::open_alone(path)?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        img.parents = lineage::open_parents(dir, path, &img.manifest, img.owner)?;
+        lineage::check_references(&img.manifest, &img.parents, path)?;
+        Ok(img)
+    }
+
+    /// Opens the image `file` (shown as `path`) with its parents already
+    /// open (`parents`, as [`Self::parent_fds`] listed them), checking
+    /// each again.
+    pub fn from_files(file: File, path: &Path, parents: Vec<File>) -> Result<Self, CkError> {
+        let mut img = Self::from_file(file, path)?;
+        let names = &img.manifest.lineage.parents;
+        if names.len() != parents.len() {
+            return Err(CkError::bad_image(
+                path,
+                format!("{} parent images given, {} named", parents.len(), names.len()),
+            ));
+        }
+        for (f, p) in parents.into_iter().zip(names) {
+            let shown = PathBuf::from(&p.name);
+            img.parents.push(lineage::check_parent(f, shown, p, img.owner, path)?);
+        }
+        lineage::check_references(&img.manifest, &img.parents, path)?;
+        Ok(img)
+    }
+
+    /// Opens the image at `path` without its parents: its manifest only
+    /// (what retention reads), no page of a parent can be read.
+    pub fn open_alone(path: &Path) -> Result<Self, CkError> {
         // O_NONBLOCK: opening a FIFO must not wait for a writer.
         let file =
             std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path).map_err(
@@ -52,7 +90,7 @@ impl ImageReader {
         Self::from_file(file, path)
     }
 
-    pub fn from_file(file: File, path: &Path) -> Result<Self, CkError> {
+    fn from_file(file: File, path: &Path) -> Result<Self, CkError> {
         let bad = |why: &str| CkError::bad_image(path, why.to_string());
         let meta = file.metadata().map_err(|e| bad(&format!("cannot stat: {e}")))?;
         if meta.is_dir() {
@@ -98,12 +136,25 @@ impl ImageReader {
         let manifest: Manifest =
             decoder(m.len() as u64).deserialize(&m).map_err(|e| bad(&format!("damaged manifest: {e}")))?;
         super::validate::validate(&manifest, path, trailer.manifest_offset)?;
+        lineage::validate(&manifest, path, trailer.manifest_offset)?;
+        if head[lineage::HEADER_ID_AT..lineage::HEADER_ID_AT + 16] != manifest.lineage.id {
+            return Err(bad("damaged image (the header's id is not the manifest's)"));
+        }
         let seal = trailer.seal.map(|s| {
             let mut covered = m;
             covered.extend_from_slice(&t[..40]);
             (s, covered)
         });
-        Ok(ImageReader { file, path: path.to_owned(), manifest, len, owner: meta.uid(), seal })
+        Ok(ImageReader {
+            file,
+            path: path.to_owned(),
+            manifest,
+            len,
+            owner: meta.uid(),
+            seal,
+            parents: Vec::new(),
+            chunks_end: trailer.manifest_offset,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -115,44 +166,103 @@ impl ImageReader {
         std::os::fd::AsRawFd::as_raw_fd(&self.file)
     }
 
-    /// Reads, checks and decompresses chunk `c` into `out` (exactly its
-    /// pages). `scratch` is reused between calls.
-    pub fn read_chunk(&self, c: &ChunkRef, out: &mut [u8], scratch: &mut Vec<u8>) -> Result<(), CkError> {
-        let bad = |why: String| CkError::bad_image(&self.path, why);
-        self.read_checked(c, scratch)?;
-        match lz4_flex::block::decompress_into(scratch, out) {
-            Ok(n) if n == out.len() => Ok(()),
-            _ => Err(bad(format!("damaged image (pages at {:#x} do not decompress)", c.addr))),
+    /// The open parent images, in `lineage.parents` order (restore
+    /// children inherit them).
+    pub fn parent_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.parents.iter().map(|p| std::os::fd::AsRawFd::as_raw_fd(&p.file)).collect()
+    }
+
+    /// The paths of the parents, in `lineage.parents` order.
+    pub fn parent_paths(&self) -> Vec<&Path> {
+        self.parents.iter().map(|p| p.path.as_path()).collect()
+    }
+
+    /// The file holding `c`'s block, and its path for messages.
+    fn holder(&self, c: &ChunkRef) -> (&File, &Path) {
+        match c.image {
+            0 => (&self.file, &self.path),
+            k => {
+                let p = &self.parents[k as usize - 1];
+                (&p.file, &p.path)
+            }
         }
     }
 
-    /// Reads chunk `c`'s compressed bytes into `buf` and checks them.
-    fn read_checked(&self, c: &ChunkRef, buf: &mut Vec<u8>) -> Result<(), CkError> {
-        let bad = |why: String| CkError::bad_image(&self.path, why);
+    /// Reads, checks and decompresses chunk `c` into `out` (exactly its
+    /// pages). `scratch` is reused between calls.
+    pub fn read_chunk(&self, c: &ChunkRef, out: &mut [u8], scratch: &mut Vec<u8>) -> Result<(), CkError> {
+        if c.is_whole_block() {
+            return self.read_block(c, out, scratch);
+        }
+        let mut block = vec![0u8; c.block_pages as usize * PAGE_SIZE as usize];
+        self.read_block(c, &mut block, scratch)?;
+        let from = c.skip as usize * PAGE_SIZE as usize;
+        out.copy_from_slice(&block[from..from + out.len()]);
+        Ok(())
+    }
+
+    /// Reads, checks and decompresses the whole block `c` takes its pages
+    /// from into `out` (`c.block_pages` pages), from this image or a parent.
+    pub fn read_block(&self, c: &ChunkRef, out: &mut [u8], scratch: &mut Vec<u8>) -> Result<(), CkError> {
+        let (_, path) = self.holder(c);
+        self.read_checked(c, scratch)?;
+        match lz4_flex::block::decompress_into(scratch, out) {
+            Ok(n) if n == out.len() => Ok(()),
+            _ => Err(CkError::bad_image(path, format!("damaged image (pages at {:#x} do not decompress)", c.addr))),
+        }
+    }
+
+    /// Reads chunk `c`'s compressed bytes (its whole block) into `buf`
+    /// and checks them.
+    pub fn read_checked(&self, c: &ChunkRef, buf: &mut Vec<u8>) -> Result<(), CkError> {
+        let (file, path) = self.holder(c);
+        let bad = |why: String| {
+            if c.image == 0 {
+                CkError::bad_image(path, why)
+            } else {
+                CkError::bad_image(
+                    &self.path,
+                    format!("needs pages from the earlier image {}, which is {why}", path.display()),
+                )
+            }
+        };
         buf.resize(c.clen as usize, 0);
-        self.file.read_exact_at(buf, c.offset).map_err(|e| bad(format!("cannot read chunk at {}: {e}", c.offset)))?;
+        file.read_exact_at(buf, c.offset).map_err(|e| bad(format!("unreadable (chunk at {}: {e})", c.offset)))?;
         if checksum(buf) != c.checksum {
             return Err(bad(format!("damaged image (checksum mismatch in the pages at {:#x})", c.addr)));
         }
         Ok(())
     }
 
-    /// Checks every chunk (memory and the content of deleted files and
-    /// memfds): checksum and decompression. What `--inspect` does besides
-    /// printing.
+    /// Reads and checks a blob of this image's chunk area.
+    pub fn read_blob(&self, b: &BlobRef) -> Result<Vec<u8>, CkError> {
+        let bad = |why: String| CkError::bad_image(&self.path, why);
+        if b.offset.checked_add(b.len).is_none_or(|e| e > self.chunks_end) {
+            return Err(bad("damaged manifest (a blob out of bounds)".into()));
+        }
+        let mut buf = vec![0u8; b.len as usize];
+        self.file.read_exact_at(&mut buf, b.offset).map_err(|e| bad(format!("cannot read at {}: {e}", b.offset)))?;
+        if checksum(&buf) != b.checksum {
+            return Err(bad("damaged image (page hashes checksum mismatch)".into()));
+        }
+        Ok(buf)
+    }
+
+    /// Checks every block the image restores from, its own and its
+    /// parents' (each once): checksum and decompression; and its page
+    /// hashes. What `--inspect` does besides printing.
     pub fn verify_chunks(&self) -> Result<(), CkError> {
         let mut scratch = Vec::new();
         let mut out = vec![0u8; super::CHUNK_PAGES as usize * PAGE_SIZE as usize];
-        let m = &self.manifest;
-        let memory = m.processes.iter().flat_map(|p| p.regions.iter().flat_map(|r| r.chunks.iter()));
-        let files = m.ghosts.iter().flat_map(|g| g.chunks.iter());
-        let written = m.files.iter().flat_map(|f| match f {
-            crate::image::manifest::OpenFile::Path { content: Some(c), .. } => c.chunks.iter(),
-            _ => [].iter(),
-        });
-        for c in memory.chain(files).chain(written) {
-            let n = c.npages as usize * PAGE_SIZE as usize;
-            self.read_chunk(c, &mut out[..n], &mut scratch)?;
+        let mut blocks: Vec<&ChunkRef> = lineage::all_chunks(&self.manifest).collect();
+        blocks.sort_unstable_by_key(|c| (c.image, c.offset));
+        blocks.dedup_by_key(|c| (c.image, c.offset));
+        for c in blocks {
+            let n = c.block_pages as usize * PAGE_SIZE as usize;
+            self.read_block(c, &mut out[..n], &mut scratch)?;
+        }
+        if let Some(b) = &self.manifest.lineage.page_hashes {
+            self.read_blob(b)?;
         }
         Ok(())
     }

@@ -39,6 +39,8 @@ const MAX_GHOST: u64 = 1 << 46;
 struct Check<'a> {
     path: &'a Path,
     chunks_end: u64,
+    /// How many parent images chunks may name.
+    parents: usize,
 }
 
 impl Check<'_> {
@@ -65,21 +67,28 @@ impl Check<'_> {
     }
 
     /// Chunks of pages in `[lo, hi)`, ascending, not overlapping, each
-    /// inside the image's chunk area and at most [`CHUNK_PAGES`] long.
+    /// at most [`CHUNK_PAGES`] long, a part of its block, which lies inside
+    /// the image's chunk area (or names one of its parents, whose chunk
+    /// area `lineage::check_references` checks once they are open).
     fn chunks(&self, chunks: &[ChunkRef], lo: u64, hi: u64, what: &str) -> Result<(), CkError> {
         let mut next = lo;
         for c in chunks {
             let bytes = c.npages as u64 * PAGE_SIZE;
-            let bound = lz4_flex::block::get_maximum_output_size(bytes as usize) as u64;
+            let block = c.block_pages as u64 * PAGE_SIZE;
+            let bound = lz4_flex::block::get_maximum_output_size(block as usize) as u64;
+            let in_file = c.image != 0 || c.offset.checked_add(c.clen as u64).is_some_and(|e| e <= self.chunks_end);
             self.ensure(
                 (1..=CHUNK_PAGES).contains(&c.npages)
+                    && c.block_pages <= CHUNK_PAGES
+                    && c.skip.checked_add(c.npages).is_some_and(|e| e <= c.block_pages)
+                    && c.image as usize <= self.parents
                     && c.addr.is_multiple_of(PAGE_SIZE)
                     && c.addr >= next
                     && c.addr.checked_add(bytes).is_some_and(|e| e <= hi)
                     && c.clen > 0
                     && c.clen as u64 <= bound
                     && c.offset >= HEADER_LEN
-                    && c.offset.checked_add(c.clen as u64).is_some_and(|e| e <= self.chunks_end),
+                    && in_file,
                 || format!("{what}: chunk at {:#x} out of bounds", c.addr),
             )?;
             next = c.addr + bytes;
@@ -262,7 +271,7 @@ impl Check<'_> {
 
 /// Checks `m`, read from `path`, whose page chunks end at `chunks_end`.
 pub fn validate(m: &Manifest, path: &Path, chunks_end: u64) -> Result<(), CkError> {
-    let c = Check { path, chunks_end };
+    let c = Check { path, chunks_end, parents: m.lineage.parents.len() };
     c.ensure(m.sysv.len() <= MAX_FDS, || "SysV objects".into())?;
     for o in &m.sysv {
         let ok = match o {
@@ -366,6 +375,7 @@ pub mod tests {
                 interval_ms: None,
                 keep: None,
                 stop_signal: None,
+                full: false,
             },
             root: 100,
             root_status: None,
@@ -376,6 +386,7 @@ pub mod tests {
             pipes: vec![],
             sysv: vec![],
             foreground: None,
+            lineage: Default::default(),
         }
     }
 
@@ -384,7 +395,7 @@ pub mod tests {
     }
 
     fn chunk(addr: u64, npages: u32, offset: u64) -> ChunkRef {
-        ChunkRef { addr, npages, clen: 100, offset, checksum: 0 }
+        ChunkRef::own(addr, npages, 100, offset, 0)
     }
 
     #[test]

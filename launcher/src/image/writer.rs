@@ -31,7 +31,7 @@
 
 use super::manifest::Manifest;
 use super::seal::Key;
-use super::{checksum, header_bytes, Trailer};
+use super::{checksum, Trailer};
 use crate::error::CkError;
 use crate::sys::aligned::{round_up, AlignedBuf, DIRECT_ALIGN};
 use anyhow::{Context, Result};
@@ -240,7 +240,7 @@ impl ImageWriter {
             covered.extend_from_slice(&trailer.head());
             trailer.seal = Some(k.seal(&covered));
         }
-        self.write_at(&header_bytes(), 0)?;
+        self.write_at(&super::lineage::header_with(&manifest.lineage.id), 0)?;
         self.write_at(&m, at)?;
         self.write_at(&trailer.to_bytes(), at + m.len() as u64)?;
         self.file.sync_all().with_context(|| format!("syncing {}", self.shown.display()))?;
@@ -418,7 +418,7 @@ mod tests {
                 if w.is_direct() {
                     assert_eq!(offset % DIRECT_ALIGN as u64, 0, "direct chunks start on a block");
                 }
-                chunks.push(ChunkRef { addr: i * 8192, npages: 2, clen: packed.len() as u32, offset, checksum });
+                chunks.push(ChunkRef::own(i * 8192, 2, packed.len() as u32, offset, checksum));
                 pages.push(data);
             }
             let m = manifest(chunks);

@@ -34,10 +34,10 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-pub fn main(image_fd: i32, index: usize, socket: &str) -> Result<i32> {
+pub fn main(image_fds: &[i32], index: usize, socket: &str) -> Result<i32> {
     let conn = crate::sys::socket::connect(socket).context("cannot reach the coordinator")?;
     let fd = conn.as_raw_fd();
-    match restore(image_fd, index, fd) {
+    match restore(image_fds, index, fd) {
         Ok(never) => match never {},
         Err(e) => {
             let e = e.context("restore failed");
@@ -54,11 +54,16 @@ pub fn main(image_fd: i32, index: usize, socket: &str) -> Result<i32> {
     }
 }
 
-fn restore(image_fd: i32, index: usize, ctl: i32) -> Result<std::convert::Infallible> {
-    // SAFETY: the coordinator (or the parent restore child) passed its
-    // image fd down to us; nothing else in this process owns it.
-    let file = unsafe { std::fs::File::from_raw_fd(image_fd) };
-    let img = ImageReader::from_file(file, Path::new(&format!("/proc/self/fd/{image_fd}")))?;
+fn restore(image_fds: &[i32], index: usize, ctl: i32) -> Result<std::convert::Infallible> {
+    let &image_fd = image_fds.first().ok_or_else(|| anyhow!("no image fd"))?;
+    let mut files = image_fds.iter().map(|&fd| {
+        // SAFETY: the coordinator (or the parent restore child) passed its
+        // image fd and those of the image's parents down to us; nothing
+        // else in this process owns them, and each is taken once.
+        unsafe { std::fs::File::from_raw_fd(fd) }
+    });
+    let file = files.next().expect("one fd at least");
+    let img = ImageReader::from_files(file, Path::new(&format!("/proc/self/fd/{image_fd}")), files.collect())?;
     let m = &img.manifest;
     let p = m.processes.get(index).ok_or_else(|| anyhow!("the image has no process #{index}"))?.clone();
     let hello = transfer::Hello { index: index as u32, pid: p.pid };
@@ -66,7 +71,7 @@ fn restore(image_fd: i32, index: usize, ctl: i32) -> Result<std::convert::Infall
     let (files, ghosts, segment_ids) = receive_objects(ctl, m)?;
 
     join_session_and_group(m, &p);
-    start_children(m, &p, image_fd, ctl)?;
+    start_children(m, &p, image_fds, ctl)?;
     crate::creds::become_process(&p.creds)?;
 
     let plan = RestorePlan::build(&p, &procfs::maps(std::process::id() as i32)?)?;
@@ -156,28 +161,26 @@ fn join_session_and_group(m: &Manifest, p: &ProcessImage) {
 /// Creates this process's children (restore children themselves) and its
 /// unreaped zombies, each with its PID, before this process restores
 /// anything (children are copies of it: better small).
-fn start_children(m: &Manifest, p: &ProcessImage, image_fd: i32, ctl: i32) -> Result<()> {
+fn start_children(m: &Manifest, p: &ProcessImage, image_fds: &[i32], ctl: i32) -> Result<()> {
     let exe = CString::new(std::env::current_exe()?.as_os_str().as_bytes())?;
     let socket = crate::sys::socket::name_of(ctl).context("the coordinator socket's name")?;
+    let fds_arg = crate::restore::fd_list(image_fds);
     for (i, q) in m.processes.iter().enumerate().filter(|(_, q)| q.ppid == p.pid) {
-        let args: Vec<CString> = [
-            "ckrun".as_bytes(),
-            b"--restore-child",
-            image_fd.to_string().as_bytes(),
-            i.to_string().as_bytes(),
-            socket.as_bytes(),
-        ]
-        .iter()
-        .map(|a| CString::new(*a).unwrap())
-        .collect();
+        let args: Vec<CString> =
+            ["ckrun".as_bytes(), b"--restore-child", fds_arg.as_bytes(), i.to_string().as_bytes(), socket.as_bytes()]
+                .iter()
+                .map(|a| CString::new(*a).unwrap())
+                .collect();
         let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
         fork_with_pid(q.pid, || {
             // SAFETY: fcntl and execv with NUL-terminated strings prepared
-            // before the fork; async-signal-safe. The image fd stays open
+            // before the fork; async-signal-safe. The image fds stay open
             // across the exec in the child only.
             unsafe {
-                libc::fcntl(image_fd, libc::F_SETFD, 0);
+                for &fd in image_fds {
+                    libc::fcntl(fd, libc::F_SETFD, 0);
+                }
                 libc::execv(exe.as_ptr(), argv.as_ptr());
             }
         })

@@ -103,7 +103,8 @@ pub fn protect(k: &mut impl Kernel, plan: &RestorePlan, p: &ProcessImage) -> Res
 /// Anonymous regions are filled with UFFDIO_COPY from a small buffer that
 /// stays in cache (no zeroing, no fault per page); file-backed ones, and
 /// all of them where userfaultfd is not available, by decompressing
-/// straight into place.
+/// straight into place. A stored block is read and decompressed once,
+/// whichever image holds it and however many runs take pages from it.
 pub fn fill(img: &ImageReader, plan: &RestorePlan, p: &ProcessImage) -> Result<u64, CkError> {
     let uffd = Userfault::new();
     let mut work: Vec<(&ChunkRef, u64, bool)> = Vec::new();
@@ -117,13 +118,23 @@ pub fn fill(img: &ImageReader, plan: &RestorePlan, p: &ProcessImage) -> Result<u
         }
         work.extend(r.chunks.iter().map(|c| (c, s.at + (c.addr - r.start), via_uffd)));
     }
-    // In file order, so that the kernel's readahead streams an image that
-    // is not in the page cache (the usual case at a restart: the job died,
-    // or this is another machine). Chunks are at most 1 MiB, so taking them
-    // one at a time balances the threads well enough. A read blocks its
-    // thread until the disk answers: one more thread than cores keeps them
-    // all decompressing meanwhile.
-    work.sort_unstable_by_key(|(c, _, _)| c.offset);
+    // In file order, each file in turn, so that the kernel's readahead
+    // streams an image that is not in the page cache (the usual case at a
+    // restart: the job died, or this is another machine). Blocks are at
+    // most 1 MiB, so taking them one at a time balances the threads well
+    // enough. A read blocks its thread until the disk answers: one more
+    // thread than cores keeps them all decompressing meanwhile.
+    // (A block is its image, place, length, checksum and page count: runs
+    // that disagree on any of them are not taken for one block.)
+    let block = |c: &ChunkRef| (c.image, c.offset, c.clen, c.checksum, c.block_pages);
+    work.sort_unstable_by_key(|(c, _, _)| (block(c), c.skip));
+    let mut blocks: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, (c, _, _)) in work.iter().enumerate() {
+        match blocks.last_mut() {
+            Some(b) if block(work[b.start].0) == block(c) => b.end = i + 1,
+            _ => blocks.push(i..i + 1),
+        }
+    }
     let next = AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(16) + 1;
     let first_err = std::sync::Mutex::new(None);
@@ -134,28 +145,11 @@ pub fn fill(img: &ImageReader, plan: &RestorePlan, p: &ProcessImage) -> Result<u
                 let mut buf = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(c, dest, via_uffd)) = work.get(i) else { break };
-                    let len = c.npages as usize * PAGE_SIZE as usize;
-                    let r = if via_uffd {
-                        buf.resize(len, 0);
-                        img.read_chunk(c, &mut buf, &mut scratch).and_then(|_| {
-                            let u = uffd.as_ref().expect("registered through it");
-                            u.copy(dest, &buf)
-                                .map_err(|e| CkError::Environment(format!("filling memory at {dest:#x}: {e}")))
-                        })
-                    } else {
-                        // SAFETY: dest..dest+len lies inside a staged region
-                        // this process mapped writable (see `map`); chunks of
-                        // one region never overlap (checked when the image
-                        // was opened), so no two threads write the same
-                        // bytes, and nothing else uses staged memory until
-                        // the restorer.
-                        let out = unsafe { std::slice::from_raw_parts_mut(dest as *mut u8, len) };
-                        img.read_chunk(c, out, &mut scratch)
-                    };
+                    let Some(runs) = blocks.get(i) else { break };
+                    let r = fill_block(img, &work[runs.clone()], uffd.as_ref(), &mut buf, &mut scratch);
                     if let Err(e) = r {
                         first_err.lock().unwrap().get_or_insert(e);
-                        next.store(work.len(), Ordering::Relaxed);
+                        next.store(blocks.len(), Ordering::Relaxed);
                         break;
                     }
                 }
@@ -171,6 +165,43 @@ pub fn fill(img: &ImageReader, plan: &RestorePlan, p: &ProcessImage) -> Result<u
         Some(e) => Err(e),
         None => Ok(work.iter().map(|(c, _, _)| c.npages as u64 * PAGE_SIZE).sum()),
     }
+}
+
+/// Puts back the runs that take their pages from one stored block
+/// (`runs`: run, staged address, filled through userfaultfd).
+fn fill_block(
+    img: &ImageReader,
+    runs: &[(&ChunkRef, u64, bool)],
+    uffd: Option<&Userfault>,
+    buf: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), CkError> {
+    let ps = PAGE_SIZE as usize;
+    let (first, dest, via_uffd) = runs[0];
+    if runs.len() == 1 && first.is_whole_block() && !via_uffd {
+        // SAFETY: dest..dest+len lies inside a staged region this process
+        // mapped writable (see `map`); chunks of one region never overlap
+        // (checked when the image was opened), so no two threads write the
+        // same bytes, and nothing else uses staged memory until the
+        // restorer.
+        let out = unsafe { std::slice::from_raw_parts_mut(dest as *mut u8, first.npages as usize * ps) };
+        return img.read_block(first, out, scratch);
+    }
+    buf.resize(first.block_pages as usize * ps, 0);
+    img.read_block(first, buf, scratch)?;
+    for &(c, dest, via_uffd) in runs {
+        let pages = &buf[c.skip as usize * ps..(c.skip + c.npages) as usize * ps];
+        if via_uffd {
+            let u = uffd.expect("registered through it");
+            u.copy(dest, pages).map_err(|e| CkError::Environment(format!("filling memory at {dest:#x}: {e}")))?;
+        } else {
+            // SAFETY: as above: a staged, writable range no other thread
+            // writes.
+            let out = unsafe { std::slice::from_raw_parts_mut(dest as *mut u8, pages.len()) };
+            out.copy_from_slice(pages);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -192,7 +223,7 @@ mod tests {
             },
         );
         file.prot = libc::PROT_READ;
-        file.chunks.push(ChunkRef { addr: 0x5555_0000_1000, npages: 1, clen: 10, offset: 64, checksum: 0 });
+        file.chunks.push(ChunkRef::own(0x5555_0000_1000, 1, 10, 64, 0));
         let stack = region(0x7ffe_0000_0000, 0x7ffe_0002_0000, RegionKind::Stack);
         let p = process(vec![file, stack], &[100]);
         let plan = RestorePlan::build(&p, &parse_maps("1000-2000 r-xp 00000000 00:00 0 /ckrun\n").unwrap()).unwrap();

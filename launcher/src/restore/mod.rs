@@ -192,6 +192,7 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
         settings.interval_ms = Some(d.as_millis() as u64);
     }
     settings.keep = opts.keep.or(settings.keep);
+    settings.full |= opts.full;
     settings.stop_signal = opts.stop_signal.or(settings.stop_signal);
     // The image names a key file to seal later images with; only its own
     // owner's choice is followed (root does not read a file a user named).
@@ -296,9 +297,9 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     // The roots of the tree are ckrun's children; each restores its own.
     let pids: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
     let exe = CString::new(std::env::current_exe()?.as_os_str().as_bytes())?;
-    // The children read the very file checked here, never the path again.
-    let image_fd = img.raw_fd();
-    let image_arg = CString::new(image_fd.to_string())?;
+    // The children read the very files checked here, never a path again.
+    let image_fds: Vec<i32> = std::iter::once(img.raw_fd()).chain(img.parent_fds()).collect();
+    let image_arg = CString::new(fd_list(&image_fds))?;
     let socket_arg = CString::new(settings.socket_name.clone())?;
     // They are born in a time namespace where the program's clocks go on
     // (in ckrun's own PID namespace, ckrun was born in it).
@@ -308,7 +309,7 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     };
     let start_roots = || -> Result<()> {
         for (i, p) in m.processes.iter().enumerate().filter(|(_, p)| !pids.contains(&p.ppid)) {
-            start_root(p, i, &exe, image_fd, &image_arg, &socket_arg)?;
+            start_root(p, i, &exe, &image_fds, &image_arg, &socket_arg)?;
         }
         Ok(())
     };
@@ -319,6 +320,7 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     let mut c = Coordinator::new(settings, m.info.command.clone(), listener, sigfd, m.root, m.info.sequence);
     c.program_ended(m.root_status);
     c.seal_with(key);
+    c.continue_from(&path);
     c.start_restore(session);
     drop(img);
     let end = c.run();
@@ -330,12 +332,12 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
 
 /// Creates the restore child of root process `p` (number `i` in the
 /// image) with its PID: a fresh ckrun in restore mode, reading the image
-/// from `image_fd`.
+/// from `image_fds` (the image, then its parents).
 fn start_root(
     p: &ProcessImage,
     i: usize,
     exe: &CString,
-    image_fd: i32,
+    image_fds: &[i32],
     image_arg: &CString,
     socket_arg: &CString,
 ) -> Result<()> {
@@ -357,13 +359,20 @@ fn start_root(
                 let mut none: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut none);
                 libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-                libc::fcntl(image_fd, libc::F_SETFD, 0);
+                for &fd in image_fds {
+                    libc::fcntl(fd, libc::F_SETFD, 0);
+                }
                 libc::execv(exe.as_ptr(), argv.as_ptr());
             }
         })
         .map_err(|e| pid_error(p.pid, e))?;
     }
     Ok(())
+}
+
+/// `--restore-child`'s list of image fds: the image's, then its parents'.
+pub fn fd_list(fds: &[i32]) -> String {
+    fds.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(",")
 }
 
 /// The objects process `p` receives: the descriptions its fds use, the

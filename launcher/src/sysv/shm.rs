@@ -131,7 +131,7 @@ fn save(id: i32, out: &ImageWriter) -> Result<Segment> {
                 let data = lz4_flex::block::compress(&buf[..n]);
                 let (offset, checksum) = out.append_chunk(&data)?;
                 let npages = (n / PAGE_SIZE as usize) as u32;
-                seg.chunks.push(ChunkRef { addr: off as u64, npages, clen: data.len() as u32, offset, checksum });
+                seg.chunks.push(ChunkRef::own(off as u64, npages, data.len() as u32, offset, checksum));
             }
             off += n;
         }
@@ -362,7 +362,7 @@ mod tests {
         let page = vec![7u8; PAGE_SIZE as usize];
         let data = lz4_flex::block::compress(&page);
         let (offset, checksum) = w.append_chunk(&data).unwrap();
-        s.chunks = vec![ChunkRef { addr: 4096, npages: 1, clen: data.len() as u32, offset, checksum }];
+        s.chunks = vec![ChunkRef::own(4096, 1, data.len() as u32, offset, checksum)];
         let mut m = crate::image::validate::tests::valid_manifest();
         m.sysv.push(super::super::SysvObject::Segment(s.clone()));
         let (path, _) = w.finish(&m, "shm.ckimg", None).unwrap();

@@ -1,0 +1,191 @@
+//! Content dedup: what a new image may take from the image before it.
+//!
+//! The base is the job's previous image (the last one this coordinator
+//! wrote, or the one it restarted from): its page hashes
+//! (`lineage::Lineage::page_hashes`) say, for every page it puts back, the
+//! page's xxh3-128 and the stored block holding it, in the base itself or
+//! in one of its parents. A page of the new checkpoint whose hash is found
+//! is not stored again: the new image refers to that block. Only blocks of
+//! images fewer than `MAX_CHAIN` generations older than the new image are
+//! offered, so chains stay bounded (see `image::lineage`).
+//!
+//! The index holds 24 bytes per page of the base (about 6 MiB per GiB of
+//! memory), built once per checkpoint before the program is stopped.
+
+use crate::image::lineage::{self, ParentRef, MAX_CHAIN};
+use crate::image::manifest::ChunkRef;
+use crate::image::ImageReader;
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::path::Path;
+
+/// The hash of one page, as stored in the page hashes.
+pub fn page_hash(page: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(page)
+}
+
+/// Where a page is stored: a block and the page's index in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageLoc {
+    pub block: u32,
+    pub page: u32,
+}
+
+/// A stored block of an image the new one may refer to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// Index into [`Base::images`].
+    pub image: u32,
+    pub offset: u64,
+    pub clen: u32,
+    pub checksum: u64,
+    pub pages: u32,
+}
+
+/// The keys are hashes already: the map uses their low bits as they are.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes.iter().take(8) {
+            self.0 = self.0 << 8 | *b as u64;
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+pub struct Base {
+    /// The images blocks may be taken from: the base first, then its
+    /// parents that are recent enough.
+    pub images: Vec<ParentRef>,
+    pub blocks: Vec<Block>,
+    index: HashMap<u128, PageLoc, BuildHasherDefault<PassThrough>>,
+    /// The generation of an image made on this base.
+    pub generation: u32,
+}
+
+impl Base {
+    /// The base made of image `path` (which must lie in `dir`, where the
+    /// new image goes: images name their parents by file name). Fails when
+    /// it, or an image it takes pages from, cannot be used: the new image
+    /// is then written whole.
+    pub fn load(path: &Path, dir: &Path) -> Result<Base> {
+        let same_dir = match (path.parent().map(std::fs::canonicalize), std::fs::canonicalize(dir)) {
+            (Some(Ok(a)), Ok(b)) => a == b,
+            _ => false,
+        };
+        if !same_dir {
+            bail!("{} is not in the image directory {}", path.display(), dir.display());
+        }
+        let img = ImageReader::open(path)?;
+        // An image takes pages only from files of its own owner (the
+        // reader refuses others): root continuing a user's image writes
+        // its first image whole.
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if img.owner != me {
+            bail!(
+                "{} is owned by uid {}, and images written by uid {me} take no pages from it",
+                path.display(),
+                img.owner
+            );
+        }
+        let m = &img.manifest;
+        let Some(blob) = &m.lineage.page_hashes else { bail!("{} has no page hashes", path.display()) };
+        let hashes = img.read_blob(blob)?;
+        let name = path.file_name().context("an image path")?.to_string_lossy().into_owned();
+        let generation = m.lineage.generation + 1;
+        let own = ParentRef { name, id: m.lineage.id, generation: m.lineage.generation, len: img.len };
+        let images: Vec<ParentRef> = std::iter::once(own).chain(m.lineage.parents.iter().cloned()).collect();
+        let usable: Vec<bool> = images.iter().map(|p| p.generation + MAX_CHAIN > generation).collect();
+        let mut blocks = Vec::new();
+        let mut block_of: HashMap<(u32, u64), u32> = HashMap::new();
+        let mut index = HashMap::with_capacity_and_hasher(hashes.len() / 16, Default::default());
+        let mut words = hashes.chunks_exact(16).map(|w| u128::from_le_bytes(w.try_into().unwrap()));
+        for c in lineage::memory_chunks(m) {
+            let image = c.image; // 0: the base itself, k: its k-th parent, as in `images`
+            let b = *block_of.entry((image, c.offset)).or_insert_with(|| {
+                blocks.push(Block {
+                    image,
+                    offset: c.offset,
+                    clen: c.clen,
+                    checksum: c.checksum,
+                    pages: c.block_pages,
+                });
+                blocks.len() as u32 - 1
+            });
+            for k in 0..c.npages {
+                let h = words.next().context("page hashes shorter than the pages")?;
+                if usable[image as usize] {
+                    index.entry(h).or_insert(PageLoc { block: b, page: c.skip + k });
+                }
+            }
+        }
+        Ok(Base { images, blocks, index, generation })
+    }
+
+    pub fn find(&self, hash: u128) -> Option<PageLoc> {
+        self.index.get(&hash).copied()
+    }
+
+    /// A run of `npages` pages at `addr` taken from `block`, from page
+    /// `skip` on. Its `image` is the base image's index + 1, until
+    /// [`Base::parents_of`] renumbers it.
+    pub fn run(&self, block: u32, addr: u64, skip: u32, npages: u32) -> ChunkRef {
+        let b = &self.blocks[block as usize];
+        ChunkRef {
+            addr,
+            npages,
+            clen: b.clen,
+            offset: b.offset,
+            checksum: b.checksum,
+            image: b.image + 1,
+            skip,
+            block_pages: b.pages,
+        }
+    }
+
+    /// The parents of an image whose runs are `chunks` (as [`Base::run`]
+    /// made them): the base images they use, in base order; each run's
+    /// `image` is renumbered to its place in that list.
+    pub fn parents_of<'a>(&self, chunks: impl Iterator<Item = &'a mut ChunkRef>) -> Vec<ParentRef> {
+        let mut chunks: Vec<&mut ChunkRef> = chunks.filter(|c| c.image > 0).collect();
+        let mut used = vec![false; self.images.len()];
+        for c in &chunks {
+            used[c.image as usize - 1] = true;
+        }
+        let mut slot = vec![0u32; self.images.len()];
+        let mut parents = Vec::new();
+        for (i, p) in self.images.iter().enumerate().filter(|(i, _)| used[*i]) {
+            parents.push(p.clone());
+            slot[i] = parents.len() as u32;
+        }
+        for c in chunks.iter_mut() {
+            c.image = slot[c.image as usize - 1];
+        }
+        parents
+    }
+}
+
+/// Page hashes of saved pages, by address, of one process.
+pub type PageHashes = Vec<(u64, u128)>;
+
+/// The page hashes blob of an image: each process's hashes in address
+/// order (which is manifest order: regions and their chunks ascend).
+pub fn hashes_blob(per_process: &mut [PageHashes]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(per_process.iter().map(|p| p.len() * 16).sum());
+    for p in per_process.iter_mut() {
+        p.sort_unstable_by_key(|(a, _)| *a);
+        for (_, h) in p.iter() {
+            out.extend_from_slice(&h.to_le_bytes());
+        }
+    }
+    out
+}
