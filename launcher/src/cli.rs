@@ -37,6 +37,16 @@ pub struct Overrides {
     pub full: bool,
 }
 
+impl Overrides {
+    /// The key to seal and check images with: `--key-file`, or
+    /// `$CKRUN_KEY_FILE`.
+    pub fn key_file(&self) -> Option<PathBuf> {
+        self.key_file
+            .clone()
+            .or_else(|| std::env::var_os("CKRUN_KEY_FILE").filter(|v| !v.is_empty()).map(PathBuf::from))
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Run {

@@ -1,11 +1,12 @@
 //! `ckrun PROGRAM ARGS`: checks the program, starts it as a child with the
-//! agent preloaded, and hands over to the coordinator.
+//! agent preloaded, and returns the job for the coordinator.
 
 use crate::cli::Overrides;
-use crate::coordinator::{self, Coordinator, Ending};
 use crate::elf::{linkage, Linkage};
 use crate::error::CkError;
 use crate::image::manifest::Settings;
+use crate::image::writer::image_dir;
+use crate::job::Job;
 use crate::sys::socket;
 use anyhow::{Context, Result};
 use ckrun_proto::{DEFAULT_TRIGGER, ENV_PRELOAD, ENV_SOCKET, ENV_TRIGGER};
@@ -14,15 +15,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub fn run(program: OsString, args: Vec<OsString>, opts: Overrides, resume: bool) -> Result<i32> {
-    if resume {
-        let dir = image_dir(opts.dir.as_deref())?;
-        let key = crate::restore::key_file(&opts);
-        if let Some(image) = crate::batch::resumable(&dir, &program, &args, key.as_deref()) {
-            eprintln!("ckrun: resuming from {}", image.display());
-            return crate::restore::restart(&image, opts, false);
-        }
-    }
+/// Starts the program with the agent preloaded: the job's tree.
+pub fn start(program: OsString, args: Vec<OsString>, opts: Overrides) -> Result<Job> {
     if opts.stop_signal.is_some() && opts.stop_signal == Some(opts.trigger.unwrap_or(DEFAULT_TRIGGER)) {
         return Err(CkError::Usage("--stop-signal must differ from the trigger signal".into()).into());
     }
@@ -33,7 +27,7 @@ pub fn run(program: OsString, args: Vec<OsString>, opts: Overrides, resume: bool
     let dir = image_dir(opts.dir.as_deref())?;
     crate::image::writer::check_writable(&dir)?;
     crate::image::writer::remove_stale_temporaries(&dir);
-    let key_file = crate::restore::key_file(&opts);
+    let key_file = opts.key_file();
     let key = key_file.as_deref().map(crate::image::seal::Key::load).transpose()?;
     let settings = Settings {
         dir,
@@ -49,8 +43,8 @@ pub fn run(program: OsString, args: Vec<OsString>, opts: Overrides, resume: bool
         full: opts.full,
     };
     let listener = socket::listen(&settings.socket_name).context("creating the coordinator socket")?;
-    let sigfd = coordinator::signal_fd(settings.trigger, settings.stop_signal)?;
-    become_subreaper();
+    let sigfd = crate::job::signal_fd(settings.trigger, settings.stop_signal)?;
+    crate::sys::proc::become_subreaper();
 
     let mut preload = agent.into_os_string();
     if let Some(user) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
@@ -79,16 +73,19 @@ pub fn run(program: OsString, args: Vec<OsString>, opts: Overrides, resume: bool
         .spawn()
         .map_err(|e| CkError::Environment(format!("cannot start {}: {e}", path.display())))?;
     let command: Vec<String> = std::env::args().collect();
-    let mut c = Coordinator::new(settings, command, listener, sigfd, child.id() as i32, 0);
-    c.seal_with(key);
-    let terminal = crate::terminal::ours();
-    let end = c.run();
-    // The program may have taken the terminal (an interactive shell).
-    if let Some(t) = terminal {
-        crate::terminal::take_back(t);
-    }
-    let end: Ending = end?;
-    Ok(end.exit_code())
+    Ok(Job {
+        settings,
+        command,
+        listener,
+        sigfd,
+        root: child.id() as i32,
+        sequence: 0,
+        root_status: None,
+        key,
+        base: None,
+        restore: None,
+        terminal: crate::terminal::ours(),
+    })
 }
 
 /// The program as the shell would find it.
@@ -162,24 +159,4 @@ fn check_not_setid(path: &Path) -> Result<(), CkError> {
         )));
     }
     Ok(())
-}
-
-/// The image directory, made (mode 0700: images hold the program's memory)
-/// if it does not exist.
-pub fn image_dir(dir: Option<&Path>) -> Result<PathBuf, CkError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let d = dir.unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(d)
-        .map_err(|e| CkError::Environment(format!("image directory {}: {e}", d.display())))?;
-    d.canonicalize().map_err(|e| CkError::Environment(format!("image directory {}: {e}", d.display())))
-}
-
-/// Orphaned descendants (daemons) are re-parented to ckrun, not to init,
-/// so they stay in the checkpointed tree.
-pub fn become_subreaper() {
-    // SAFETY: integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
 }

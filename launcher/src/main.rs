@@ -23,6 +23,7 @@ mod elf;
 mod error;
 mod fdtypes;
 mod image;
+mod job;
 mod launch;
 mod restore;
 mod sys;
@@ -55,10 +56,30 @@ fn run() -> anyhow::Result<i32> {
             println!("ckrun {}", env!("CARGO_PKG_VERSION"));
             Ok(0)
         }
-        cli::Command::Run { program, args, opts, resume } => launch::run(program, args, opts, resume),
-        cli::Command::Restart { image, opts, dry_run } => restore::restart(&image, opts, dry_run),
+        cli::Command::Run { program, args, opts, resume } => {
+            if resume {
+                let dir = image::writer::image_dir(opts.dir.as_deref())?;
+                if let Some(image) = batch::resumable(&dir, &program, &args, opts.key_file().as_deref()) {
+                    eprintln!("ckrun: resuming from {}", image.display());
+                    return restart(&image, opts, false);
+                }
+            }
+            coordinator::run(launch::start(program, args, opts)?)
+        }
+        cli::Command::Restart { image, opts, dry_run } => restart(&image, opts, dry_run),
         cli::Command::Inspect { image, json, key_file } => restore::inspect(&image, json, key_file),
         cli::Command::Flatten { image, key_file } => image::flatten::run(&image, key_file),
         cli::Command::RestoreChild { image_fds, index, socket } => restore::child::main(&image_fds, index, &socket),
+    }
+}
+
+/// `--restart` (and `--resume` with an image): the restart is prepared
+/// below; its job is handed to the coordinator here, or the whole restart
+/// is done again inside a new PID namespace.
+fn restart(image: &std::path::Path, opts: cli::Overrides, dry_run: bool) -> anyhow::Result<i32> {
+    match restore::prepare(image, opts, dry_run)? {
+        restore::Restart::Printed => Ok(0),
+        restore::Restart::Job(job) => coordinator::run(*job),
+        restore::Restart::Nested(n) => n.run(|path, inner| restart(path, inner, false)),
     }
 }

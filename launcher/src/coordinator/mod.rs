@@ -20,8 +20,7 @@ use crate::sys::socket;
 use agent::{kind_of, Agent};
 use anyhow::{Context, Result};
 use ckrun_proto::{decode, kind, Hello, PROTOCOL_VERSION};
-use nix::sys::signal::SigSet;
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signalfd::SignalFd;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -83,30 +82,25 @@ pub struct Coordinator {
     base: Option<std::path::PathBuf>,
 }
 
-/// Signals the coordinator handles through its signalfd. They are blocked
-/// in ckrun; children start with an empty mask.
-pub fn handled_signals(trigger: i32, stop: Option<i32>) -> SigSet {
-    // SAFETY: sigemptyset/sigaddset initialise and edit a local sigset_t,
-    // which then holds only valid signal numbers.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, trigger] {
-            libc::sigaddset(&mut set, sig);
-        }
-        if let Some(s) = stop {
-            libc::sigaddset(&mut set, s);
-        }
-        SigSet::from_sigset_t_unchecked(set)
+/// Runs the job to its end: coordinates its tree (and the restart in
+/// progress, if any), checkpoints it on request, and returns ckrun's exit
+/// code.
+pub fn run(job: crate::job::Job) -> Result<i32> {
+    let mut c = Coordinator::new(job.settings, job.command, job.listener, job.sigfd, job.root, job.sequence);
+    c.program_ended(job.root_status);
+    c.seal_with(job.key);
+    if let Some(base) = &job.base {
+        c.continue_from(base);
     }
-}
-
-/// Blocks the handled signals and returns a signalfd for them. Call before
-/// starting children, so that no signal is lost in between.
-pub fn signal_fd(trigger: i32, stop: Option<i32>) -> Result<SignalFd> {
-    let set = handled_signals(trigger, stop);
-    set.thread_block().context("blocking signals")?;
-    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).context("creating a signalfd")
+    if let Some(r) = job.restore {
+        c.start_restore(RestoreSession::from(r));
+    }
+    let end = c.run();
+    // The program may have taken the terminal (an interactive shell).
+    if let Some(t) = job.terminal {
+        crate::terminal::take_back(t);
+    }
+    Ok(end?.exit_code())
 }
 
 impl Coordinator {

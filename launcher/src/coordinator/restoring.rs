@@ -37,40 +37,23 @@ pub struct RestoreSession {
     pub(super) go: bool,
 }
 
-impl RestoreSession {
-    pub fn new(
-        image: std::path::PathBuf,
-        sends: Vec<(Vec<u32>, Vec<i32>)>,
-        pids: Vec<i32>,
-        agent_fds: Vec<i32>,
-        objects: Vec<i32>,
-        deferred: Vec<crate::fdtypes::Deferred>,
-    ) -> Self {
+impl From<crate::job::Restoring> for RestoreSession {
+    fn from(r: crate::job::Restoring) -> Self {
         RestoreSession {
-            image,
+            image: r.image,
             started: Instant::now(),
-            sends,
-            pids,
-            agent_fds,
-            objects,
-            deferred,
+            sends: r.sends,
+            pids: r.pids,
+            agent_fds: r.agent_fds,
+            objects: r.objects,
+            deferred: r.deferred,
             ready: vec![],
             restored: vec![],
             handed: vec![],
-            foreground: None,
-            segment_ids: vec![],
+            foreground: r.foreground,
+            segment_ids: r.segment_ids,
             go: false,
         }
-    }
-
-    /// Once all are ready, process group `pgid` gets terminal `fd`.
-    pub fn with_foreground(self, fd: i32, pgid: i32) -> Self {
-        RestoreSession { foreground: Some((fd, pgid)), ..self }
-    }
-
-    /// The restore processes attach the segments by the IDs they have now.
-    pub fn with_segment_ids(self, segment_ids: Vec<(i32, i32)>) -> Self {
-        RestoreSession { segment_ids, ..self }
     }
 }
 

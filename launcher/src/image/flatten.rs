@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub fn run(path: &Path, key_file: Option<PathBuf>) -> Result<i32> {
     let img = ImageReader::open(path)?;
-    let key_file = crate::restore::key_file(&crate::cli::Overrides { key_file, ..Default::default() });
+    let key_file = crate::cli::Overrides { key_file, ..Default::default() }.key_file();
     let key = key_file.as_deref().map(super::seal::Key::load).transpose()?;
     if let Some(k) = &key {
         super::seal::check(&img, k)?;

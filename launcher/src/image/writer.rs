@@ -368,6 +368,19 @@ pub fn remove_stale_temporaries(dir: &Path) {
     }
 }
 
+/// The image directory, made (mode 0700: images hold the program's memory)
+/// if it does not exist.
+pub fn image_dir(dir: Option<&std::path::Path>) -> Result<std::path::PathBuf, crate::error::CkError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let d = dir.unwrap_or(std::path::Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(d)
+        .map_err(|e| crate::error::CkError::Environment(format!("image directory {}: {e}", d.display())))?;
+    d.canonicalize().map_err(|e| crate::error::CkError::Environment(format!("image directory {}: {e}", d.display())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,14 +21,14 @@ pub mod transfer;
 pub use restorer::RESTORER_FAILED;
 
 use crate::cli::Overrides;
-use crate::coordinator::{self, Coordinator, RestoreSession};
 use crate::creds;
 use crate::error::CkError;
 use crate::fdtypes;
 use crate::image::inspect;
 use crate::image::manifest::{Manifest, OpenFile, ProcessImage, RegionKind};
+use crate::image::writer::image_dir;
 use crate::image::ImageReader;
-use crate::launch::{become_subreaper, image_dir};
+use crate::job::{Job, Restoring};
 use crate::sys::socket;
 use crate::sys::{machine, proc::fork_with_pid, procfs::file_stamp};
 use anyhow::{Context, Result};
@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 
 pub fn inspect(path: &Path, json: bool, given: Option<PathBuf>) -> Result<i32> {
     let img = ImageReader::open(path)?;
-    if let Some(k) = &key_file(&Overrides { key_file: given, ..Default::default() }) {
+    if let Some(k) = &(Overrides { key_file: given, ..Default::default() }).key_file() {
         crate::image::seal::check(&img, &crate::image::seal::Key::load(k)?)?;
     }
     img.verify_chunks()?;
@@ -157,16 +157,51 @@ fn check_files_as_users(k: &mut Linux, m: &Manifest) -> Result<()> {
     Ok(())
 }
 
-/// The key to seal and check images with: `--key-file`, or
-/// `$CKRUN_KEY_FILE`.
-pub fn key_file(opts: &Overrides) -> Option<PathBuf> {
-    opts.key_file.clone().or_else(|| std::env::var_os("CKRUN_KEY_FILE").filter(|v| !v.is_empty()).map(PathBuf::from))
+/// What `--restart` comes to, for `main` to carry out.
+pub enum Restart {
+    /// `--dry-run`: the plan was printed.
+    Printed,
+    /// The restore processes run: the job for the coordinator.
+    Job(Box<Job>),
+    /// The image's PIDs cannot be had here: the whole restart is to be
+    /// done again in a new PID namespace ([`Nested::run`]).
+    Nested(Box<Nested>),
 }
 
-pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
+/// A restart to be done again as PID 1 of a new PID namespace (and a new
+/// time namespace), with `opts`.
+pub struct Nested {
+    path: PathBuf,
+    opts: Overrides,
+    trigger: i32,
+    stop: Option<i32>,
+    host_pid_max: u32,
+    pid_max: u32,
+    clocks: crate::timens::ClockPlan,
+    terminal: Option<crate::terminal::Foreground>,
+}
+
+impl Nested {
+    /// Runs `restart(path, opts)` inside the new namespaces; returns its
+    /// exit code once the namespace's init has ended.
+    pub fn run(self, restart: impl FnOnce(&Path, Overrides) -> Result<i32>) -> Result<i32> {
+        let Nested { path, opts, trigger, stop, host_pid_max, pid_max, clocks, terminal } = self;
+        let code = pidns::run_in_new_namespace(trigger, stop, host_pid_max, pid_max, &clocks, || restart(&path, opts));
+        if let Some(t) = terminal {
+            crate::terminal::take_back(t);
+        }
+        code
+    }
+}
+
+/// Checks the image and everything it needs, decides where its PIDs can
+/// be had, makes the tree's shared objects and starts the restore
+/// processes of its roots (or says that all this must happen in a new PID
+/// namespace).
+pub fn prepare(image: &Path, opts: Overrides, dry_run: bool) -> Result<Restart> {
     let path = resolve_image(image)?;
     let img = ImageReader::open(&path)?;
-    let given_key = key_file(&opts);
+    let given_key = opts.key_file();
     if let Some(k) = &given_key {
         crate::image::seal::check(&img, &crate::image::seal::Key::load(k)?)?;
     }
@@ -215,7 +250,7 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
         if crate::batch::has_stop_mark(&path, img.owner) {
             println!("files: not cut back (the run ended at this checkpoint: --stop-signal)");
         }
-        return Ok(0);
+        return Ok(Restart::Printed);
     }
     crate::image::writer::check_writable(&settings.dir)?;
     crate::image::writer::remove_stale_temporaries(&settings.dir);
@@ -249,12 +284,16 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
         let clocks = crate::timens::plan_restart(&mut k, m.info.clocks, &mut warn)?;
         drop(img);
         let inner = Overrides { no_pidns: true, inside_namespace: true, terminal: terminal.map(|t| t.fd), ..opts };
-        let code =
-            pidns::run_in_new_namespace(trigger, stop, host_pid_max, pid_max, &clocks, || restart(&path, inner, false));
-        if let Some(t) = terminal {
-            crate::terminal::take_back(t);
-        }
-        return code;
+        return Ok(Restart::Nested(Box::new(Nested {
+            path,
+            opts: inner,
+            trigger,
+            stop,
+            host_pid_max,
+            pid_max,
+            clocks,
+            terminal,
+        })));
     }
     let listener = match socket::listen(&settings.socket_name) {
         Ok(l) => l,
@@ -265,8 +304,8 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
             socket::listen(&settings.socket_name).context("creating the coordinator socket")?
         }
     };
-    let sigfd = coordinator::signal_fd(settings.trigger, settings.stop_signal)?;
-    become_subreaper();
+    let sigfd = crate::job::signal_fd(settings.trigger, settings.stop_signal)?;
+    crate::sys::proc::become_subreaper();
 
     // The tree's shared objects, made once here and handed out.
     let mut objects = fdtypes::create_objects(&mut Linux::default(), &img)?;
@@ -278,20 +317,20 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
     }
     let sends: Vec<(Vec<u32>, Vec<i32>)> = m.processes.iter().map(|p| share_of(p, &objects)).collect();
     let all_fds: Vec<i32> = objects.files.iter().flatten().copied().chain(objects.ghosts.iter().copied()).collect();
-    let session = RestoreSession::new(
-        path.clone(),
+    let restoring = Restoring {
+        image: path.clone(),
         sends,
-        m.processes.iter().map(|p| p.pid).collect(),
-        m.processes.iter().map(|p| p.agent_fd).collect(),
-        all_fds,
-        objects.deferred.clone(),
-    )
-    .with_segment_ids(objects.segment_ids.clone());
-    // The tree's foreground group, once its processes exist, gets ckrun's
-    // terminal (if ckrun has it): a group one of them leads.
-    let session = match (terminal, m.foreground) {
-        (Some(t), Some(g)) if m.processes.iter().any(|p| p.pid == g) => session.with_foreground(t.fd, g),
-        _ => session,
+        pids: m.processes.iter().map(|p| p.pid).collect(),
+        agent_fds: m.processes.iter().map(|p| p.agent_fd).collect(),
+        objects: all_fds,
+        deferred: objects.deferred.clone(),
+        segment_ids: objects.segment_ids.clone(),
+        // The tree's foreground group, once its processes exist, gets
+        // ckrun's terminal (if ckrun has it): a group one of them leads.
+        foreground: match (terminal, m.foreground) {
+            (Some(t), Some(g)) if m.processes.iter().any(|p| p.pid == g) => Some((t.fd, g)),
+            _ => None,
+        },
     };
 
     // The roots of the tree are ckrun's children; each restores its own.
@@ -317,17 +356,20 @@ pub fn restart(image: &Path, opts: Overrides, dry_run: bool) -> Result<i32> {
         Some(plan) => crate::timens::around_children(&mut k, plan, &mut warn, start_roots)?,
         None => start_roots()?,
     }
-    let mut c = Coordinator::new(settings, m.info.command.clone(), listener, sigfd, m.root, m.info.sequence);
-    c.program_ended(m.root_status);
-    c.seal_with(key);
-    c.continue_from(&path);
-    c.start_restore(session);
-    drop(img);
-    let end = c.run();
-    if let Some(t) = terminal.filter(|_| !policy.inside_namespace) {
-        crate::terminal::take_back(t);
-    }
-    Ok(end?.exit_code())
+    Ok(Restart::Job(Box::new(Job {
+        settings,
+        command: m.info.command.clone(),
+        listener,
+        sigfd,
+        root: m.root,
+        sequence: m.info.sequence,
+        root_status: m.root_status,
+        key,
+        base: Some(path.clone()),
+        restore: Some(restoring),
+        // In ckrun's own PID namespace the ckrun outside takes it back.
+        terminal: terminal.filter(|_| !policy.inside_namespace),
+    })))
 }
 
 /// Creates the restore child of root process `p` (number `i` in the

@@ -16,8 +16,8 @@
 //! The init is born in the restart's time namespace too (`crate::timens`),
 //! owned by that user namespace.
 
-use crate::coordinator::handled_signals;
 use crate::error::CkError;
+use crate::job::handled_signals;
 use anyhow::{bail, Context, Result};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 

@@ -94,3 +94,10 @@ pub fn sigqueue(pid: i32, sig: i32, value: u64) -> io::Result<()> {
         Ok(())
     }
 }
+
+/// Orphaned descendants (daemons) are re-parented to ckrun, not to init,
+/// so they stay in the checkpointed tree.
+pub fn become_subreaper() {
+    // SAFETY: integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}
