@@ -266,7 +266,15 @@ pub fn validate(m: &Manifest, path: &Path, chunks_end: u64) -> Result<(), CkErro
     c.ensure(m.sysv.len() <= MAX_FDS, || "SysV objects".into())?;
     for o in &m.sysv {
         let ok = match o {
-            crate::sysv::SysvObject::Semaphores { id, values, .. } => *id >= 0 && values.len() <= 32000,
+            crate::sysv::SysvObject::Semaphores { id, values, undo, .. } => {
+                // Adjustments of its own semaphores, by processes of the image.
+                *id >= 0
+                    && values.len() <= 32000
+                    && undo.len() <= values.len() * m.processes.len()
+                    && undo
+                        .iter()
+                        .all(|u| (u.num as usize) < values.len() && m.processes.iter().any(|p| p.pid == u.pid))
+            }
             crate::sysv::SysvObject::Queue { id, messages, .. } => {
                 *id >= 0 && messages.len() <= 1 << 16 && messages.iter().all(|m| m.text.len() <= 1 << 20 && m.mtype > 0)
             }
