@@ -444,6 +444,23 @@ pub mod tests {
                 }),
             ),
         ];
+        let sems = |undo: crate::sysv::semundo::Undo| crate::sysv::SysvObject::Semaphores {
+            id: 7,
+            key: 0,
+            owner: crate::sysv::Owner { uid: 0, gid: 0, mode: 0o600 },
+            values: vec![1, 2],
+            undo: vec![undo],
+        };
+        let mut cases = cases;
+        for (what, undo) in [
+            ("undo adjustment of a process not in the image", crate::sysv::semundo::Undo { pid: 101, num: 0, adj: 1 }),
+            ("undo adjustment beyond the set", crate::sysv::semundo::Undo { pid: 100, num: 2, adj: 1 }),
+        ] {
+            cases.push((what, Box::new(move |m: &mut Manifest| m.sysv = vec![sems(undo)])));
+        }
+        let mut fine = valid_manifest();
+        fine.sysv = vec![sems(crate::sysv::semundo::Undo { pid: 100, num: 1, adj: -3 })];
+        check(&fine).unwrap();
         for (what, edit) in cases {
             let mut m = valid_manifest();
             edit(&mut m);
