@@ -6,7 +6,11 @@
 //! restart, once with the objects still there (as the killed run left
 //! them: the restart gives them the checkpoint's state in place), once
 //! with them gone before each restart (as after a reboot: made again with
-//! their IDs).
+//! their IDs). `examples/sysv_undo.c`: four processes hold semaphore undo
+//! adjustments (SEM_UNDO) across both rounds, one of them a forked child
+//! that starts with none, one made by two threads, one partly zeroed by
+//! another process's SETVAL, and exit one by one after the last restart;
+//! the values printed after each exit must be a bare run's.
 
 use ckrun_suite::{assert_same_output, run_ckrun, Ckrun, Program, TestDir, TIMEOUT};
 use std::path::Path;
@@ -142,4 +146,43 @@ fn sysv_segments_gone_before_the_restart_are_made_again_with_their_ids() {
         return;
     }
     shm_cycle("ipc-shm-gone", true);
+}
+
+/// The processes an image says hold undo adjustments, from `--inspect`.
+fn undo_holders(image: &Path, cwd: &Path) -> Vec<String> {
+    let out = run_ckrun(&[std::ffi::OsStr::new("--inspect"), image.as_os_str()], cwd, TIMEOUT);
+    out.stdout.lines().filter(|l| l.contains("undo adjustments of process")).map(|l| l.trim().to_string()).collect()
+}
+
+fn undo_cycle(test: &str, gone: bool) {
+    cycle_of("sysv_undo", test, gone, &|image, root, round| {
+        let ids = sysv_ids(image, root);
+        assert_eq!(ids.0.len(), 1, "round {round}: the image holds the job's set");
+        let holders = undo_holders(image, root);
+        // W1 (#0 +3, #1 -2), W2 (#0 +1, #2 +2: SETVAL zeroed its +4),
+        // W3 (#3 +4, from two threads), W1c (#1 +1, none of W1's).
+        let mut adjustments: Vec<&str> = holders.iter().map(|l| l.rsplit_once(": ").unwrap().1).collect();
+        adjustments.sort_unstable();
+        assert_eq!(
+            adjustments,
+            ["semaphore 0 +1, semaphore 2 +2", "semaphore 0 +3, semaphore 1 -2", "semaphore 1 +1", "semaphore 3 +4"],
+            "round {round}: {holders:?}"
+        );
+        Box::new(move || remove(&ids))
+    });
+}
+
+#[test]
+fn semaphore_undo_adjustments_come_back_with_each_process() {
+    undo_cycle("ipc-semundo-left", false);
+}
+
+#[test]
+fn semaphore_undo_adjustments_come_back_in_sets_made_again() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can choose SysV IDs");
+        return;
+    }
+    undo_cycle("ipc-semundo-gone", true);
 }

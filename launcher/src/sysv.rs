@@ -19,9 +19,15 @@
 //! free or still the job's object, and that the image's owner could own
 //! each object; otherwise it stops with a message naming the object.
 //!
-//! Not restored: semaphore undo adjustments (`SEM_UNDO`, per process, not
-//! readable from outside), the times of last operations, and the last pids.
+//! Each process's semaphore undo adjustments (`SEM_UNDO`) are saved with
+//! their set and taken back by each restored process after the sets have
+//! their values: [`semundo`].
+//!
+//! Not restored: the times of last operations, and the last pids. A set
+//! whose last operation was a restart's (ckrun's SETALL, or its queue's
+//! refilling) is still the job's at the next checkpoint.
 
+pub mod semundo;
 pub mod shm;
 
 use crate::error::CkError;
@@ -31,8 +37,21 @@ pub use shm::is_segment_mapping;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum SysvObject {
-    Semaphores { id: i32, key: i32, owner: Owner, values: Vec<u16> },
-    Queue { id: i32, key: i32, owner: Owner, max_bytes: u64, messages: Vec<Message> },
+    /// `undo`: the processes' non-zero undo adjustments of its semaphores.
+    Semaphores {
+        id: i32,
+        key: i32,
+        owner: Owner,
+        values: Vec<u16>,
+        undo: Vec<semundo::Undo>,
+    },
+    Queue {
+        id: i32,
+        key: i32,
+        owner: Owner,
+        max_bytes: u64,
+        messages: Vec<Message>,
+    },
     Segment(shm::Segment),
 }
 
@@ -95,12 +114,15 @@ fn table(name: &str) -> Vec<Vec<i64>> {
 /// content of shared memory segments goes to `image`.
 pub fn capture(pids: &[i32], image: &crate::image::ImageWriter) -> Result<Vec<SysvObject>> {
     let mut out: Vec<SysvObject> = shm::capture(pids, image)?.into_iter().map(SysvObject::Segment).collect();
+    // A restart gives the objects their state itself: until the program
+    // uses them again, ckrun is their last user.
+    let ours = |pid: i32| pids.contains(&pid) || pid == std::process::id() as i32;
     // key semid perms nsems uid gid cuid cgid otime ctime
     for row in table("sem") {
         let [key, id, perms, nsems, uid, gid, ..] = row[..] else { continue };
         let (id, n) = (id as i32, nsems as usize);
         // SAFETY: GETPID takes no argument.
-        let used = (0..n).any(|i| pids.contains(&unsafe { libc::semctl(id, i as i32, libc::GETPID) }));
+        let used = (0..n).any(|i| ours(unsafe { libc::semctl(id, i as i32, libc::GETPID) }));
         if !used {
             continue;
         }
@@ -110,12 +132,12 @@ pub fn capture(pids: &[i32], image: &crate::image::ImageWriter) -> Result<Vec<Sy
             anyhow::bail!("reading SysV semaphore set {id}: {}", std::io::Error::last_os_error());
         }
         let owner = Owner { uid: uid as u32, gid: gid as u32, mode: perms as u32 & 0o777 };
-        out.push(SysvObject::Semaphores { id, key: key as i32, owner, values });
+        out.push(SysvObject::Semaphores { id, key: key as i32, owner, values, undo: vec![] });
     }
     // key msqid perms cbytes qnum lspid lrpid uid gid cuid cgid ...
     for row in table("msg") {
         let [key, id, perms, _cbytes, qnum, lspid, lrpid, uid, gid, ..] = row[..] else { continue };
-        if !pids.contains(&(lspid as i32)) && !pids.contains(&(lrpid as i32)) {
+        if !ours(lspid as i32) && !ours(lrpid as i32) {
             continue;
         }
         let id = id as i32;

@@ -21,7 +21,8 @@
 //! - [`created`]: files the program creates are reported, for the
 //!   coordinator's journal (a restart sets aside what the killed run made
 //!   after the checkpoint);
-//! - [`sysv`]: a snapshot detaches the program's SysV shared memory;
+//! - [`sysv`]: a snapshot detaches the program's SysV shared memory; the
+//!   process's semaphore undo adjustments are read at a checkpoint;
 //! - [`channel`]: messages to and from the coordinator.
 
 pub mod channel;

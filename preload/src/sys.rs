@@ -100,6 +100,18 @@ pub fn open(path: &[u8], flags: i32) -> i64 {
     unsafe { syscall4(SYS_openat, libc::AT_FDCWD as u64, path.as_ptr() as u64, flags as u64, 0) }
 }
 
+/// semctl(GETVAL): the value of semaphore `num` of set `id`.
+pub fn sem_getval(id: i32, num: u32) -> i64 {
+    // SAFETY: GETVAL takes integers only (the fourth argument is unused).
+    unsafe { syscall4(libc::SYS_semctl, id as u64, num as u64, libc::GETVAL as u64, 0) }
+}
+
+/// semop(id, ops): `SemOp` has the layout of the kernel's `struct sembuf`.
+pub fn semop(id: i32, ops: &[ckrun_proto::semadj::SemOp]) -> i64 {
+    // SAFETY: the kernel reads ops.len() sembufs from the slice.
+    unsafe { syscall3(libc::SYS_semop, id as u64, ops.as_ptr() as u64, ops.len() as u64) }
+}
+
 pub const FUTEX_WAIT_PRIVATE: u64 = (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as u64;
 pub const FUTEX_WAKE_PRIVATE: u64 = (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64;
 

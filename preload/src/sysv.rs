@@ -10,6 +10,10 @@
 //!
 //! Runs in the snapshot (a forked child, its memory its own): raw
 //! syscalls only.
+//!
+//! Semaphore undo adjustments, read at a checkpoint: [`semundo`].
+
+pub mod semundo;
 
 use crate::real::real;
 use crate::sys;

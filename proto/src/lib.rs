@@ -20,6 +20,8 @@ pub const ENV_COORDINATOR: &str = "CKRUN_COORDINATOR";
 /// Environment: explicit path of `libckpt.so`.
 pub const ENV_PRELOAD: &str = "CKRUN_PRELOAD";
 
+pub mod semadj;
+
 /// The real-time signal the coordinator and the agent use to stop threads.
 /// It is reserved: the program's `sigaction` on it is virtualised and no
 /// mask the program sets ever blocks it.
@@ -59,7 +61,7 @@ pub const AGENT_FD_MIN: i32 = 1000;
 /// Most threads one process may have at a checkpoint.
 pub const MAX_THREADS: usize = 4096;
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Callee-saved registers and the resume point of a thread parked inside
 /// the agent. Restoring them (plus the thread pointer) is enough to resume
@@ -126,10 +128,20 @@ pub mod kind {
     /// MADV_DONTFORK, made copyable for the snapshot and marked again;
     /// follows the thread records ([`super::Suspended::ndontfork`] in all).
     pub const DONTFORK: u32 = 8;
+    /// An array of [`super::SemUndo`]: the answer to a
+    /// [`SEM_PROBE`], non-zero adjustments only, in as many messages as
+    /// it takes; [`SEM_UNDO_END`] ends it.
+    pub const SEM_UNDO: u32 = 10;
+    /// [`super::SemProbeEnd`]: one per [`SEM_PROBE`], after its SEM_UNDOs.
+    pub const SEM_UNDO_END: u32 = 11;
     /// Coordinator → agent, [`super::Resume`]: let the threads go.
     pub const RESUME: u32 = 100;
     /// Coordinator → agent, [`super::Config`]: settings after a restart.
     pub const CONFIG: u32 = 101;
+    /// Coordinator → agent while the tree is stopped (before RESUME): an
+    /// array of [`super::SemSet`], at most [`super::MAX_PROBE_SETS`]:
+    /// read this process's SEM_UNDO adjustments of these semaphore sets.
+    pub const SEM_PROBE: u32 = 102;
 }
 
 #[repr(C)]
@@ -181,6 +193,42 @@ pub const MAX_DONTFORK: usize = 4096;
 pub struct MemRange {
     pub start: u64,
     pub end: u64,
+}
+
+/// A SysV semaphore set whose undo adjustments the agent reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SemSet {
+    pub id: i32,
+    pub nsems: u32,
+}
+
+/// Most sets in one [`kind::SEM_PROBE`]: the agent receives it into a
+/// 256-byte buffer on its stack.
+pub const MAX_PROBE_SETS: usize = 24;
+const _: () = assert!(8 + MAX_PROBE_SETS * core::mem::size_of::<SemSet>() <= 256);
+
+/// This process's undo adjustment (semadj) of semaphore `num` of set `id`:
+/// what the kernel adds to the semaphore's value when the process exits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SemUndo {
+    pub id: i32,
+    pub num: u32,
+    pub adj: i32,
+}
+
+/// The end of the answer to one [`kind::SEM_PROBE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SemProbeEnd {
+    /// [`SemUndo`] records sent for this probe.
+    pub entries: u32,
+    /// Non-zero: the adjustments of set `unreadable_id` could not be read,
+    /// and why (EAGAIN: its values kept changing under the probe, which
+    /// only a process outside the tree can do while the tree is stopped).
+    pub errno: i32,
+    pub unreadable_id: i32,
 }
 
 #[repr(C)]
@@ -283,6 +331,12 @@ unsafe impl Pod for RestoreFailure {}
 unsafe impl Pod for Config {}
 // SAFETY: as above: two u64.
 unsafe impl Pod for MemRange {}
+// SAFETY: as above: two 4-byte integers.
+unsafe impl Pod for SemSet {}
+// SAFETY: as above: three 4-byte integers.
+unsafe impl Pod for SemUndo {}
+// SAFETY: as above: three 4-byte integers.
+unsafe impl Pod for SemProbeEnd {}
 // SAFETY: a byte has no padding and every bit pattern is valid.
 unsafe impl Pod for u8 {}
 

@@ -7,7 +7,8 @@
 //!    again: fds and their offsets, pipe contents, deleted files
 //!    ([`crate::fdtypes`]), cwd, umask, limits, pending signals
 //!    ([`process`]), the memory map and shared memory (which a snapshot
-//!    child shares with the running program);
+//!    child shares with the running program), SysV objects and each
+//!    process's semaphore undo adjustments (`crate::sysv`);
 //! 3. resume the program (with `--no-fork`: only after step 4);
 //! 4. read the private memory of the snapshot ([`memory`]), hash it, take
 //!    the pages the previous image holds from there ([`dedup`]), compress
@@ -235,7 +236,7 @@ pub fn take(
     let procs: Vec<(i32, i32)> = guard.stopped.iter().map(|s| (s.reader(), s.agent.agent_fd)).collect();
     let mut fds = fdtypes::capture(&procs, &out)?;
     let pids: Vec<i32> = guard.stopped.iter().map(|s| s.agent.pid).collect();
-    let sysv = crate::sysv::capture(&pids, &out)?;
+    let mut sysv = crate::sysv::capture(&pids, &out)?;
     inject("fds")?;
     let what: Vec<String> = fds.unsupported.clone();
     if settings.strict && !what.is_empty() {
@@ -244,6 +245,9 @@ pub fn take(
     let mut warnings: Vec<String> =
         what.into_iter().map(|w| format!("{w} cannot be restored; it will be closed after a restart")).collect();
     warnings.append(&mut fds.warnings);
+    // Each process reads its own semaphore undo adjustments, still stopped.
+    let stopped_agents: Vec<&Agent> = guard.stopped.iter().map(|s| s.agent).collect();
+    crate::sysv::semundo::capture(&stopped_agents, &mut sysv, &mut warnings, &mut merged_requests)?;
     let mut images = Vec::new();
     let mut saved = memory::Saved::default();
     let mut hashes: Vec<dedup::PageHashes> = Vec::new();

@@ -435,6 +435,7 @@ impl Coordinator {
                     }
                 }
                 transfer::READY if restoring => self.on_ready(pid),
+                transfer::ADJUSTED if restoring => self.on_adjusted(pid),
                 transfer::FAILED if restoring => {
                     let code = msg.get(8..12).map_or(EXIT_FAILURE, |c| i32::from_ne_bytes(c.try_into().unwrap()));
                     eprintln!("ckrun: process {pid}: {}", String::from_utf8_lossy(msg.get(12..).unwrap_or_default()));

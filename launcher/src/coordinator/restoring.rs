@@ -1,6 +1,8 @@
 //! The restart phase of the coordinator: restore children connect, get
 //! their share of the tree's objects (fds passed with SCM_RIGHTS), report
-//! ready; when all are, all of them go at once. Until then nothing of the
+//! ready; when all are, the deferred steps are done (files cut back, SysV
+//! objects given their state), the processes that held semaphore undo
+//! adjustments take them back, and all of them go at once. Until then nothing of the
 //! program runs, so a failure anywhere calls the whole restart off.
 
 use super::agent::Agent;
@@ -34,6 +36,10 @@ pub struct RestoreSession {
     foreground: Option<(i32, i32)>,
     /// (ID in the image, ID now) of the SysV shared memory segments.
     segment_ids: Vec<(i32, i32)>,
+    /// The deferred steps are done.
+    committed: bool,
+    /// Processes still taking back their semaphore undo adjustments.
+    adjusting: Vec<i32>,
     pub(super) go: bool,
 }
 
@@ -52,6 +58,8 @@ impl From<crate::job::Restoring> for RestoreSession {
             handed: vec![],
             foreground: r.foreground,
             segment_ids: r.segment_ids,
+            committed: false,
+            adjusting: vec![],
             go: false,
         }
     }
@@ -89,7 +97,7 @@ impl Coordinator {
         if !r.ready.contains(&pid) {
             r.ready.push(pid);
         }
-        if r.ready.len() == r.pids.len() && !r.go {
+        if r.ready.len() == r.pids.len() && !r.committed {
             let mut k = crate::restore::kernel::Linux::default();
             if let Err(e) = crate::fdtypes::commit(&mut k, &r.deferred) {
                 eprintln!("ckrun: restore failed: {e:#}");
@@ -98,6 +106,35 @@ impl Coordinator {
                 self.ended = Some(super::Ending::Exited(code));
                 return;
             }
+            r.committed = true;
+            // The sets have their values (SETALL zeroed every undo
+            // adjustment): each process that had some takes them back,
+            // before any goes (`crate::sysv::semundo`).
+            let sysv = r.deferred.iter().filter_map(|d| match d {
+                crate::fdtypes::Deferred::Sysv(o) => Some(o),
+                _ => None,
+            });
+            r.adjusting = crate::sysv::semundo::holders(sysv);
+            let pids = r.pids.clone();
+            r.adjusting.retain(|p| pids.contains(p));
+            for a in self.agents.iter().filter(|a| r.adjusting.contains(&a.pid)) {
+                let _ = transfer::send(a.conn.as_raw_fd(), transfer::ADJUST, &[]);
+            }
+            self.go_if_adjusted();
+        }
+    }
+
+    /// A restore process took back its semaphore undo adjustments.
+    pub(super) fn on_adjusted(&mut self, pid: i32) {
+        let Some(r) = self.restore.as_mut() else { return };
+        r.adjusting.retain(|&p| p != pid);
+        self.go_if_adjusted();
+    }
+
+    /// Once committed and adjusted: the terminal, then every process goes.
+    fn go_if_adjusted(&mut self) {
+        let Some(r) = self.restore.as_mut() else { return };
+        if r.committed && r.adjusting.is_empty() && !r.go {
             if let Some((fd, pgid)) = r.foreground {
                 if let Err(e) = crate::terminal::hand_to(fd, pgid) {
                     eprintln!("ckrun: warning: cannot make process group {pgid} the terminal's foreground group: {e}");

@@ -65,6 +65,9 @@ pub fn human(img: &ImageReader) -> String {
         let _ = writeln!(o, "\nSysV objects (given back their state, by ID, at restart):");
         for x in &m.sysv {
             let _ = writeln!(o, "  {} (ID {})", x.describe(), x.id());
+            for line in crate::sysv::semundo::inspect_lines(x) {
+                let _ = writeln!(o, "    {line}");
+            }
         }
     }
     o

@@ -35,7 +35,7 @@ pub use writer::ImageWriter;
 
 pub const MAGIC: &[u8; 8] = b"CKRUNIMG";
 pub const TRAILER_MAGIC: &[u8; 8] = b"CKRUNEND";
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 pub const HEADER_LEN: u64 = 64;
 pub const TRAILER_LEN: u64 = 64;
 /// Largest run of pages compressed as one chunk (1 MiB): small enough to

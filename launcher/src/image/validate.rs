@@ -275,7 +275,15 @@ pub fn validate(m: &Manifest, path: &Path, chunks_end: u64) -> Result<(), CkErro
     c.ensure(m.sysv.len() <= MAX_FDS, || "SysV objects".into())?;
     for o in &m.sysv {
         let ok = match o {
-            crate::sysv::SysvObject::Semaphores { id, values, .. } => *id >= 0 && values.len() <= 32000,
+            crate::sysv::SysvObject::Semaphores { id, values, undo, .. } => {
+                // Adjustments of its own semaphores, by processes of the image.
+                *id >= 0
+                    && values.len() <= 32000
+                    && undo.len() <= values.len() * m.processes.len()
+                    && undo
+                        .iter()
+                        .all(|u| (u.num as usize) < values.len() && m.processes.iter().any(|p| p.pid == u.pid))
+            }
             crate::sysv::SysvObject::Queue { id, messages, .. } => {
                 *id >= 0 && messages.len() <= 1 << 16 && messages.iter().all(|m| m.text.len() <= 1 << 20 && m.mtype > 0)
             }
@@ -451,6 +459,23 @@ pub mod tests {
                 }),
             ),
         ];
+        let sems = |undo: crate::sysv::semundo::Undo| crate::sysv::SysvObject::Semaphores {
+            id: 7,
+            key: 0,
+            owner: crate::sysv::Owner { uid: 0, gid: 0, mode: 0o600 },
+            values: vec![1, 2],
+            undo: vec![undo],
+        };
+        let mut cases = cases;
+        for (what, undo) in [
+            ("undo adjustment of a process not in the image", crate::sysv::semundo::Undo { pid: 101, num: 0, adj: 1 }),
+            ("undo adjustment beyond the set", crate::sysv::semundo::Undo { pid: 100, num: 2, adj: 1 }),
+        ] {
+            cases.push((what, Box::new(move |m: &mut Manifest| m.sysv = vec![sems(undo)])));
+        }
+        let mut fine = valid_manifest();
+        fine.sysv = vec![sems(crate::sysv::semundo::Undo { pid: 100, num: 1, adj: -3 })];
+        check(&fine).unwrap();
         for (what, edit) in cases {
             let mut m = valid_manifest();
             edit(&mut m);

@@ -6,8 +6,9 @@
 //! 2. takes its session and process group, creates its own children
 //!    (and zombies) with their PIDs, each a restore child in turn;
 //! 3. stages its memory, places its fds, takes its settings;
-//! 4. reports ready, waits for the whole tree to be, and hands over to the
-//!    restorer, becoming the program.
+//! 4. reports ready, waits for the whole tree to be (taking back its
+//!    semaphore undo adjustments when told, `crate::sysv::semundo`), and
+//!    hands over to the restorer, becoming the program.
 //!
 //! Until step 4 nothing of the program runs, so any error leaves no
 //! half-restored process: the coordinator aborts the whole tree.
@@ -42,16 +43,21 @@ pub fn main(image_fds: &[i32], index: usize, socket: &str) -> Result<i32> {
         Err(e) => {
             let e = e.context("restore failed");
             let code = exit_code_of(&e);
-            let mut body = code.to_ne_bytes().to_vec();
-            body.extend_from_slice(format!("{e:#}").as_bytes());
             // The coordinator reports it (once, for the whole restart);
             // only if it cannot hear us do we say it ourselves.
-            match transfer::send(fd, transfer::FAILED, &body) {
+            match transfer::send(fd, transfer::FAILED, &failure_body(&e)) {
                 Ok(()) => Ok(code),
                 Err(_) => Err(e),
             }
         }
     }
+}
+
+/// A FAILED message's body: the exit code, then the message.
+fn failure_body(e: &anyhow::Error) -> Vec<u8> {
+    let mut body = exit_code_of(e).to_ne_bytes().to_vec();
+    body.extend_from_slice(format!("{e:#}").as_bytes());
+    body
 }
 
 fn restore(image_fds: &[i32], index: usize, ctl: i32) -> Result<std::convert::Infallible> {
@@ -85,6 +91,7 @@ fn restore(image_fds: &[i32], index: usize, ctl: i32) -> Result<std::convert::In
 
     // Nothing of ours may stay at a number the program's fds take.
     let descriptions = m.files.clone();
+    let undo = crate::sysv::semundo::of_process(&m.sysv, p.pid);
     drop(img);
     settings::apply(&mut k, &p)?;
     let have = fdtypes::place(&mut k, &p, &descriptions, &files, ctl)?;
@@ -99,9 +106,22 @@ fn restore(image_fds: &[i32], index: usize, ctl: i32) -> Result<std::convert::In
 
     // Wait for the whole tree, on the connection now at the agent's fd.
     transfer::send(p.agent_fd, transfer::READY, &[])?;
-    match transfer::recv(p.agent_fd) {
-        Ok((transfer::GO, _, _)) => {}
-        _ => bail!("the restart was called off"),
+    loop {
+        match transfer::recv(p.agent_fd) {
+            Ok((transfer::GO, _, _)) => break,
+            // After the commit: this process (a new one, with its PID) gives
+            // itself the undo adjustments it had; nothing of the tree runs.
+            Ok((transfer::ADJUST, _, _)) => {
+                if let Err(e) = crate::sysv::semundo::take_back(&mut k, p.pid, &undo) {
+                    // The connection main() knows is closed by now.
+                    let e = anyhow::Error::new(e).context("restore failed");
+                    let _ = transfer::send(p.agent_fd, transfer::FAILED, &failure_body(&e));
+                    std::process::exit(exit_code_of(&e));
+                }
+                transfer::send(p.agent_fd, transfer::ADJUSTED, &[])?;
+            }
+            _ => bail!("the restart was called off"),
+        }
     }
     block_all_signals();
     raise_pending(&mut k, p.pending);

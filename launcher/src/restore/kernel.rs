@@ -114,6 +114,11 @@ pub trait Kernel {
     /// Attaches bytes `offset..offset + len` of segment `id` at `at`
     /// (free address space), one mapping, as the program had it.
     fn shm_attach(&mut self, id: i32, at: u64, offset: u64, len: u64, shmflg: i32) -> io::Result<()>;
+    /// semctl(GETVAL): the value of semaphore `num` of set `id`.
+    fn sem_value(&mut self, id: i32, num: u16) -> io::Result<u16>;
+    /// semop: `ops` applied in order, all or none (this process's undo
+    /// adjustments change with those that carry SEM_UNDO).
+    fn semop(&mut self, id: i32, ops: &[ckrun_proto::semadj::SemOp]) -> io::Result<()>;
 }
 
 /// What IPC_STAT tells of a SysV shared memory segment.
@@ -695,6 +700,15 @@ impl Kernel for Linux {
         // namespace and that this process is single-threaded.
         cvt(unsafe { libc::setns(fd, libc::CLONE_NEWTIME) } as _).map(drop)
     }
+    fn sem_value(&mut self, id: i32, num: u16) -> io::Result<u16> {
+        // SAFETY: GETVAL takes no argument beyond the integers.
+        cvt(unsafe { libc::semctl(id, num as i32, libc::GETVAL) } as _).map(|v| v as u16)
+    }
+    fn semop(&mut self, id: i32, ops: &[ckrun_proto::semadj::SemOp]) -> io::Result<()> {
+        // SAFETY: SemOp has the layout of struct sembuf (size checked by
+        // the agent's tests); the kernel reads ops.len() of them.
+        cvt(unsafe { libc::semop(id, ops.as_ptr() as *mut libc::sembuf, ops.len()) } as _).map(drop)
+    }
 }
 
 #[cfg(test)]
@@ -757,6 +771,7 @@ pub mod recording {
         UnshareTime,
         SetTimeOffsets(Offsets),
         SetTimeNamespace(i32),
+        Semop { id: i32, ops: Vec<ckrun_proto::semadj::SemOp> },
     }
 
     /// Writes every call down; hands out fds from 100 upwards.
@@ -791,6 +806,10 @@ pub mod recording {
         pub offsets_value: Option<Offsets>,
         /// unshare_time fails with EPERM (a seccomp filter's answer).
         pub refuse_time_namespace: bool,
+        /// What sem_value answers, by (set, semaphore).
+        pub sem_values: std::collections::HashMap<(i32, u16), u16>,
+        /// The errors the next semop calls fail with, in order.
+        pub semop_errors: Vec<i32>,
     }
 
     impl Recording {
@@ -1077,6 +1096,16 @@ pub mod recording {
         fn set_time_namespace(&mut self, fd: i32) -> io::Result<()> {
             self.calls.push(Call::SetTimeNamespace(fd));
             Ok(())
+        }
+        fn sem_value(&mut self, id: i32, num: u16) -> io::Result<u16> {
+            self.sem_values.get(&(id, num)).copied().ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+        }
+        fn semop(&mut self, id: i32, ops: &[ckrun_proto::semadj::SemOp]) -> io::Result<()> {
+            self.calls.push(Call::Semop { id, ops: ops.to_vec() });
+            match self.semop_errors.is_empty() {
+                true => Ok(()),
+                false => Err(io::Error::from_raw_os_error(self.semop_errors.remove(0))),
+            }
         }
     }
 }

@@ -482,7 +482,11 @@ fn dry_run_text(img: &ImageReader, needs: &[placement::Need], policy: placement:
     if let Some(g) = img.manifest.foreground {
         let _ = writeln!(o, "terminal: process group {g} gets the foreground of ckrun's terminal");
     }
-    for line in crate::sysv::shm::plan_lines(&mut Linux::default(), &img.manifest.sysv) {
+    let sysv = &img.manifest.sysv;
+    for line in crate::sysv::shm::plan_lines(&mut Linux::default(), sysv)
+        .into_iter()
+        .chain(crate::sysv::semundo::plan_lines(sysv))
+    {
         let _ = writeln!(o, "{line}");
     }
     let current = crate::sys::procfs::maps(std::process::id() as i32)?;

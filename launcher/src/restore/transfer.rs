@@ -1,7 +1,8 @@
 //! The conversation between the coordinator and a restore child, on the
 //! connection that becomes the restored agent's: the child says which
 //! process it restores, receives the tree objects it uses (fds passed with
-//! SCM_RIGHTS), reports ready, and waits for the go. Everything is made and
+//! SCM_RIGHTS), reports ready, takes back its semaphore undo
+//! adjustments when told (after the commit), and waits for the go. Everything is made and
 //! checked before any process of the tree becomes the program again, so a
 //! failure anywhere aborts the whole restart with no half-restored tree.
 
@@ -23,6 +24,11 @@ pub const FAILED: u32 = 205;
 /// coordinator → child, before FDS: (ID in the image, ID now) of SysV
 /// shared memory segments, as i32 pairs.
 pub const SEGMENT_IDS: u32 = 206;
+/// coordinator → child, after READY, once the commit gave the SysV
+/// semaphore sets their values: take back your undo adjustments.
+pub const ADJUST: u32 = 207;
+/// child → coordinator: adjustments taken back (or FAILED).
+pub const ADJUSTED: u32 = 208;
 
 /// Tag bit of a ghost file (else: an open file description).
 pub const GHOST: u32 = 1 << 31;

@@ -260,6 +260,12 @@ extern "C" fn leader_checkpoint(arg: u64) {
         // another request (one abandoned before this process answered it)
         // is not ours. The coordinator gone: go on.
         while let Some((h, body)) = recv_msg(&mut buf) {
+            // While stopped, the coordinator may ask for this process's
+            // semaphore undo adjustments (one SEM_PROBE per batch of sets).
+            if h.kind == kind::SEM_PROBE {
+                crate::sysv::semundo::answer(body);
+                continue;
+            }
             let r: Option<ckrun_proto::Resume> = ckrun_proto::read_pod(body);
             if h.kind == kind::RESUME && r.is_some_and(|r| r.request == request) {
                 break;
