@@ -303,6 +303,84 @@ pub fn restore(o: &SysvObject) -> Result<()> {
     Ok(())
 }
 
+/// Runs `make` (an IPC_CREAT | IPC_EXCL get, returning the new ID or -1)
+/// so that the kernel gives the object ID `id`: the next-ID knob
+/// (`/proc/sys/kernel/{sem,msg,shm}_next_id`, root of the first user
+/// namespace only) is set just before. The knob is one per IPC namespace
+/// and the next creation by anyone consumes it, so two restarts at once
+/// would take each other's IDs (seen: two tests' segments swapped): ckrun
+/// processes take turns under a lock (`/run/ckrun-ipc-ids.lock`), and an
+/// object that still got another ID (a program outside ckrun created one
+/// in between) is removed by `remove` and made again, a few times. Returns
+/// the ID the object got: `id`, or what the kernel chose where the knob
+/// cannot be set (the caller decides whether that will do).
+pub fn make_with_id(
+    knob: &str,
+    id: Option<i32>,
+    mut make: impl FnMut() -> i32,
+    mut remove: impl FnMut(i32),
+) -> std::io::Result<i32> {
+    let Some(id) = id else {
+        return got_or_error(make());
+    };
+    let _turn = IdLock::take();
+    let path = format!("/proc/sys/kernel/{knob}");
+    for _ in 0..5 {
+        if std::fs::write(&path, id.to_string()).is_err() {
+            return got_or_error(make());
+        }
+        let got = make();
+        let err = std::io::Error::last_os_error();
+        let _ = std::fs::write(&path, "-1");
+        if got < 0 {
+            return Err(err);
+        }
+        if got == id {
+            return Ok(got);
+        }
+        remove(got);
+    }
+    Err(std::io::Error::other(format!(
+        "the kernel kept giving another ID than {id} (something else creates {knob} objects meanwhile)"
+    )))
+}
+
+fn got_or_error(got: i32) -> std::io::Result<i32> {
+    if got < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(got)
+    }
+}
+
+/// ckrun's turn at the next-ID knobs (an exclusive flock, released on
+/// drop). Without /run (or as a user, who cannot set the knobs anyway)
+/// there is no lock.
+struct IdLock {
+    _file: Option<std::fs::File>,
+}
+
+impl IdLock {
+    fn take() -> IdLock {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open("/run/ckrun-ipc-ids.lock")
+            .ok();
+        if let Some(f) = &f {
+            // SAFETY: flock on an fd we hold; blocks until the other ckrun
+            // is done with the knob (a few syscalls).
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        }
+        IdLock { _file: f }
+    }
+}
+
 /// Makes a gone object again with its ID (root: the next-ID knob).
 fn make(o: &SysvObject) -> std::io::Result<()> {
     let (knob, id, key, owner) = match o {
@@ -310,22 +388,18 @@ fn make(o: &SysvObject) -> std::io::Result<()> {
         SysvObject::Queue { id, key, owner, .. } => ("msg_next_id", *id, *key, owner),
         SysvObject::Segment(_) => return Ok(()),
     };
-    let path = format!("/proc/sys/kernel/{knob}");
-    std::fs::write(&path, id.to_string())?;
     let flags = libc::IPC_CREAT | libc::IPC_EXCL | owner.mode as i32;
-    // SAFETY: integer arguments only.
-    let got = unsafe {
-        match o {
-            SysvObject::Semaphores { values, .. } => libc::semget(key, values.len() as i32, flags),
-            SysvObject::Queue { .. } => libc::msgget(key, flags),
-            SysvObject::Segment(_) => unreachable!("segments are made by shm::place"),
+    let create = || {
+        // SAFETY: integer arguments only.
+        unsafe {
+            match o {
+                SysvObject::Semaphores { values, .. } => libc::semget(key, values.len() as i32, flags),
+                SysvObject::Queue { .. } => libc::msgget(key, flags),
+                SysvObject::Segment(_) => unreachable!("segments are made by shm::place"),
+            }
         }
     };
-    let err = std::io::Error::last_os_error();
-    let _ = std::fs::write(&path, "-1");
-    if got < 0 {
-        return Err(err);
-    }
+    let got = make_with_id(knob, Some(id), create, |other| remove(o, other))?;
     if got != id {
         remove(o, got);
         return Err(std::io::Error::other(format!("the kernel gave ID {got}")));

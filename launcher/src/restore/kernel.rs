@@ -574,21 +574,16 @@ impl Kernel for Linux {
         })
     }
     fn shm_make(&mut self, key: i32, size: u64, mode: u32, id: Option<i32>) -> io::Result<i32> {
-        const NEXT_ID: &str = "/proc/sys/kernel/shm_next_id";
-        // Only root of the first user namespace may choose: elsewhere the
-        // kernel hands out the next free ID, which the caller checks.
-        let chose = id.is_some_and(|id| std::fs::write(NEXT_ID, id.to_string()).is_ok());
         let flags = libc::IPC_CREAT | libc::IPC_EXCL | (mode & 0o777) as i32;
         // SAFETY: integer arguments only.
-        let got = unsafe { libc::shmget(key, size as usize, flags) };
-        let err = io::Error::last_os_error();
-        if chose {
-            let _ = std::fs::write(NEXT_ID, "-1");
-        }
-        if got < 0 {
-            return Err(err);
-        }
-        Ok(got)
+        let create = || unsafe { libc::shmget(key, size as usize, flags) };
+        // SAFETY: IPC_RMID of the segment just made with the wrong ID.
+        let remove = |other: i32| unsafe {
+            libc::shmctl(other, libc::IPC_RMID, std::ptr::null_mut());
+        };
+        // Only root of the first user namespace may choose: elsewhere the
+        // kernel hands out the next free ID, which the caller checks.
+        crate::sysv::make_with_id("shm_next_id", id, create, remove)
     }
     fn shm_set_owner(&mut self, id: i32, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
         // SAFETY: shmid_ds is plain data; IPC_STAT fills it, IPC_SET reads
