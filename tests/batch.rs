@@ -59,17 +59,27 @@ fn keep_leaves_the_newest_images_only() {
     assert!(job.stderr().contains("(--keep 2)"), "{}", job.diagnostics());
 }
 
+/// A batch script's command line: resume if there is an image, checkpoint
+/// and stop on USR1.
+const STOP_AND_RESUME: [&str; 3] = ["--resume", "--stop-signal", "USR1"];
+
+/// `counter 300` under [`STOP_AND_RESUME`], stopped by USR1 at tick 30 (exit 85).
+fn run_until_stopped(prog: &Program, dir: &TestDir) -> Ckrun {
+    let mut job = Ckrun::launch_appending(prog, &["300"], &dir.work, &dir.img, &STOP_AND_RESUME);
+    job.wait_for_tick(30);
+    sys::send_signal(job.ckrun_pid(), sys::SIGUSR1).unwrap();
+    assert_eq!(job.wait(TIMEOUT), 85, "checkpointed and stopped\n{}", job.diagnostics());
+    job
+}
+
 #[test]
 fn stop_signal_checkpoints_stops_and_resume_continues() {
     let dir = TestDir::new("batch-stop-resume");
     let prog = Program::c("counter");
     let reference = prog.run_bare(&["300"], &dir.bare);
-    let flags = ["--resume", "--stop-signal", "USR1"];
     // The same command line each time, as in a batch script.
-    let mut job = Ckrun::launch_appending(&prog, &["300"], &dir.work, &dir.img, &flags);
-    job.wait_for_tick(30);
-    sys::send_signal(job.ckrun_pid(), sys::SIGUSR1).unwrap();
-    assert_eq!(job.wait(TIMEOUT), 85, "checkpointed and stopped\n{}", job.diagnostics());
+    let flags = STOP_AND_RESUME;
+    let mut job = run_until_stopped(&prog, &dir);
     assert_eq!(list_images(&dir.img).len(), 1, "{}", job.diagnostics());
     let mut job = Ckrun::launch_appending(&prog, &["300"], &dir.work, &dir.img, &flags);
     wait_until("the resume", &mut job, |j| j.stderr().contains("ckrun: resuming from "));
@@ -133,11 +143,8 @@ fn what_others_append_to_the_output_after_a_stop_stays() {
     let dir = TestDir::new("batch-stop-others");
     let prog = Program::c("counter");
     let reference = prog.run_bare(&["300"], &dir.bare);
-    let flags = ["--resume", "--stop-signal", "USR1"];
-    let mut job = Ckrun::launch_appending(&prog, &["300"], &dir.work, &dir.img, &flags);
-    job.wait_for_tick(30);
-    sys::send_signal(job.ckrun_pid(), sys::SIGUSR1).unwrap();
-    assert_eq!(job.wait(TIMEOUT), 85, "checkpointed and stopped\n{}", job.diagnostics());
+    let flags = STOP_AND_RESUME;
+    let mut job = run_until_stopped(&prog, &dir);
     // The program was ended at the checkpoint: its output is the bare
     // run's up to there, not a line more.
     let at_stop = job.output();
