@@ -13,6 +13,7 @@
 //! | uids, gids, groups, capabilities | [`creds`] | [`creds`] + agent `suspend::kstate` |
 //! | CLOCK_MONOTONIC, CLOCK_BOOTTIME | [`timens`] | [`timens`] (a time namespace) |
 
+mod agent;
 mod batch;
 mod checkpoint;
 mod cli;
@@ -25,6 +26,7 @@ mod fdtypes;
 mod image;
 mod job;
 mod launch;
+mod proctree;
 mod restore;
 mod sys;
 mod sysv;

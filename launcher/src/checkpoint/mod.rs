@@ -19,13 +19,13 @@ pub mod dedup;
 pub mod memory;
 pub mod process;
 
-use crate::coordinator::agent::{kind_of, Agent};
-use crate::coordinator::tree;
+use crate::agent::{kind_of, Agent};
 use crate::fdtypes;
 use crate::image::lineage::{self, BlobRef, Lineage};
 use crate::image::manifest::{FdImage, GhostFile, ImageInfo, Manifest, ProcessImage, Settings, ThreadImage, Zombie};
 use crate::image::seal::Key;
 use crate::image::ImageWriter;
+use crate::proctree as tree;
 use crate::sys::mem::RemoteMemory;
 use crate::sys::{
     machine,

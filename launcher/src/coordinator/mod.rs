@@ -3,21 +3,20 @@
 //! signals and agents' requests into checkpoints, forwards termination
 //! signals, and exits with the program's status.
 
-pub mod agent;
 pub mod peers;
 mod restoring;
-pub mod tree;
 
 pub use restoring::RestoreSession;
 
+use crate::agent::{kind_of, Agent};
 use crate::checkpoint;
 use crate::error::EXIT_FAILURE;
 use crate::image::inspect::bytes;
 use crate::image::manifest::Settings;
 use crate::image::manifest::Zombie;
+use crate::proctree as tree;
 use crate::restore::transfer;
 use crate::sys::socket;
-use agent::{kind_of, Agent};
 use anyhow::{Context, Result};
 use ckrun_proto::{decode, kind, Hello, PROTOCOL_VERSION};
 use nix::sys::signalfd::SignalFd;

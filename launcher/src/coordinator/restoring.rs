@@ -5,8 +5,8 @@
 //! adjustments take them back, and all of them go at once. Until then nothing of the
 //! program runs, so a failure anywhere calls the whole restart off.
 
-use super::agent::Agent;
 use super::{tree, Coordinator};
+use crate::agent::Agent;
 use crate::restore::transfer;
 use ckrun_proto::{kind, Config};
 use std::os::fd::AsRawFd;

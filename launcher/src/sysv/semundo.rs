@@ -59,7 +59,7 @@
 //! come back with the list as their own.
 
 use super::SysvObject;
-use crate::coordinator::agent::{kind_of, Agent};
+use crate::agent::{kind_of, Agent};
 use crate::error::CkError;
 use crate::restore::kernel::Kernel;
 use anyhow::Result;
