@@ -23,6 +23,7 @@ use crate::image::ImageReader;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// What the next image is deduplicated against: the job's previous image.
@@ -164,14 +165,21 @@ impl Base {
         Ok(Base { images, blocks, index, generation })
     }
 
-    /// Whether every image the base offers blocks of is in `dir` under
-    /// its image or page file name, with the length it had (an image
-    /// removed or replaced since would make the new image unusable).
+    /// Whether every image the base offers blocks of is still in `dir`,
+    /// under its image or page file name, as a restart would accept it
+    /// (`lineage::check_parent`: ours, complete, its id and length): an
+    /// image removed or replaced since would make the new image unusable.
     fn all_present(&self, dir: &Path) -> bool {
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
         self.images.iter().all(|p| {
-            [dir.join(&p.name), dir.join(lineage::pages_name(&p.name))]
-                .iter()
-                .any(|f| std::fs::symlink_metadata(f).is_ok_and(|m| m.is_file() && m.len() == p.len))
+            [dir.join(&p.name), dir.join(lineage::pages_name(&p.name))].into_iter().any(|path| {
+                let open = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+                    .open(&path);
+                open.is_ok_and(|f| lineage::check_parent(f, path.clone(), p, me, &path).is_ok())
+            })
         })
     }
 
