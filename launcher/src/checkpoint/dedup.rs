@@ -26,6 +26,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// Images before the chain limit over which the pages of an old image
+/// still in use are stored again (see [`Base::store_again`]).
+pub const STORE_AGAIN_OVER: u32 = 4;
+
 /// What the next image is deduplicated against: the job's previous image.
 pub enum Previous {
     /// Its file (the image a run restarted from): the index is read from it.
@@ -187,6 +191,20 @@ impl Base {
         self.index.get(&hash).copied()
     }
 
+    /// Whether the page at `addr`, found at `loc`, is stored again although
+    /// the base holds it: its block is in an image about to fall out of
+    /// the chain's reach. Each of the last [`STORE_AGAIN_OVER`] images that
+    /// may take pages from an image stores a further share of them again
+    /// (by address, 1 MiB at a time), so that the pages still held only by
+    /// it cost a few larger images, not one image as large as a full one
+    /// when it leaves the chain.
+    pub fn store_again(&self, loc: PageLoc, addr: u64) -> bool {
+        let Some(b) = self.blocks.get(loc.block as usize) else { return false };
+        let age = self.generation - self.images[b.image as usize].generation;
+        let Some(step) = (age + STORE_AGAIN_OVER).checked_sub(MAX_CHAIN) else { return false };
+        ((addr >> 20) % STORE_AGAIN_OVER as u64) as u32 <= step
+    }
+
     /// A run of `npages` pages at `addr` taken from `block`, from page
     /// `skip` on. Its `image` is the base image's index + 1, until
     /// [`Base::parents_of`] renumbers it.
@@ -240,4 +258,30 @@ pub fn hashes_blob(per_process: &mut [PageHashes]) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_images_pages_are_stored_again_over_the_last_images_of_its_reach() {
+        let image = |generation| ParentRef { name: format!("x.1.{generation}.ckimg"), id: [1; 16], generation, len: 1 };
+        let block = Block { image: 1, offset: 4096, clen: 10, checksum: 0, pages: 1 };
+        let loc = PageLoc { block: 0, page: 0 };
+        let share = |generation: u32| -> usize {
+            let base = Base {
+                images: vec![image(generation - 1), image(0)],
+                blocks: vec![block],
+                index: HashMap::default(),
+                generation,
+            };
+            (0..64u64).filter(|mib| base.store_again(loc, mib << 20)).count()
+        };
+        // Young: taken; the last four generations that may take from it
+        // store a quarter more each, the last one all of it.
+        let shares: Vec<usize> = (1..MAX_CHAIN).map(share).collect();
+        assert_eq!(shares[..MAX_CHAIN as usize - 5], vec![0; MAX_CHAIN as usize - 5]);
+        assert_eq!(shares[MAX_CHAIN as usize - 5..], [16, 32, 48, 64]);
+    }
 }

@@ -448,7 +448,8 @@ fn save_run(mem: &RemoteMemory, run: &PageRun, buf: &mut [u8], out: &mut Output,
         if !is_zero_page(page) {
             let h = page_hash(page);
             out.hashes.push((run.addr + (p * ps) as u64, h));
-            *slot = Some(out.base.and_then(|b| b.find(h)));
+            let at = run.addr + (p * ps) as u64;
+            *slot = Some(out.base.and_then(|b| b.find(h).filter(|loc| !b.store_again(*loc, at))));
         }
     }
     t = Stages::add(&stages.hash, t);
