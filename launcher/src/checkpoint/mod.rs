@@ -123,6 +123,16 @@ impl ResumeGuard<'_, '_> {
     }
 }
 
+impl ResumeGuard<'_, '_> {
+    /// Kills the snapshot children (the drop reaps them).
+    fn end_snapshots(&self) {
+        for s in self.stopped.iter().filter(|s| s.head.snapshot_pid > 0) {
+            // SAFETY: a plain signal to our own child, not reaped yet.
+            unsafe { libc::kill(s.head.snapshot_pid, libc::SIGKILL) };
+        }
+    }
+}
+
 impl Drop for ResumeGuard<'_, '_> {
     fn drop(&mut self) {
         // A process asked to stop that has not answered yet gets its RESUME
@@ -307,7 +317,9 @@ pub fn take(
     // now that the program runs.
     let readers: Vec<i32> = guard.stopped.iter().map(|s| s.reader()).collect();
     let clocks = crate::timens::capture(&readers, stopped_at, &mut warnings);
-    drop(guard); // reaps the snapshot children
+    // The snapshots' memory is freed by their own exit, on another core
+    // while the image is finished; they are reaped once it is durable.
+    guard.end_snapshots();
 
     let blob = dedup::hashes_blob(&mut hashes);
     let (offset, checksum) = out.append_chunk(&blob)?;
@@ -356,8 +368,9 @@ pub fn take(
     hang("finish");
     let (path, image_bytes) = out.finish(&manifest, &image_name(settings, tree.root, sequence), key)?;
     let total = t0.elapsed();
-    // Durable now: the index the next checkpoint is deduplicated against,
-    // from what is in memory (its file is read only after a restart).
+    drop(guard); // reaps the snapshot children
+                 // Durable now: the index the next checkpoint is deduplicated against,
+                 // from what is in memory (its file is read only after a restart).
     let own = lineage::ParentRef {
         name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         id: manifest.lineage.id,
