@@ -97,6 +97,7 @@ usage: cargo run --release --example bench -- [OPTIONS]
   --tmp DIR       where the temporary directory goes (default $TMPDIR or /tmp)
   --keep          keep the temporary directory
   --no-build      use the existing target/release/ckrun as is
+  --incremental   only the incremental images table (at the largest size)
   (set CKRUN_BIN=/path/to/ckrun to benchmark another build)";
 
 /// Set by SIGINT/SIGTERM. Every wait checks it, so an interrupted bench still
@@ -129,6 +130,8 @@ struct Args {
     tmp_root: PathBuf,
     keep: bool,
     build: bool,
+    /// `--incremental`: only the incremental images table.
+    chain_only: bool,
 }
 
 /// `Ok(None)` for `--help`.
@@ -140,6 +143,7 @@ fn parse_args() -> Res<Option<Args>> {
         tmp_root: std::env::temp_dir(),
         keep: false,
         build: std::env::var_os("CKRUN_BIN").is_none(),
+        chain_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -165,6 +169,7 @@ fn parse_args() -> Res<Option<Args>> {
             "--tmp" => args.tmp_root = it.next().ok_or("--tmp needs a value")?.into(),
             "--keep" => args.keep = true,
             "--no-build" => args.build = false,
+            "--incremental" => args.chain_only = true,
             _ => return Err(format!("unknown argument {a:?}\n{USAGE}")),
         }
     }
@@ -221,6 +226,16 @@ fn main() -> ExitCode {
 fn run(args: &Args, tmp: &Path) -> Res<usize> {
     let tools = Tools::prepare(args, tmp)?;
     println!("{}", machine_summary(&tools));
+    let largest = args.sizes.iter().copied().max().unwrap_or(64);
+    if args.chain_only {
+        let chain = chain_pair(&tools, largest)?;
+        let mut o = String::new();
+        let report = Report { chain: Some(chain), ..Report::empty() };
+        report.print_chain(&mut o);
+        print!("{o}");
+        let _ = std::io::stdout().flush();
+        return Ok(report.chain.as_ref().map_or(0, |(_, a, b)| a.is_err() as usize + b.is_err() as usize));
+    }
 
     let mut sizes = Vec::new();
     for &size in &args.sizes {
@@ -241,7 +256,6 @@ fn run(args: &Args, tmp: &Path) -> Res<usize> {
 
     // The largest size again, its memory in transparent huge pages: fork
     // (the snapshot) then copies one entry per 2 MiB instead of per 4 KiB.
-    let largest = args.sizes.iter().copied().max().unwrap_or(64);
     check_interrupt()?;
     progress(&format!("{largest} MiB in huge pages: checkpoint and restart"));
     let huge = (largest, median_run(&tools, largest, true, args.ckpt_runs));
@@ -270,8 +284,9 @@ fn run(args: &Args, tmp: &Path) -> Res<usize> {
     let poll = syscall_loop(&tools, "pollt", POLL_LOOPS, args.loop_runs);
     progress("start-up: ckrun true vs true");
     let startup = startup(&tools);
+    let chain = Some(chain_pair(&tools, largest)?);
 
-    let report = Report { sizes, huge, threads, stop, sparse, getppid, open, poll, startup };
+    let report = Report { sizes, huge, threads, stop, sparse, getppid, open, poll, startup, chain };
     report.print();
     Ok(report.failures())
 }
@@ -315,6 +330,7 @@ struct Tools {
     syscalls: PathBuf,
     manythreads: PathBuf,
     memflags: PathBuf,
+    rewrite: PathBuf,
     tmp: PathBuf,
 }
 
@@ -349,7 +365,8 @@ impl Tools {
         let syscalls = compile_c(&root.join("examples/syscalls.c"), &bin)?;
         let manythreads = compile_c(&root.join("examples/manythreads.c"), &bin)?;
         let memflags = compile_c(&root.join("examples/memflags.c"), &bin)?;
-        Ok(Tools { ckrun, memhog, syscalls, manythreads, memflags, tmp: tmp.to_path_buf() })
+        let rewrite = compile_c(&root.join("examples/rewrite.c"), &bin)?;
+        Ok(Tools { ckrun, memhog, syscalls, manythreads, memflags, rewrite, tmp: tmp.to_path_buf() })
     }
 }
 
@@ -1182,6 +1199,367 @@ fn startup(t: &Tools) -> Res<Overhead> {
 }
 
 // ---------------------------------------------------------------------------
+// Incremental images
+// ---------------------------------------------------------------------------
+
+/// Checkpoints in a row of the incremental table (issue 13).
+const CHAIN_CKPTS: u64 = 10;
+/// Pages `rewrite` rewrites between two checkpoints, per mille.
+const CHAIN_PERMILLE: &str = "50";
+/// `rewrite`'s sleep after each tick: longer than a full checkpoint of
+/// 1 GiB, so that each checkpoint sees exactly one tick's rewrites.
+const CHAIN_PACE_MS: &str = "2500";
+/// Restarts of each chain's tenth image, from disk and cached (medians).
+const CHAIN_RESTARTS: usize = 3;
+
+/// Ten checkpoints of `rewrite SIZE 50 11`, one after each tick, incremental
+/// or `--full`, then restarts of the tenth.
+struct Chain {
+    /// Each image's bytes, in order.
+    images: Vec<u64>,
+    /// Every file left in the image directory (images and page files).
+    total_bytes: u64,
+    /// SIGUSR2 → the new image's final name exists, per checkpoint.
+    durable: Vec<f64>,
+    pauses_ms: Vec<f64>,
+    /// ckrun's `total` figure, per checkpoint.
+    ckrun_total: Vec<f64>,
+    /// Checkpoints still being written when the next tick began (their
+    /// image may hold more than one tick's rewrites).
+    overlapped: usize,
+    /// Spawning `ckrun --restart` of the tenth image → ckrun's `restarted`
+    /// line (the program then finishes its sleep), every file of the chain
+    /// dropped from the page cache first; one per round.
+    restart: Vec<f64>,
+    /// The same with every file of the chain in the page cache.
+    restart_cached: Vec<f64>,
+    ckrun_restore_ms: Vec<f64>,
+    /// The restored program's output after the tenth tick equals the
+    /// uninterrupted run's.
+    same_output: bool,
+    label: String,
+    imgdir: PathBuf,
+    tenth: PathBuf,
+    /// The program's pid (a restart restores it).
+    program: i32,
+    /// The uninterrupted run's lines after the tenth tick.
+    tail: Vec<String>,
+}
+
+fn image_files(dir: &Path) -> Res<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".ckimg") || name.ends_with(".ckpages") {
+            out.push((name, e.metadata().map_err(|e| format!("stat {}: {e}", e))?.len()));
+        }
+    }
+    Ok(out)
+}
+
+/// Drops every file of `dir` from the page cache (they are clean: ckrun
+/// wrote and synced them), so that a restart reads them from disk.
+fn drop_from_cache(dir: &Path) -> Res<()> {
+    for (name, _) in image_files(dir)? {
+        let f = File::open(dir.join(&name)).map_err(|e| format!("open {name}: {e}"))?;
+        // SAFETY: plain integers on a file we hold open.
+        unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+    Ok(())
+}
+
+fn read_into_cache(dir: &Path) -> Res<()> {
+    for (name, _) in image_files(dir)? {
+        File::open(dir.join(&name))
+            .and_then(|mut f| std::io::copy(&mut f, &mut std::io::sink()))
+            .map_err(|e| format!("read {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The incremental chain, then the same with `--full`.
+fn chain_pair(t: &Tools, size: u64) -> Res<(u64, Res<Chain>, Res<Chain>)> {
+    check_interrupt()?;
+    progress(&format!("{size} MiB: {CHAIN_CKPTS} incremental checkpoints in a row, restart from the last"));
+    let mut incr = chain_run(t, size, false);
+    if let Err(e) = &incr {
+        progress(&format!("incremental chain FAILED: {e}"));
+    }
+    check_interrupt()?;
+    progress(&format!("{size} MiB: {CHAIN_CKPTS} --full checkpoints in a row, restart from the last"));
+    let mut full = chain_run(t, size, true);
+    if let Err(e) = &full {
+        progress(&format!("full chain FAILED: {e}"));
+    }
+    // Restarts alternate between the two, so that other load on the
+    // machine weighs on both alike; the last cached one runs to the end.
+    for round in 0..CHAIN_RESTARTS {
+        check_interrupt()?;
+        progress(&format!("restarts of the 10th images, round {} of {CHAIN_RESTARTS}", round + 1));
+        for cached in [false, true] {
+            for c in [&mut incr, &mut full] {
+                let to_the_end = cached && round + 1 == CHAIN_RESTARTS;
+                if let Ok(chain) = c {
+                    if let Err(e) = restart_chain(t, chain, cached, to_the_end) {
+                        progress(&format!("{} restart FAILED: {e}", chain.label));
+                        *c = Err(e);
+                    }
+                }
+            }
+        }
+    }
+    for c in [&incr, &full].into_iter().flatten() {
+        let _ = fs::remove_dir_all(&c.imgdir);
+    }
+    Ok((size, incr, full))
+}
+
+fn chain_run(t: &Tools, size: u64, full: bool) -> Res<Chain> {
+    let mode = if full { "full" } else { "incremental" };
+    let imgdir = t.tmp.join(format!("img-chain-{mode}"));
+    let _ = fs::remove_dir_all(&imgdir);
+    fs::create_dir_all(&imgdir).map_err(|e| format!("create {}: {e}", imgdir.display()))?;
+    let ticks = (CHAIN_CKPTS + 1).to_string();
+    let mut cmd = Command::new(&t.ckrun);
+    cmd.arg("--dir").arg(&imgdir);
+    if full {
+        cmd.arg("--full");
+    }
+    cmd.arg(&t.rewrite).args([&size.to_string(), CHAIN_PERMILLE, &ticks, CHAIN_PACE_MS]).current_dir(&t.tmp);
+    let mut job = Job::spawn(format!("ckrun{} rewrite {size}", if full { " --full" } else { "" }), &mut cmd)?;
+    let deadline = Instant::now() + TIMEOUT;
+    let mut lines: Vec<String> = Vec::new();
+    while job.next_out("`ready`", deadline)?.text != "ready" {}
+    let program = job.find_program(deadline)?;
+    let (mut durable, mut pauses_ms, mut ckrun_total, mut images) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut overlapped = 0;
+    let mut last_durable: Option<Instant> = None;
+    for k in 1..=CHAIN_CKPTS {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let l = job.next_out(&format!("tick {k}"), deadline)?;
+            lines.push(l.text.clone());
+            if tick_of(&l.text) == Some(k) {
+                if last_durable.is_some_and(|d| d > l.at) {
+                    overlapped += 1;
+                }
+                break;
+            }
+        }
+        let known: Vec<String> = image_files(&imgdir)?.into_iter().map(|(n, _)| n).collect();
+        // SAFETY: sync(2) has no arguments.
+        unsafe { libc::sync() };
+        let t0 = Instant::now();
+        if !signal(job.pid, libc::SIGUSR2) {
+            return Err(job.fail("cannot signal ckrun"));
+        }
+        let image = loop {
+            check_interrupt()?;
+            if Instant::now() > deadline {
+                return Err(job.fail(&format!("timed out waiting for checkpoint {k}")));
+            }
+            let new = image_files(&imgdir)?.into_iter().find(|(n, _)| n.ends_with(".ckimg") && !known.contains(n));
+            if let Some((name, len)) = new {
+                break (Instant::now(), name, len);
+            }
+            thread::sleep(POLL);
+        };
+        durable.push((image.0 - t0).as_secs_f64());
+        last_durable = Some(image.0);
+        images.push((image.1, image.2));
+        let needle = format!("checkpoint {k}:");
+        let report = job.err_line(&needle, TIMEOUT).ok_or_else(|| job.fail(&format!("no `{needle}` line")))?;
+        pauses_ms.push(number_after(&report.text, "paused ").ok_or_else(|| format!("no pause in {:?}", report.text))?);
+        ckrun_total.push(number_after(&report.text, "total ").map_or(f64::NAN, |ms| ms / 1000.0));
+    }
+    // The uninterrupted run's end: what the restored one must print.
+    let mut tail = Vec::new();
+    loop {
+        let l = job.next_out("the end of the run", Instant::now() + TIMEOUT)?;
+        lines.push(l.text.clone());
+        tail.push(l.text.clone());
+        if l.text.starts_with("done ") {
+            break;
+        }
+    }
+    let status = job.wait_exit(TIMEOUT)?;
+    if !status.success() {
+        return Err(job.fail(&format!("the uninterrupted run exited with {status}")));
+    }
+    wait_gone(program, Duration::from_secs(10))?;
+    drop(job);
+    let total_bytes = image_files(&imgdir)?.iter().map(|(_, l)| l).sum();
+    let tenth = imgdir.join(&images.last().ok_or("no image")?.0);
+
+    if full {
+        // Only the tenth is restarted: the others need not take the disk.
+        for (name, _) in &images[..images.len() - 1] {
+            let _ = fs::remove_file(imgdir.join(name));
+        }
+    }
+    Ok(Chain {
+        images: images.iter().map(|(_, l)| *l).collect(),
+        total_bytes,
+        durable,
+        pauses_ms,
+        ckrun_total,
+        overlapped,
+        restart: Vec::new(),
+        restart_cached: Vec::new(),
+        ckrun_restore_ms: Vec::new(),
+        same_output: false,
+        label: format!("{mode}, {size} MiB"),
+        imgdir,
+        tenth,
+        program,
+        tail,
+    })
+}
+
+/// Restarts the tenth image of `c` once: with its files dropped from the
+/// page cache, or read into it; with `to_the_end` the restored run goes to
+/// its end and its output is compared.
+fn restart_chain(t: &Tools, c: &mut Chain, cached: bool, to_the_end: bool) -> Res<()> {
+    if cached {
+        read_into_cache(&c.imgdir)?;
+    } else {
+        drop_from_cache(&c.imgdir)?;
+    }
+    let t1 = Instant::now();
+    let mut cmd = Command::new(&t.ckrun);
+    cmd.arg("--restart").arg(&c.tenth).current_dir(&t.tmp);
+    let mut rjob = Job::spawn(format!("ckrun --restart ({})", c.label), &mut cmd)?;
+    rjob.program = Some(c.program);
+    let line = rjob.err_line("ckrun: restarted ", TIMEOUT).ok_or_else(|| rjob.fail("no `restarted` line"))?;
+    let secs = (line.at - t1).as_secs_f64();
+    if let Some(ms) = number_after(&line.text, " in ").filter(|_| !cached) {
+        c.ckrun_restore_ms.push(ms);
+    }
+    if cached { &mut c.restart_cached } else { &mut c.restart }.push(secs);
+    if to_the_end {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + TIMEOUT;
+        while got.len() < c.tail.len() {
+            got.push(rjob.next_out("the restored run's end", deadline)?.text);
+        }
+        let status = rjob.wait_exit(TIMEOUT)?;
+        c.same_output = got == c.tail && status.success();
+    } else {
+        signal(c.program, libc::SIGKILL);
+        rjob.wait_exit(Duration::from_secs(30))?;
+    }
+    wait_gone(c.program, Duration::from_secs(10))
+}
+
+/// Checkpoints 2 to 10: the ones an incremental image is written for.
+fn later(v: &[f64]) -> Vec<f64> {
+    v.iter().skip(1).copied().collect()
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max))
+}
+
+impl Report {
+    fn print_chain(&self, o: &mut String) {
+        let Some((size, incr, full)) = &self.chain else { return };
+        o.push_str(&format!(
+            "\n## Incremental images\n\n\
+             `rewrite {size} {CHAIN_PERMILLE} 11 {CHAIN_PACE_MS}` ({size} MiB touched, 2x compressible, \
+             {}% of its pages rewritten, scattered, each tick), one checkpoint after each of ticks 1 to \
+             {CHAIN_CKPTS}; the program runs on to its end (the uninterrupted run), then the {CHAIN_CKPTS}th \
+             image is restarted: with every file of the image directory dropped from the page cache, and \
+             read into it, {CHAIN_RESTARTS} times each, alternating with the `--full` chain's; the last run \
+             goes to the end and its output is compared. Once with incremental images (the default), once \
+             with `--full`, in the same run. Checkpoint times: median of checkpoints 2 to {CHAIN_CKPTS} \
+             (min–max); restart: spawning ckrun → its `restarted` line, median.\n\n\
+             | images | {CHAIN_CKPTS} images MiB | first MiB | later MiB (min–max) | ckpt durable s | ckrun total s \
+             | pause ms | restart s (from disk) | restart s (cached) | ckrun restore ms | restored output |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|\n",
+            CHAIN_PERMILLE.parse::<f64>().unwrap_or(0.0) / 10.0
+        ));
+        for (what, r) in [("incremental", incr), ("--full", full)] {
+            match r {
+                Ok(c) => {
+                    let mib: Vec<f64> = c.images.iter().map(|b| *b as f64 / MIB as f64).collect();
+                    let (lo, hi) = min_max(&mib[1..]);
+                    let (dlo, dhi) = min_max(&later(&c.durable));
+                    let (plo, phi) = min_max(&later(&c.pauses_ms));
+                    o.push_str(&format!(
+                        "| {what} | {:.1} | {:.1} | {lo:.1}–{hi:.1} | {:.3} ({dlo:.3}–{dhi:.3}) | {:.3} | {:.1} ({plo:.1}–{phi:.1}) \
+                         | {:.3} | {:.3} | {} | {}{} |\n",
+                        c.total_bytes as f64 / MIB as f64,
+                        mib[0],
+                        median(later(&c.durable)),
+                        median(later(&c.ckrun_total)),
+                        median(later(&c.pauses_ms)),
+                        median(c.restart.clone()),
+                        median(c.restart_cached.clone()),
+                        opt(Some(median(c.ckrun_restore_ms.clone())), 1),
+                        if c.same_output { "same as uninterrupted" } else { "DIFFERS" },
+                        match c.overlapped {
+                            0 => String::new(),
+                            n => format!(" ({n} checkpoint(s) overlapped the next tick)"),
+                        }
+                    ));
+                }
+                Err(e) => o.push_str(&format!("| {what} | FAILED: {} |\n", one_line(e))),
+            }
+        }
+        let (Ok(i), Ok(f)) = (incr, full) else { return };
+        let one_full = median(f.images.iter().map(|b| *b as f64).collect());
+        let rows: [(String, String, String, f64, &str, bool); 5] = {
+            let bytes = i.total_bytes as f64 / one_full;
+            let (di, df) = (median(later(&i.durable)), median(later(&f.durable)));
+            let (pi, pf) = (median(later(&i.pauses_ms)), median(later(&f.pauses_ms)));
+            let (ri, rf) = (median(i.restart.clone()), median(f.restart.clone()));
+            let (ci, cf) = (median(i.restart_cached.clone()), median(f.restart_cached.clone()));
+            [
+                (
+                    format!("bytes written for {CHAIN_CKPTS} checkpoints / one full image"),
+                    format!("{:.1} MiB", i.total_bytes as f64 / MIB as f64),
+                    format!("{:.1} MiB", one_full / MIB as f64),
+                    bytes,
+                    "≤ 1.6×",
+                    bytes <= 1.6,
+                ),
+                (
+                    "checkpoint, request to durable image".into(),
+                    format!("{di:.3} s"),
+                    format!("{df:.3} s"),
+                    di / df,
+                    "≤ 0.45 s (content dedup)",
+                    di <= 0.45,
+                ),
+                ("pause".into(), format!("{pi:.1} ms"), format!("{pf:.1} ms"), pi / pf, "≤ 1× full", pi <= pf),
+                (
+                    format!("restart from the {CHAIN_CKPTS}th image, from disk"),
+                    format!("{ri:.3} s"),
+                    format!("{rf:.3} s"),
+                    ri / rf,
+                    "≤ 1.1×",
+                    ri <= 1.1 * rf && i.same_output,
+                ),
+                (
+                    format!("restart from the {CHAIN_CKPTS}th image, in page cache"),
+                    format!("{ci:.3} s"),
+                    format!("{cf:.3} s"),
+                    ci / cf,
+                    "≤ 1.1×",
+                    ci <= 1.1 * cf && i.same_output,
+                ),
+            ]
+        };
+        o.push_str(
+            "\n| figure (issue 13) | incremental | full | ratio | target | result |\n|---|---|---|---|---|---|\n",
+        );
+        for (what, a, b, ratio, goal, pass) in rows {
+            o.push_str(&format!("| {what} | {a} | {b} | {ratio:.2}× | {goal} | {} |\n", mark(Some(pass))));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Report
 // ---------------------------------------------------------------------------
 
@@ -1199,6 +1577,8 @@ struct Report {
     open: Res<Overhead>,
     poll: Res<Overhead>,
     startup: Res<Overhead>,
+    /// (MiB, incremental, --full) of the incremental images table.
+    chain: Option<(u64, Res<Chain>, Res<Chain>)>,
 }
 
 /// One target of issue 6 and how the run did.
@@ -1230,6 +1610,24 @@ impl Report {
             + self.sparse.is_err() as usize
             + self.stop.1.is_err() as usize
             + [&self.getppid, &self.open, &self.poll, &self.startup].iter().filter(|r| r.is_err()).count()
+            + self.chain.as_ref().map_or(0, |(_, a, b)| a.is_err() as usize + b.is_err() as usize)
+    }
+
+    /// A report with nothing measured but what is filled in after it.
+    fn empty() -> Report {
+        let none = || Err::<Overhead, _>("not measured".to_string());
+        Report {
+            sizes: Vec::new(),
+            huge: (0, Err("not measured".into())),
+            threads: Vec::new(),
+            stop: (0, Err("not measured".into())),
+            sparse: Ok(Vec::new()),
+            getppid: none(),
+            open: none(),
+            poll: none(),
+            startup: none(),
+            chain: None,
+        }
     }
 
     fn print(&self) {
@@ -1239,6 +1637,7 @@ impl Report {
         self.print_stop(&mut o);
         self.print_sparse(&mut o);
         self.print_overheads(&mut o);
+        self.print_chain(&mut o);
         self.print_targets(&mut o);
         print!("{o}");
         let _ = std::io::stdout().flush();

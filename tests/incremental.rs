@@ -234,3 +234,32 @@ fn a_chain_goes_on_across_restarts() {
     assert!(shown.stdout.contains("incremental (generation 3"), "{}", shown.stdout);
     restart_to_the_end(&fourth, &dir, &reference, "incr-restarts");
 }
+
+/// The coordinator keeps the index of the image it wrote last for the
+/// next checkpoint: an image removed (or replaced) meanwhile must not be
+/// referred to. The next image is then self-contained, with a warning,
+/// and restarts alone.
+#[test]
+fn an_image_removed_between_checkpoints_is_not_taken_from() {
+    let (prog, dir, reference) = setup("incr-removed", &ARGS);
+    let mut job = Ckrun::launch(&prog, &ARGS, &dir.work, &dir.img, &[]);
+    let first = checkpoint_after_a_tick(&mut job);
+    let second = checkpoint_after_a_tick(&mut job);
+    std::fs::remove_file(&second).unwrap();
+    let third = checkpoint_after_a_tick(&mut job);
+    let said = announcement(&job, &third);
+    assert!(!said.contains("earlier image"), "{said}\n{}", job.diagnostics());
+    assert!(job.stderr().contains("is self-contained"), "{}", job.diagnostics());
+    // Replaced by another file of the same length: not taken from either.
+    let len3 = len(&third);
+    std::fs::remove_file(&third).unwrap();
+    std::fs::write(&third, vec![0u8; len3 as usize]).unwrap();
+    let fourth = checkpoint_after_a_tick(&mut job);
+    assert!(!announcement(&job, &fourth).contains("earlier image"), "{}", job.diagnostics());
+    let fifth = checkpoint_after_a_tick(&mut job);
+    assert!(announcement(&job, &fifth).contains("earlier image"), "{}", job.diagnostics());
+    job.kill9();
+    std::fs::remove_file(&first).unwrap();
+    std::fs::remove_file(&third).unwrap();
+    restart_to_the_end(&fifth, &dir, &reference, "incr-removed");
+}

@@ -10,15 +10,46 @@
 //! offered, so chains stay bounded (see `image::lineage`).
 //!
 //! The index holds 24 bytes per page of the base (about 6 MiB per GiB of
-//! memory), built once per checkpoint before the program is stopped.
+//! memory). The coordinator keeps the index of the image it wrote last
+//! ([`Previous::Kept`], made from what it has in memory once the image is
+//! durable) for the next checkpoint, instead of reading that image's
+//! hashes back (20-30 ms per GiB, before the program is stopped); after a
+//! restart, or when an image the kept index refers to is no longer there
+//! as it was, the index is built from the image ([`Base::load`]).
 
 use crate::image::lineage::{self, ParentRef, MAX_CHAIN};
-use crate::image::manifest::ChunkRef;
+use crate::image::manifest::{ChunkRef, Manifest};
 use crate::image::ImageReader;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Images before the chain limit over which the pages of an old image
+/// still in use are stored again (see [`Base::store_again`]).
+pub const STORE_AGAIN_OVER: u32 = 4;
+
+/// What the next image is deduplicated against: the job's previous image.
+pub enum Previous {
+    /// Its file (the image a run restarted from): the index is read from it.
+    Image(PathBuf),
+    /// The index of the image this coordinator wrote last.
+    Kept(Box<Base>),
+}
+
+impl Previous {
+    /// The base for an image written into `dir`: the kept index while
+    /// every image it refers to is still in `dir` as it was, else the one
+    /// read from the previous image's file.
+    pub fn base(&self, dir: &Path) -> Result<Base> {
+        match self {
+            Previous::Image(path) => Base::load(path, dir),
+            Previous::Kept(b) if b.all_present(dir) => Ok((**b).clone()),
+            Previous::Kept(b) => Base::load(&dir.join(&b.images[0].name), dir),
+        }
+    }
+}
 
 /// The hash of one page, as stored in the page hashes.
 pub fn page_hash(page: &[u8]) -> u128 {
@@ -61,6 +92,7 @@ impl Hasher for PassThrough {
     }
 }
 
+#[derive(Clone)]
 pub struct Base {
     /// The images blocks may be taken from: the base first, then its
     /// parents that are recent enough.
@@ -101,8 +133,14 @@ impl Base {
         let Some(blob) = &m.lineage.page_hashes else { bail!("{} has no page hashes", path.display()) };
         let hashes = img.read_blob(blob)?;
         let name = path.file_name().context("an image path")?.to_string_lossy().into_owned();
-        let generation = m.lineage.generation + 1;
         let own = ParentRef { name, id: m.lineage.id, generation: m.lineage.generation, len: img.len };
+        Self::of_image(m, &hashes, own)
+    }
+
+    /// The base made of the image `own` whose manifest is `m` and page
+    /// hashes blob `hashes`.
+    pub fn of_image(m: &Manifest, hashes: &[u8], own: ParentRef) -> Result<Base> {
+        let generation = m.lineage.generation + 1;
         let images: Vec<ParentRef> = std::iter::once(own).chain(m.lineage.parents.iter().cloned()).collect();
         let usable: Vec<bool> = images.iter().map(|p| p.generation + MAX_CHAIN > generation).collect();
         let mut blocks = Vec::new();
@@ -131,8 +169,40 @@ impl Base {
         Ok(Base { images, blocks, index, generation })
     }
 
+    /// Whether every image the base offers blocks of is still in `dir`,
+    /// under its image or page file name, as a restart would accept it
+    /// (`lineage::check_parent`: ours, complete, its id and length): an
+    /// image removed or replaced since would make the new image unusable.
+    fn all_present(&self, dir: &Path) -> bool {
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        self.images.iter().all(|p| {
+            [dir.join(&p.name), dir.join(lineage::pages_name(&p.name))].into_iter().any(|path| {
+                let open = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+                    .open(&path);
+                open.is_ok_and(|f| lineage::check_parent(f, path.clone(), p, me, &path).is_ok())
+            })
+        })
+    }
+
     pub fn find(&self, hash: u128) -> Option<PageLoc> {
         self.index.get(&hash).copied()
+    }
+
+    /// Whether the page at `addr`, found at `loc`, is stored again although
+    /// the base holds it: its block is in an image about to fall out of
+    /// the chain's reach. Each of the last [`STORE_AGAIN_OVER`] images that
+    /// may take pages from an image stores a further share of them again
+    /// (by address, 1 MiB at a time), so that the pages still held only by
+    /// it cost a few larger images, not one image as large as a full one
+    /// when it leaves the chain.
+    pub fn store_again(&self, loc: PageLoc, addr: u64) -> bool {
+        let Some(b) = self.blocks.get(loc.block as usize) else { return false };
+        let age = self.generation - self.images[b.image as usize].generation;
+        let Some(step) = (age + STORE_AGAIN_OVER).checked_sub(MAX_CHAIN) else { return false };
+        ((addr >> 20) % STORE_AGAIN_OVER as u64) as u32 <= step
     }
 
     /// A run of `npages` pages at `addr` taken from `block`, from page
@@ -188,4 +258,30 @@ pub fn hashes_blob(per_process: &mut [PageHashes]) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_images_pages_are_stored_again_over_the_last_images_of_its_reach() {
+        let image = |generation| ParentRef { name: format!("x.1.{generation}.ckimg"), id: [1; 16], generation, len: 1 };
+        let block = Block { image: 1, offset: 4096, clen: 10, checksum: 0, pages: 1 };
+        let loc = PageLoc { block: 0, page: 0 };
+        let share = |generation: u32| -> usize {
+            let base = Base {
+                images: vec![image(generation - 1), image(0)],
+                blocks: vec![block],
+                index: HashMap::default(),
+                generation,
+            };
+            (0..64u64).filter(|mib| base.store_again(loc, mib << 20)).count()
+        };
+        // Young: taken; the last four generations that may take from it
+        // store a quarter more each, the last one all of it.
+        let shares: Vec<usize> = (1..MAX_CHAIN).map(share).collect();
+        assert_eq!(shares[..MAX_CHAIN as usize - 5], vec![0; MAX_CHAIN as usize - 5]);
+        assert_eq!(shares[MAX_CHAIN as usize - 5..], [16, 32, 48, 64]);
+    }
 }

@@ -321,14 +321,27 @@ pub fn save_pages_timed(
                 let mut packed = AlignedBuf::new(lz4_flex::block::get_maximum_output_size(buf.len()));
                 let mut mine = Vec::new();
                 let mut my_hashes = Vec::new();
-                let mut to = Output { image: out, base, chunks: &mut mine, hashes: &mut my_hashes };
+                let mut to = Output {
+                    image: out,
+                    base,
+                    chunks: &mut mine,
+                    hashes: &mut my_hashes,
+                    pending: Pending::default(),
+                    packed: &mut packed,
+                };
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(run) = runs.get(i) else { break };
-                    if let Err(e) = save_run(mem, run, &mut buf, &mut packed, &mut to, stages) {
+                    let r = match runs.get(i) {
+                        Some(run) => save_run(mem, run, &mut buf, &mut to, stages),
+                        None => to.flush(stages),
+                    };
+                    if let Err(e) = r {
                         first_err.lock().unwrap().get_or_insert(e);
                         // Stop the others quickly.
                         next.store(runs.len(), Ordering::Relaxed);
+                        break;
+                    }
+                    if i >= runs.len() {
                         break;
                     }
                 }
@@ -363,20 +376,65 @@ struct Output<'a> {
     base: Option<&'a Base>,
     chunks: &'a mut Vec<(usize, ChunkRef)>,
     hashes: &'a mut PageHashes,
+    /// Pages to store, gathered until they make a whole block.
+    pending: Pending,
+    packed: &'a mut AlignedBuf,
+}
+
+/// The pages a worker has yet to store: an incremental checkpoint finds a
+/// few changed pages per chunk read, and gathering them from many reads
+/// into one block of up to [`CHUNK_PAGES`] pages makes one compression,
+/// one 4 KiB-padded direct write and one block for a restart to read,
+/// instead of one per read.
+#[derive(Default)]
+struct Pending {
+    data: Vec<u8>,
+    /// (region, address, pages) of each piece, in the order of `data`.
+    pieces: Vec<(usize, u64, u32)>,
+}
+
+impl Output<'_> {
+    /// Adds `pages` (whole pages, from `addr` in region `region`) to the
+    /// pending block, storing it first if they do not fit.
+    fn store(&mut self, region: usize, addr: u64, pages: &[u8], stages: &Stages) -> Result<()> {
+        let ps = PAGE_SIZE as usize;
+        if self.pending.data.len() + pages.len() > CHUNK_PAGES as usize * ps {
+            self.flush(stages)?;
+        }
+        self.pending.data.extend_from_slice(pages);
+        self.pending.pieces.push((region, addr, (pages.len() / ps) as u32));
+        Ok(())
+    }
+
+    /// Compresses and writes the pending pages as one block.
+    fn flush(&mut self, stages: &Stages) -> Result<()> {
+        if self.pending.data.is_empty() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let block_pages = (self.pending.data.len() / PAGE_SIZE as usize) as u32;
+        let len = lz4_flex::block::compress_into(&self.pending.data, self.packed)
+            .map_err(|e| anyhow::anyhow!("compressing: {e}"))?;
+        let t = Stages::add(&stages.compress, t);
+        let (offset, checksum) = self.image.append_aligned(self.packed, len)?;
+        Stages::add(&stages.write, t);
+        let mut skip = 0;
+        for (region, addr, npages) in self.pending.pieces.drain(..) {
+            let c = ChunkRef { skip, block_pages, ..ChunkRef::own(addr, npages, len as u32, offset, checksum) };
+            self.chunks.push((region, c));
+            skip += npages;
+        }
+        self.pending.data.clear();
+        Ok(())
+    }
 }
 
 /// Reads one run, splits it around zero pages and around the pages the
 /// base holds (runs of consecutive pages of one of its blocks are taken
-/// from there), compresses the other pages as one block and writes it to
-/// the image.
-fn save_run(
-    mem: &RemoteMemory,
-    run: &PageRun,
-    buf: &mut [u8],
-    packed: &mut AlignedBuf,
-    out: &mut Output,
-    stages: &Stages,
-) -> Result<()> {
+/// from there), and stores the other pages: as a block of their own when
+/// the run stores all of its pages (a full image), else gathered with
+/// other runs' pages (see [`Pending`]).
+fn save_run(mem: &RemoteMemory, run: &PageRun, buf: &mut [u8], out: &mut Output, stages: &Stages) -> Result<()> {
     let ps = PAGE_SIZE as usize;
     let n = run.npages as usize;
     let data = &mut buf[..n * ps];
@@ -390,7 +448,8 @@ fn save_run(
         if !is_zero_page(page) {
             let h = page_hash(page);
             out.hashes.push((run.addr + (p * ps) as u64, h));
-            *slot = Some(out.base.and_then(|b| b.find(h)));
+            let at = run.addr + (p * ps) as u64;
+            *slot = Some(out.base.and_then(|b| b.find(h).filter(|loc| !b.store_again(*loc, at))));
         }
     }
     t = Stages::add(&stages.hash, t);
@@ -429,22 +488,20 @@ fn save_run(
             }
         }
     }
-    if gathered > 0 {
-        let len = lz4_flex::block::compress_into(&data[..gathered * ps], packed)
-            .map_err(|e| anyhow::anyhow!("compressing: {e}"))?;
+    if gathered == n {
+        // Every page is new: the run is a block of its own, as in a full
+        // image (a restart decompresses it straight into place).
+        let len = lz4_flex::block::compress_into(data, out.packed).map_err(|e| anyhow::anyhow!("compressing: {e}"))?;
         t = Stages::add(&stages.compress, t);
-        let (offset, checksum) = out.image.append_aligned(packed, len)?;
+        let (offset, checksum) = out.image.append_aligned(out.packed, len)?;
         Stages::add(&stages.write, t);
-        let mut skip = 0;
-        for (begin, npages) in own {
-            let c = ChunkRef {
-                skip,
-                block_pages: gathered as u32,
-                ..ChunkRef::own(addr_of(begin), npages as u32, len as u32, offset, checksum)
-            };
-            out.chunks.push((run.region, c));
-            skip += npages as u32;
-        }
+        out.chunks.push((run.region, ChunkRef::own(run.addr, n as u32, len as u32, offset, checksum)));
+        return Ok(());
+    }
+    let mut at = 0;
+    for (begin, npages) in own {
+        out.store(run.region, addr_of(begin), &data[at * ps..(at + npages) * ps], stages)?;
+        at += npages;
     }
     Ok(())
 }

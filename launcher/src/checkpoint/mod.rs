@@ -60,6 +60,18 @@ pub struct Outcome {
     pub warnings: Vec<String>,
     /// Checkpoint requests that arrived meanwhile (merged into this one).
     pub merged_requests: u32,
+    /// The index of this image's pages, for the next checkpoint.
+    pub next_base: Option<Box<dedup::Base>>,
+}
+
+impl Outcome {
+    /// What the next image is deduplicated against: this one.
+    pub fn take_next_base(&mut self) -> dedup::Previous {
+        match self.next_base.take() {
+            Some(b) => dedup::Previous::Kept(b),
+            None => dedup::Previous::Image(self.path.clone()),
+        }
+    }
 }
 
 /// A suspended process: what its agent reported.
@@ -108,6 +120,16 @@ impl ResumeGuard<'_, '_> {
                 let _ = s.agent.send(kind::RESUME, &[go]);
             }
             self.resumed = true;
+        }
+    }
+}
+
+impl ResumeGuard<'_, '_> {
+    /// Kills the snapshot children (the drop reaps them).
+    fn end_snapshots(&self) {
+        for s in self.stopped.iter().filter(|s| s.head.snapshot_pid > 0) {
+            // SAFETY: a plain signal to our own child, not reaped yet.
+            unsafe { libc::kill(s.head.snapshot_pid, libc::SIGKILL) };
         }
     }
 }
@@ -173,7 +195,7 @@ pub fn take(
     command: &[String],
     sequence: u32,
     key: Option<&Key>,
-    base: Option<&std::path::Path>,
+    base: Option<&dedup::Previous>,
 ) -> Result<Outcome> {
     let t0 = Instant::now();
     let mut sequence = sequence;
@@ -182,7 +204,7 @@ pub fn take(
     }
     // Before the program stops: reading the base's hashes does not add
     // to the pause.
-    let (base, whole_because) = match base.filter(|_| !settings.full).map(|b| dedup::Base::load(b, &settings.dir)) {
+    let (base, whole_because) = match base.filter(|_| !settings.full).map(|b| b.base(&settings.dir)) {
         Some(Ok(b)) => (Some(b), None),
         Some(Err(e)) => (None, Some(format!("{e:#}"))),
         None => (None, None),
@@ -299,7 +321,9 @@ pub fn take(
     // now that the program runs.
     let readers: Vec<i32> = guard.stopped.iter().map(|s| s.reader()).collect();
     let clocks = crate::timens::capture(&readers, stopped_at, &mut warnings);
-    drop(guard); // reaps the snapshot children
+    // The snapshots' memory is freed by their own exit, on another core
+    // while the image is finished; they are reaped once it is durable.
+    guard.end_snapshots();
 
     let blob = dedup::hashes_blob(&mut hashes);
     let (offset, checksum) = out.append_chunk(&blob)?;
@@ -347,6 +371,20 @@ pub fn take(
     inject("finish")?;
     hang("finish");
     let (path, image_bytes) = out.finish(&manifest, &image_name(settings, tree.root, sequence), key)?;
+    let total = t0.elapsed();
+    drop(guard); // reaps the snapshot children
+                 // Durable now: the index the next checkpoint is deduplicated against,
+                 // from what is in memory (its file is read only after a restart).
+    let own = lineage::ParentRef {
+        name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        id: manifest.lineage.id,
+        generation: manifest.lineage.generation,
+        len: image_bytes,
+    };
+    let next_base = match settings.full {
+        true => None,
+        false => dedup::Base::of_image(&manifest, &blob, own).ok().map(Box::new),
+    };
     if std::env::var_os("CKRUN_TIMING").is_some() {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let sum = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
@@ -372,9 +410,10 @@ pub fn take(
         whole_because,
         image_bytes,
         paused,
-        total: t0.elapsed(),
+        total,
         warnings,
         merged_requests,
+        next_base,
     })
 }
 

@@ -78,7 +78,7 @@ pub struct Coordinator {
     stop_pending: bool,
     /// The job's newest image (the last one written, or the one the run
     /// restarted from): the next image takes from it what it holds.
-    base: Option<std::path::PathBuf>,
+    base: Option<checkpoint::dedup::Previous>,
 }
 
 /// Runs the job to its end: coordinates its tree (and the restart in
@@ -138,7 +138,7 @@ impl Coordinator {
     /// The run continues image `path`: the next image is deduplicated
     /// against it.
     pub fn continue_from(&mut self, path: &std::path::Path) {
-        self.base = Some(path.to_owned());
+        self.base = Some(checkpoint::dedup::Previous::Image(path.to_owned()));
     }
 
     /// Seals every image with `key`.
@@ -538,7 +538,7 @@ impl Coordinator {
                             &self.command,
                             seq,
                             self.key.as_ref(),
-                            self.base.as_deref(),
+                            self.base.as_ref(),
                         )
                     }
                 }
@@ -554,9 +554,9 @@ impl Coordinator {
         // gets a checkpoint of its own.
         let merged = self.drain_requests() + result.as_ref().map_or(0, |o| o.merged_requests);
         match result {
-            Ok(o) => {
+            Ok(mut o) => {
                 self.sequence = o.sequence;
-                self.base = Some(o.path.clone());
+                self.base = Some(o.take_next_base());
                 crate::created::checkpointed(o.sequence);
                 if let Some(why) = &o.whole_because {
                     eprintln!("ckrun: warning: checkpoint {} is self-contained: {why}", o.sequence);

@@ -25,7 +25,9 @@
 //! **Bounded chains.** An image takes pages only from images fewer than
 //! [`MAX_CHAIN`] generations older (generation: 0 for a self-contained
 //! image, its parent's + 1 otherwise); a page found only in an older one is
-//! stored again. So any image depends on at most `MAX_CHAIN - 1` others,
+//! stored again (`checkpoint::dedup::Base::store_again` spreads that over
+//! the last images that may still take from it, so that no one image
+//! stores them all). So any image depends on at most `MAX_CHAIN - 1` others,
 //! and `--keep N` keeps at most `N + MAX_CHAIN - 1` images on disk.
 //!
 //! **Crash safety.** An image is only ever linked under its name once

@@ -105,18 +105,31 @@ pub fn protect(k: &mut impl Kernel, plan: &RestorePlan, p: &ProcessImage) -> Res
 /// all of them where userfaultfd is not available, by decompressing
 /// straight into place. A stored block is read and decompressed once,
 /// whichever image holds it and however many runs take pages from it.
+///
+/// An incremental image takes most of its pages from blocks of older
+/// images with holes in them: the pages rewritten since, which come from
+/// newer blocks, one or a few pages per run. Such a block is *placed*
+/// whole at the address its pages had when it was written, when that range
+/// lies in one staged region and every page of it is restored by some run
+/// (so no page that must stay empty gets stale bytes), in a first pass:
+/// one UFFDIO_COPY or one decompression in place, as for a full image. The
+/// second pass, once the first is complete, puts back every other block's
+/// runs, copying over the placed ranges' stale pages (already present: a
+/// plain copy, no fault) and filling the rest as before.
 pub fn fill(img: &ImageReader, plan: &RestorePlan, p: &ProcessImage) -> Result<u64, CkError> {
     let uffd = Userfault::new();
-    let mut work: Vec<(&ChunkRef, u64, bool)> = Vec::new();
+    let mut work: Vec<Run> = Vec::new();
     let mut registered = Vec::new();
-    for s in &plan.staged {
+    let mut regions = Vec::new();
+    for (i, s) in plan.staged.iter().enumerate() {
         let r = &p.regions[s.region];
         let anon = matches!(r.kind, RegionKind::Anon | RegionKind::Stack | RegionKind::Detached) && !r.shared;
         let via_uffd = anon && !r.chunks.is_empty() && uffd.as_ref().is_some_and(|u| u.register(s.at, s.len).is_ok());
         if via_uffd {
             registered.push((s.at, s.len));
         }
-        work.extend(r.chunks.iter().map(|c| (c, s.at + (c.addr - r.start), via_uffd)));
+        regions.push((s.at, s.at + s.len));
+        work.extend(r.chunks.iter().map(|c| Run { c, dest: s.at + (c.addr - r.start), via_uffd, region: i }));
     }
     // In file order, each file in turn, so that the kernel's readahead
     // streams an image that is not in the page cache (the usual case at a
@@ -127,35 +140,50 @@ pub fn fill(img: &ImageReader, plan: &RestorePlan, p: &ProcessImage) -> Result<u
     // (A block is its image, place, length, checksum and page count: runs
     // that disagree on any of them are not taken for one block.)
     let block = |c: &ChunkRef| (c.image, c.offset, c.clen, c.checksum, c.block_pages);
-    work.sort_unstable_by_key(|(c, _, _)| (block(c), c.skip));
+    work.sort_unstable_by_key(|r| (block(r.c), r.c.skip));
     let mut blocks: Vec<std::ops::Range<usize>> = Vec::new();
-    for (i, (c, _, _)) in work.iter().enumerate() {
+    for (i, r) in work.iter().enumerate() {
         match blocks.last_mut() {
-            Some(b) if block(work[b.start].0) == block(c) => b.end = i + 1,
+            Some(b) if block(work[b.start].c) == block(r.c) => b.end = i + 1,
             _ => blocks.push(i..i + 1),
         }
     }
-    let next = AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(16) + 1;
+    let placed = Placed::choose(&work, &blocks, &regions);
+    let (first, second): (Vec<_>, Vec<_>) = blocks.into_iter().enumerate().partition(|(i, _)| placed.blocks[*i]);
+    let first: Vec<_> = first.into_iter().map(|(_, b)| b).collect();
+    let second: Vec<_> = second.into_iter().map(|(_, b)| b).collect();
     let first_err = std::sync::Mutex::new(None);
-    std::thread::scope(|sc| {
-        for _ in 0..threads {
-            sc.spawn(|| {
-                let mut scratch = Vec::new();
-                let mut buf = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(runs) = blocks.get(i) else { break };
-                    let r = fill_block(img, &work[runs.clone()], uffd.as_ref(), &mut buf, &mut scratch);
-                    if let Err(e) = r {
-                        first_err.lock().unwrap().get_or_insert(e);
-                        next.store(blocks.len(), Ordering::Relaxed);
-                        break;
+    for (pass, blocks) in [(Pass::Placed, &first), (Pass::Rest, &second)] {
+        let next = AtomicUsize::new(0);
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(16) + 1;
+        // The scope's end is the barrier between the passes: every placed
+        // range is complete before the second pass copies over it.
+        std::thread::scope(|sc| {
+            for _ in 0..threads {
+                sc.spawn(|| {
+                    let mut scratch = Vec::new();
+                    let mut buf = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(runs) = blocks.get(i) else { break };
+                        let runs = &work[runs.clone()];
+                        let r = match pass {
+                            Pass::Placed => place_block(img, runs, uffd.as_ref(), &mut buf, &mut scratch),
+                            Pass::Rest => fill_block(img, runs, &placed, uffd.as_ref(), &mut buf, &mut scratch),
+                        };
+                        if let Err(e) = r {
+                            first_err.lock().unwrap().get_or_insert(e);
+                            next.store(blocks.len(), Ordering::Relaxed);
+                            break;
+                        }
                     }
-                }
-            });
+                });
+            }
+        });
+        if first_err.lock().unwrap().is_some() {
+            break;
         }
-    });
+    }
     if let Some(u) = &uffd {
         for (at, len) in registered {
             u.unregister(at, len).map_err(|e| CkError::Environment(format!("releasing memory at {at:#x}: {e}")))?;
@@ -163,42 +191,166 @@ pub fn fill(img: &ImageReader, plan: &RestorePlan, p: &ProcessImage) -> Result<u
     }
     match first_err.into_inner().unwrap() {
         Some(e) => Err(e),
-        None => Ok(work.iter().map(|(c, _, _)| c.npages as u64 * PAGE_SIZE).sum()),
+        None => Ok(work.iter().map(|r| r.c.npages as u64 * PAGE_SIZE).sum()),
     }
 }
 
-/// Puts back the runs that take their pages from one stored block
-/// (`runs`: run, staged address, filled through userfaultfd).
-fn fill_block(
+/// A run of pages to put back: where its pages come from, where they go
+/// (staged address), whether through userfaultfd, in which staged region.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    c: &'a ChunkRef,
+    dest: u64,
+    via_uffd: bool,
+    region: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Pass {
+    Placed,
+    Rest,
+}
+
+/// The blocks placed whole in the first pass, and the staged ranges they
+/// fill (sorted, disjoint).
+struct Placed {
+    blocks: Vec<bool>,
+    ranges: Vec<(u64, u64)>,
+}
+
+impl Placed {
+    /// Which of `blocks` (ranges of `work`, each one block's runs) to place
+    /// whole: a block whose runs agree on where its first page goes, whose
+    /// whole range lies in their staged region (`regions`: start, end) and
+    /// is covered by runs (of any block), and overlaps no other placed one.
+    fn choose(work: &[Run], blocks: &[std::ops::Range<usize>], regions: &[(u64, u64)]) -> Placed {
+        let ps = PAGE_SIZE;
+        // The pages runs cover, per region, merged into maximal intervals.
+        let mut covered: Vec<Vec<(u64, u64)>> = vec![Vec::new(); regions.len()];
+        for r in work {
+            covered[r.region].push((r.dest, r.dest + r.c.npages as u64 * ps));
+        }
+        for v in &mut covered {
+            v.sort_unstable();
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+            for &(a, b) in v.iter() {
+                match merged.last_mut() {
+                    Some(m) if m.1 >= a => m.1 = m.1.max(b),
+                    _ => merged.push((a, b)),
+                }
+            }
+            *v = merged;
+        }
+        let mut candidates: Vec<(u64, u64, usize)> = Vec::new();
+        for (i, b) in blocks.iter().enumerate() {
+            let runs = &work[b.clone()];
+            let first = runs[0];
+            let Some(base) = first.dest.checked_sub(first.c.skip as u64 * ps) else { continue };
+            let end = base + first.c.block_pages as u64 * ps;
+            let (lo, hi) = regions[first.region];
+            let agree = runs.iter().all(|r| r.region == first.region && r.dest - r.c.skip as u64 * ps == base);
+            if !agree || base < lo || end > hi {
+                continue;
+            }
+            let cov = &covered[first.region];
+            let k = cov.partition_point(|m| m.0 <= base);
+            if k > 0 && cov[k - 1].1 >= end {
+                candidates.push((base, end, i));
+            }
+        }
+        candidates.sort_unstable();
+        let mut placed = Placed { blocks: vec![false; blocks.len()], ranges: Vec::new() };
+        for (a, b, i) in candidates {
+            if placed.ranges.last().is_none_or(|l| l.1 <= a) {
+                placed.ranges.push((a, b));
+                placed.blocks[i] = true;
+            }
+        }
+        placed
+    }
+
+    /// Whether the staged page at `at` is in a placed range.
+    fn holds(&self, at: u64) -> bool {
+        let k = self.ranges.partition_point(|r| r.0 <= at);
+        k > 0 && self.ranges[k - 1].1 > at
+    }
+}
+
+/// Decompresses a placed block (`runs`: its runs) whole into its range.
+fn place_block(
     img: &ImageReader,
-    runs: &[(&ChunkRef, u64, bool)],
+    runs: &[Run],
     uffd: Option<&Userfault>,
     buf: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
 ) -> Result<(), CkError> {
     let ps = PAGE_SIZE as usize;
-    let (first, dest, via_uffd) = runs[0];
-    if runs.len() == 1 && first.is_whole_block() && !via_uffd {
+    let first = runs[0];
+    let base = first.dest - first.c.skip as u64 * PAGE_SIZE;
+    let len = first.c.block_pages as usize * ps;
+    if first.via_uffd {
+        buf.resize(len, 0);
+        img.read_block(first.c, buf, scratch)?;
+        let u = uffd.expect("registered through it");
+        return u.copy(base, buf).map_err(|e| CkError::Environment(format!("filling memory at {base:#x}: {e}")));
+    }
+    // SAFETY: base..base+len lies inside a staged region this process
+    // mapped writable (see `map`; checked in `Placed::choose`); placed
+    // ranges are disjoint, so no two threads of this pass write the same
+    // bytes, and the second pass starts once this one has ended.
+    let out = unsafe { std::slice::from_raw_parts_mut(base as *mut u8, len) };
+    img.read_block(first.c, out, scratch)
+}
+
+/// Puts back the runs that take their pages from one stored block that
+/// was not placed (`runs`), after the placed ones: pages in a placed range
+/// are copied over its stale ones, the others filled through userfaultfd
+/// where their region is registered, else copied.
+fn fill_block(
+    img: &ImageReader,
+    runs: &[Run],
+    placed: &Placed,
+    uffd: Option<&Userfault>,
+    buf: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), CkError> {
+    let ps = PAGE_SIZE as usize;
+    let first = runs[0];
+    if runs.len() == 1 && first.c.is_whole_block() && !first.via_uffd && !placed.holds(first.dest) {
         // SAFETY: dest..dest+len lies inside a staged region this process
         // mapped writable (see `map`); chunks of one region never overlap
         // (checked when the image was opened), so no two threads write the
         // same bytes, and nothing else uses staged memory until the
         // restorer.
-        let out = unsafe { std::slice::from_raw_parts_mut(dest as *mut u8, first.npages as usize * ps) };
-        return img.read_block(first, out, scratch);
+        let out = unsafe { std::slice::from_raw_parts_mut(first.dest as *mut u8, first.c.npages as usize * ps) };
+        return img.read_block(first.c, out, scratch);
     }
-    buf.resize(first.block_pages as usize * ps, 0);
-    img.read_block(first, buf, scratch)?;
-    for &(c, dest, via_uffd) in runs {
-        let pages = &buf[c.skip as usize * ps..(c.skip + c.npages) as usize * ps];
-        if via_uffd {
-            let u = uffd.expect("registered through it");
-            u.copy(dest, pages).map_err(|e| CkError::Environment(format!("filling memory at {dest:#x}: {e}")))?;
-        } else {
-            // SAFETY: as above: a staged, writable range no other thread
-            // writes.
-            let out = unsafe { std::slice::from_raw_parts_mut(dest as *mut u8, pages.len()) };
-            out.copy_from_slice(pages);
+    buf.resize(first.c.block_pages as usize * ps, 0);
+    img.read_block(first.c, buf, scratch)?;
+    for r in runs {
+        let pages = &buf[r.c.skip as usize * ps..(r.c.skip + r.c.npages) as usize * ps];
+        // Split where the run enters or leaves a placed range.
+        let mut from = 0;
+        while from < pages.len() {
+            let inside = placed.holds(r.dest + from as u64);
+            let mut to = from + ps;
+            while to < pages.len() && placed.holds(r.dest + to as u64) == inside {
+                to += ps;
+            }
+            let dest = r.dest + from as u64;
+            if r.via_uffd && !inside {
+                let u = uffd.expect("registered through it");
+                u.copy(dest, &pages[from..to])
+                    .map_err(|e| CkError::Environment(format!("filling memory at {dest:#x}: {e}")))?;
+            } else {
+                // SAFETY: as above: a staged, writable range no other
+                // thread writes; inside a placed range the pages are
+                // present (the first pass put them there), so the copy
+                // does not wait on userfaultfd.
+                let out = unsafe { std::slice::from_raw_parts_mut(dest as *mut u8, to - from) };
+                out.copy_from_slice(&pages[from..to]);
+            }
+            from = to;
         }
     }
     Ok(())
@@ -211,6 +363,35 @@ mod tests {
     use crate::restore::kernel::recording::{Call, Recording};
     use crate::restore::plan::tests::{process, region};
     use crate::sys::procfs::parse_maps;
+
+    /// A run taking `npages` pages from page `skip` of the block at
+    /// `offset` (of `block_pages` pages), staged at `dest` in region 0.
+    fn run(c: &ChunkRef, dest: u64) -> Run<'_> {
+        Run { c, dest, via_uffd: true, region: 0 }
+    }
+
+    fn taken(offset: u64, skip: u32, npages: u32, block_pages: u32) -> ChunkRef {
+        ChunkRef { image: 1, skip, block_pages, ..ChunkRef::own(0, npages, 10, offset, 0) }
+    }
+
+    #[test]
+    fn an_old_block_with_holes_is_placed_whole_only_where_newer_runs_fill_them() {
+        let ps = PAGE_SIZE;
+        // Block A (4 pages at 0x10000): pages 0, 1, 3; page 2 is newer, from block B.
+        let (a0, a1, b) = (taken(100, 0, 2, 4), taken(100, 3, 1, 4), taken(900, 5, 1, 8));
+        // Block C (4 pages at 0x20000): pages 0 and 1 only, pages 2-3 are empty now.
+        let c = taken(200, 0, 2, 4);
+        let work = [run(&a0, 0x10000), run(&a1, 0x10000 + 3 * ps), run(&b, 0x10000 + 2 * ps), run(&c, 0x20000)];
+        let blocks = [0..2, 2..3, 3..4];
+        let placed = Placed::choose(&work, &blocks, &[(0x10000, 0x30000)]);
+        assert_eq!(placed.blocks, [true, false, false]);
+        assert_eq!(placed.ranges, [(0x10000, 0x10000 + 4 * ps)]);
+        assert!(placed.holds(0x10000 + 2 * ps) && !placed.holds(0x20000));
+        // Outside its region, or where its runs disagree on its place: not placed.
+        assert_eq!(Placed::choose(&work, &blocks, &[(0x10000, 0x10000 + 3 * ps)]).blocks, [false, false, false]);
+        let moved = [run(&a0, 0x10000), run(&a1, 0x40000), run(&b, 0x10000 + 2 * ps), run(&c, 0x20000)];
+        assert_eq!(Placed::choose(&moved, &blocks, &[(0x10000, 0x50000)]).blocks, [false, false, false]);
+    }
 
     #[test]
     fn regions_are_mapped_by_kind_at_their_staging_address() {
