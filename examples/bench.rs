@@ -268,7 +268,7 @@ fn run(args: &Args, tmp: &Path) -> Res<usize> {
     }
 
     check_interrupt()?;
-    progress(&format!("{largest} MiB: checkpoint-and-stop (--stop-signal TERM)"));
+    progress(&format!("{largest} MiB: checkpoint-and-stop (--stop-signal USR1)"));
     let stop = (largest, checkpoint_and_stop(&tools, largest));
 
     check_interrupt()?;
@@ -983,8 +983,8 @@ fn pause_with_threads(t: &Tools, n: usize) -> Res<Vec<f64>> {
     Ok(pauses)
 }
 
-/// A batch job's end (`--stop-signal TERM`, as Slurm sends at a time limit
-/// or a preemption) of `memhog SIZE`: seconds from the signal to ckrun's
+/// A batch job's end (`--stop-signal USR1`, as a Slurm script passes on
+/// `--signal=B:USR1@T`) of `memhog SIZE`: seconds from the signal to ckrun's
 /// exit 85, when the image is durable and the tree is gone; the warning
 /// time a batch script needs is this plus margin.
 fn checkpoint_and_stop(t: &Tools, size: u64) -> Res<f64> {
@@ -992,14 +992,14 @@ fn checkpoint_and_stop(t: &Tools, size: u64) -> Res<f64> {
     fs::create_dir_all(&imgdir).map_err(|e| format!("create {}: {e}", imgdir.display()))?;
     let deadline = Instant::now() + TIMEOUT;
     let mut cmd = Command::new(&t.ckrun);
-    cmd.arg("--dir").arg(&imgdir).args(["--stop-signal", "TERM"]).arg(&t.memhog).arg(size.to_string());
-    let mut job = Job::spawn(format!("ckrun --stop-signal TERM memhog {size}"), cmd.current_dir(&t.tmp))?;
+    cmd.arg("--dir").arg(&imgdir).args(["--stop-signal", "USR1"]).arg(&t.memhog).arg(size.to_string());
+    let mut job = Job::spawn(format!("ckrun --stop-signal USR1 memhog {size}"), cmd.current_dir(&t.tmp))?;
     while job.next_out("`ready`", deadline)?.text != "ready" {}
     while tick_of(&job.next_out("a tick", deadline)?.text).unwrap_or(0) < WARMUP_TICKS {}
     // SAFETY: sync(2) has no arguments.
     unsafe { libc::sync() };
     let t0 = Instant::now();
-    if !signal(job.pid, libc::SIGTERM) {
+    if !signal(job.pid, libc::SIGUSR1) {
         return Err(job.fail("cannot signal ckrun"));
     }
     let status = job.wait_exit(TIMEOUT)?;
@@ -1007,10 +1007,15 @@ fn checkpoint_and_stop(t: &Tools, size: u64) -> Res<f64> {
     if status.code() != Some(85) {
         return Err(job.fail(&format!("ckrun exited with {status}, not 85 (checkpointed)")));
     }
-    let images = fs::read_dir(&imgdir).map_err(|e| format!("read {}: {e}", imgdir.display()))?.count();
+    // The image, and its `.stopped` mark.
+    let images = fs::read_dir(&imgdir)
+        .map_err(|e| format!("read {}: {e}", imgdir.display()))?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".ckimg"))
+        .count();
     let _ = fs::remove_dir_all(&imgdir);
     if images != 1 {
-        return Err(format!("{images} files in the image directory after exit 85, not one image"));
+        return Err(format!("{images} images in the image directory after exit 85, not one"));
     }
     Ok(secs)
 }
@@ -1768,9 +1773,9 @@ impl Report {
         let (size, r) = &self.stop;
         o.push_str(&format!(
             "\n## Checkpoint-and-stop\n\n\
-             `ckrun --stop-signal TERM memhog {size}`, then SIGTERM to ckrun (what Slurm sends at a time \
-             limit): time until ckrun exits 85, the image durable and the program gone. A batch script's \
-             warning time must exceed it.\n\n| memory | SIGTERM to exit 85 |\n|---|---|\n"
+             `ckrun --stop-signal USR1 memhog {size}`, then SIGUSR1 to ckrun (what a Slurm script passes \
+             on from `--signal=B:USR1@T`): time until ckrun exits 85, the image durable and the program \
+             gone. A batch script's warning time must exceed it.\n\n| memory | USR1 to exit 85 |\n|---|---|\n"
         ));
         match r {
             Ok(s) => o.push_str(&format!("| {size} MiB | {s:.2} s |\n")),
