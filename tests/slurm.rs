@@ -388,6 +388,31 @@ fn count(text: &str, needle: &str) -> usize {
     text.matches(needle).count()
 }
 
+/// Submits `examples/slurm/job.sbatch` running `prog TICKS` in the test's
+/// work directory, images under its image directory (`$SCRATCH`), with
+/// sbatch options `options` before the script's own; returns the job ID
+/// and its output and error files.
+fn submit_example(
+    cluster: &Cluster,
+    dir: &TestDir,
+    prog: &Program,
+    ticks: &str,
+    options: &[&str],
+) -> (String, PathBuf, PathBuf) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/slurm/job.sbatch");
+    let (out, err) = (dir.work.join("job.out"), dir.work.join("job.err"));
+    let placed = [
+        format!("--chdir={}", dir.work.display()),
+        format!("--output={}", out.display()),
+        format!("--error={}", err.display()),
+        format!("--export=ALL,SCRATCH={}", dir.img.display()),
+    ];
+    let mut args: Vec<&str> = options.to_vec();
+    args.extend(placed.iter().map(String::as_str));
+    args.extend([script.to_str().unwrap(), prog.path().to_str().unwrap(), ticks]);
+    (cluster.sbatch(&args), out, err)
+}
+
 #[test]
 fn time_limits_checkpoint_requeue_and_resume() {
     let dir = TestDir::new("slurm-timelimit");
@@ -395,20 +420,8 @@ fn time_limits_checkpoint_requeue_and_resume() {
         Cluster::start(&dir.root, "cktimelimit", "PartitionName=batch Nodes=ck1 Default=YES MaxTime=INFINITE State=UP");
     let prog = Program::c("counter");
     let reference = bare_run(&prog, TIME_LIMIT_TICKS, &dir.bare);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/slurm/job.sbatch");
-    let (out, err) = (dir.work.join("job.out"), dir.work.join("job.err"));
-    let job = cluster.sbatch(&[
-        "--time=1",
-        // 15-45 s before the limit: a run computes 15-45 s.
-        "--signal=B:USR1@15",
-        &format!("--chdir={}", dir.work.display()),
-        &format!("--output={}", out.display()),
-        &format!("--error={}", err.display()),
-        &format!("--export=ALL,SCRATCH={}", dir.img.display()),
-        script.to_str().unwrap(),
-        prog.path().to_str().unwrap(),
-        TIME_LIMIT_TICKS,
-    ]);
+    // 15-45 s before the limit: a run computes 15-45 s.
+    let (job, out, err) = submit_example(&cluster, &dir, &prog, TIME_LIMIT_TICKS, &["--time=1", "--signal=B:USR1@15"]);
     let ckpt = dir.img.join("ckpt");
     let mut images = ImagesSeen::default();
     // 150 s of computing, a minute at most per run, seconds per requeue.
@@ -452,18 +465,8 @@ fn preemption_checkpoints_requeues_and_resumes() {
     );
     let prog = Program::c("counter");
     let reference = bare_run(&prog, PREEMPT_TICKS, &dir.bare);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/slurm/job.sbatch");
-    let (out, err) = (dir.work.join("job.out"), dir.work.join("job.err"));
     // The script's own time limit (4 h) and warning (300 s) stay.
-    let job = cluster.sbatch(&[
-        &format!("--chdir={}", dir.work.display()),
-        &format!("--output={}", out.display()),
-        &format!("--error={}", err.display()),
-        &format!("--export=ALL,SCRATCH={}", dir.img.display()),
-        script.to_str().unwrap(),
-        prog.path().to_str().unwrap(),
-        PREEMPT_TICKS,
-    ]);
+    let (job, out, err) = submit_example(&cluster, &dir, &prog, PREEMPT_TICKS, &[]);
     let ckpt = dir.img.join("ckpt");
     let mut images = ImagesSeen::default();
     let lines = || fs::read(&out).map_or(0, |o| o.iter().filter(|&&b| b == b'\n').count());
