@@ -47,6 +47,8 @@ pub struct Restoring {
     pub agent_fds: Vec<i32>,
     /// The objects' fds, closed once everyone has them.
     pub objects: Vec<i32>,
+    /// What waits until every process is ready (nothing is cut back or
+    /// renamed before a restart is sure to go ahead).
     pub deferred: Vec<crate::fdtypes::Deferred>,
     /// (ID in the image, ID now) of the SysV shared memory segments.
     pub segment_ids: Vec<(i32, i32)>,

@@ -15,27 +15,13 @@ use std::time::Instant;
 /// A restart in progress: the restore children connect, get their share
 /// of the tree's objects, and report ready; once all are, they all go.
 pub struct RestoreSession {
-    pub image: std::path::PathBuf,
-    pub started: Instant,
-    /// What each process of the image receives: (tags, fds).
-    pub sends: Vec<(Vec<u32>, Vec<i32>)>,
-    /// The image's pids, and each process's agent fd.
-    pub pids: Vec<i32>,
-    pub agent_fds: Vec<i32>,
-    /// The objects' fds, closed once everyone has them.
-    pub objects: Vec<i32>,
-    /// What waits until every process is ready (nothing is cut back or
-    /// renamed before a restart is sure to go ahead).
-    pub deferred: Vec<crate::fdtypes::Deferred>,
+    /// What the restart made and is to hand out (`restore::prepare`).
+    made: crate::job::Restoring,
+    started: Instant,
     ready: Vec<i32>,
     restored: Vec<i32>,
     /// Processes (by index) whose objects were sent.
     handed: Vec<usize>,
-    /// ckrun's terminal (fd) and the tree's group to make its foreground
-    /// group once every process is ready, before any runs.
-    foreground: Option<(i32, i32)>,
-    /// (ID in the image, ID now) of the SysV shared memory segments.
-    segment_ids: Vec<(i32, i32)>,
     /// The deferred steps are done.
     committed: bool,
     /// Processes still taking back their semaphore undo adjustments.
@@ -44,20 +30,13 @@ pub struct RestoreSession {
 }
 
 impl From<crate::job::Restoring> for RestoreSession {
-    fn from(r: crate::job::Restoring) -> Self {
+    fn from(made: crate::job::Restoring) -> Self {
         RestoreSession {
-            image: r.image,
+            made,
             started: Instant::now(),
-            sends: r.sends,
-            pids: r.pids,
-            agent_fds: r.agent_fds,
-            objects: r.objects,
-            deferred: r.deferred,
             ready: vec![],
             restored: vec![],
             handed: vec![],
-            foreground: r.foreground,
-            segment_ids: r.segment_ids,
             committed: false,
             adjusting: vec![],
             go: false,
@@ -73,7 +52,7 @@ impl Coordinator {
         let i = h.index as usize;
         // The kernel says who connected: it must be the process it claims
         // to restore (each restore child has the PID it restores).
-        if r.pids.get(i) != Some(&h.pid) || h.pid != conn.pid {
+        if r.made.pids.get(i) != Some(&h.pid) || h.pid != conn.pid {
             self.refusals.report(super::peers::Peer { pid: conn.pid, uid: 0 }, "not the restore process it claims");
             return;
         }
@@ -81,13 +60,13 @@ impl Coordinator {
             return; // each process's objects go out once
         }
         r.handed.push(i);
-        let (tags, fds) = &r.sends[i];
-        if transfer::send_segment_ids(conn.conn.as_raw_fd(), &r.segment_ids).is_err()
+        let (tags, fds) = &r.made.sends[i];
+        if transfer::send_segment_ids(conn.conn.as_raw_fd(), &r.made.segment_ids).is_err()
             || transfer::send_fds(conn.conn.as_raw_fd(), tags, fds).is_err()
         {
             return;
         }
-        let agent_fd = r.agent_fds[i];
+        let agent_fd = r.made.agent_fds[i];
         self.agents.retain(|a| a.pid != h.pid);
         self.agents.push(Agent { pid: h.pid, agent_fd, running: false, restoring: true, ..conn });
     }
@@ -97,9 +76,9 @@ impl Coordinator {
         if !r.ready.contains(&pid) {
             r.ready.push(pid);
         }
-        if r.ready.len() == r.pids.len() && !r.committed {
+        if r.ready.len() == r.made.pids.len() && !r.committed {
             let mut k = crate::restore::kernel::Linux::default();
-            if let Err(e) = crate::fdtypes::commit(&mut k, &r.deferred) {
+            if let Err(e) = crate::fdtypes::commit(&mut k, &r.made.deferred) {
                 eprintln!("ckrun: restore failed: {e:#}");
                 let code = crate::error::exit_code_of(&e);
                 self.abort_restore();
@@ -110,12 +89,12 @@ impl Coordinator {
             // The sets have their values (SETALL zeroed every undo
             // adjustment): each process that had some takes them back,
             // before any goes (`crate::sysv::semundo`).
-            let sysv = r.deferred.iter().filter_map(|d| match d {
+            let sysv = r.made.deferred.iter().filter_map(|d| match d {
                 crate::fdtypes::Deferred::Sysv(o) => Some(o),
                 _ => None,
             });
             r.adjusting = crate::sysv::semundo::holders(sysv);
-            let pids = r.pids.clone();
+            let pids = r.made.pids.clone();
             r.adjusting.retain(|p| pids.contains(p));
             for a in self.agents.iter().filter(|a| r.adjusting.contains(&a.pid)) {
                 let _ = transfer::send(a.conn.as_raw_fd(), transfer::ADJUST, &[]);
@@ -135,16 +114,16 @@ impl Coordinator {
     fn go_if_adjusted(&mut self) {
         let Some(r) = self.restore.as_mut() else { return };
         if r.committed && r.adjusting.is_empty() && !r.go {
-            if let Some((fd, pgid)) = r.foreground {
+            if let Some((fd, pgid)) = r.made.foreground {
                 if let Err(e) = crate::terminal::hand_to(fd, pgid) {
                     eprintln!("ckrun: warning: cannot make process group {pgid} the terminal's foreground group: {e}");
                 }
             }
             r.go = true;
-            for a in self.agents.iter().filter(|a| r.pids.contains(&a.pid)) {
+            for a in self.agents.iter().filter(|a| r.made.pids.contains(&a.pid)) {
                 let _ = transfer::send(a.conn.as_raw_fd(), transfer::GO, &[]);
             }
-            for fd in r.objects.drain(..) {
+            for fd in r.made.objects.drain(..) {
                 // SAFETY: the objects' fds are ours; every process has its copies.
                 unsafe { libc::close(fd) };
             }
@@ -161,11 +140,11 @@ impl Coordinator {
         if !r.restored.contains(&pid) {
             r.restored.push(pid);
         }
-        if r.restored.len() == r.pids.len() {
-            let n = r.pids.len();
+        if r.restored.len() == r.made.pids.len() {
+            let n = r.made.pids.len();
             let what = if n == 1 { format!("process {pid}") } else { format!("{n} processes") };
             let ms = r.started.elapsed().as_secs_f64() * 1000.0;
-            eprintln!("ckrun: restarted {what} from {} in {ms:.1} ms", r.image.display());
+            eprintln!("ckrun: restarted {what} from {} in {ms:.1} ms", r.made.image.display());
             self.restore = None;
         }
     }
@@ -182,10 +161,10 @@ impl Coordinator {
             // SAFETY: plain kill of our own descendants.
             unsafe { libc::kill(m.pid, libc::SIGKILL) };
         }
-        for fd in r.objects {
+        for fd in r.made.objects {
             // SAFETY: closing our own fds.
             unsafe { libc::close(fd) };
         }
-        crate::fdtypes::abandon(&mut crate::restore::kernel::Linux::default(), &r.deferred);
+        crate::fdtypes::abandon(&mut crate::restore::kernel::Linux::default(), &r.made.deferred);
     }
 }
