@@ -186,15 +186,12 @@ pub fn put_back_if_changed(
     c: &SavedContent,
 ) -> Result<Option<PutBack>> {
     let mut saved = vec![0u8; c.size as usize];
-    let mut scratch = Vec::new();
-    let mut piece = Vec::new();
-    for chunk in &c.chunks {
-        piece.resize(chunk.npages as usize * crate::sys::PAGE_SIZE as usize, 0);
-        img.read_chunk(chunk, &mut piece, &mut scratch)?;
-        let at = (chunk.addr as usize).min(saved.len());
+    super::ghost::each_piece(img, &c.chunks, |at, piece| {
+        let at = (at as usize).min(saved.len());
         let n = piece.len().min(saved.len() - at);
         saved[at..at + n].copy_from_slice(&piece[..n]);
-    }
+        Ok(())
+    })?;
     let reader = k.reopen(fd, libc::O_RDONLY | libc::O_CLOEXEC)?;
     let now = k.pread(reader, saved.len(), 0);
     k.close(reader);

@@ -213,15 +213,27 @@ pub fn recreate(k: &mut impl Kernel, img: &ImageReader, g: &GhostFile) -> Result
     Ok(fd)
 }
 
-/// Writes saved content into `fd`, then gives it its size.
-pub(super) fn fill(k: &mut impl Kernel, img: &ImageReader, fd: i32, chunks: &[ChunkRef], size: u64) -> Result<()> {
+/// Calls `f` with each chunk of saved content, decompressed, and the
+/// offset it belongs at (the pages between chunks were zero). The last
+/// chunk's pages may run past the content's size.
+pub(super) fn each_piece(
+    img: &ImageReader,
+    chunks: &[ChunkRef],
+    mut f: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
     let mut buf = Vec::new();
     let mut scratch = Vec::new();
     for c in chunks {
         buf.resize(c.npages as usize * PAGE_SIZE as usize, 0);
         img.read_chunk(c, &mut buf, &mut scratch)?;
-        k.pwrite_all(fd, &buf, c.addr)?;
+        f(c.addr, &buf)?;
     }
+    Ok(())
+}
+
+/// Writes saved content into `fd`, then gives it its size.
+pub(super) fn fill(k: &mut impl Kernel, img: &ImageReader, fd: i32, chunks: &[ChunkRef], size: u64) -> Result<()> {
+    each_piece(img, chunks, |at, piece| Ok(k.pwrite_all(fd, piece, at)?))?;
     k.truncate(fd, size)?;
     Ok(())
 }
