@@ -196,11 +196,23 @@ fn kill_9_during_retention_leaves_every_remaining_image_restartable() {
     // file is then removed, after the 16th became one.
     let mut job =
         Ckrun::launch_via(&["env", "CKRUN_TEST_HANG=retain"], &prog, &ARGS, &dir.work, &dir.img, &["--keep", "1"]);
-    let mut n = 0;
-    while !job.stderr().contains("hanging at retain") {
-        n += 1;
+    // Retention runs after ckrun announces the image, so the hang may come
+    // after a checkpoint seemed done: each request waits for either its
+    // announcement or the hang, never for an image a hung ckrun cannot write.
+    let announced = |job: &Ckrun| job.stderr().lines().filter(|l| l.starts_with("ckrun: checkpoint ")).count();
+    for n in 1.. {
         assert!(n <= 20, "no retention with two removals in 20 checkpoints\n{}", job.diagnostics());
-        checkpoint_after_a_tick(&mut job);
+        let (at, before) = (job.last_tick().unwrap_or(0), announced(&job));
+        job.wait_for_tick(at + 1);
+        sys::send_signal(job.ckrun_pid(), sys::SIGUSR2).unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        while announced(&job) == before && !job.stderr().contains("hanging at retain") {
+            assert!(Instant::now() < deadline, "checkpoint {n} within {TIMEOUT:?}\n{}", job.diagnostics());
+            std::thread::sleep(POLL);
+        }
+        if job.stderr().contains("hanging at retain") {
+            break;
+        }
     }
     job.kill9();
     let left = list_images(&dir.img);
