@@ -34,6 +34,7 @@ pub mod state;
 pub mod suspend;
 pub mod sys;
 pub mod sysv;
+pub mod tracker;
 pub mod tree;
 pub mod vmask;
 

@@ -36,6 +36,11 @@ pub const SUSPEND_MAGIC: u64 = 0x636b_7275_6e00_0000;
 pub const SUSPEND_LEAD: u64 = 1;
 /// Low byte of [`SUSPEND_MAGIC`]: the leading thread asks a sibling to park.
 pub const SUSPEND_PARK: u64 = 2;
+/// Bit 7 of a LEAD value: the coordinator has no dirty tracker of this
+/// process's memory and asks for one ([`kind::TRACKER`]).
+pub const SUSPEND_TRACKER: u64 = 1 << 7;
+/// The bits of the low byte that say why (lead or park).
+pub const SUSPEND_KIND_MASK: u64 = 0x7f;
 /// Bit 8 of a LEAD value: keep the program frozen (`--no-fork`).
 pub const SUSPEND_FROZEN: u64 = 1 << 8;
 /// Bits 9..24 of a LEAD value: the coordinator's request number
@@ -61,7 +66,7 @@ pub const AGENT_FD_MIN: i32 = 1000;
 /// Most threads one process may have at a checkpoint.
 pub const MAX_THREADS: usize = 4096;
 
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Callee-saved registers and the resume point of a thread parked inside
 /// the agent. Restoring them (plus the thread pointer) is enough to resume
@@ -134,6 +139,12 @@ pub mod kind {
     pub const SEM_UNDO: u32 = 10;
     /// [`super::SemProbeEnd`]: one per [`SEM_PROBE`], after its SEM_UNDOs.
     pub const SEM_UNDO_END: u32 = 11;
+    /// No body, one userfaultfd passed with it (SCM_RIGHTS): made by the
+    /// process for its own memory (write-protect, async), asked for by
+    /// [`super::SUSPEND_TRACKER`]; sent before [`SUSPENDED`], and closed
+    /// in the process before that, so that the program never holds it
+    /// while its fds are read.
+    pub const TRACKER: u32 = 12;
     /// Coordinator → agent, [`super::Resume`]: let the threads go.
     pub const RESUME: u32 = 100;
     /// Coordinator → agent, [`super::Config`]: settings after a restart.

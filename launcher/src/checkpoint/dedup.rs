@@ -101,6 +101,9 @@ pub struct Base {
     index: HashMap<u128, PageLoc, BuildHasherDefault<PassThrough>>,
     /// The generation of an image made on this base.
     pub generation: u32,
+    /// Every page the base restores into memory, by process and address:
+    /// its hash (for the pages the dirty tracker knows unchanged).
+    pages: std::sync::Arc<HashMap<i32, Vec<(u64, u128)>>>,
 }
 
 impl Base {
@@ -147,7 +150,14 @@ impl Base {
         let mut block_of: HashMap<(u32, u64), u32> = HashMap::new();
         let mut index = HashMap::with_capacity_and_hasher(hashes.len() / 16, Default::default());
         let mut words = hashes.chunks_exact(16).map(|w| u128::from_le_bytes(w.try_into().unwrap()));
-        for c in lineage::memory_chunks(m) {
+        let mut pages: HashMap<i32, Vec<(u64, u128)>> = HashMap::new();
+        // In the order of `lineage::memory_chunks`, which the hashes follow.
+        let chunks = m
+            .processes
+            .iter()
+            .flat_map(|p| p.regions.iter().flat_map(move |r| r.chunks.iter().map(move |c| (p.pid, c))));
+        for (pid, c) in chunks {
+            let of_process = pages.entry(pid).or_default();
             let image = c.image; // 0: the base itself, k: its k-th parent, as in `images`
             let b = *block_of.entry((image, c.offset)).or_insert_with(|| {
                 blocks.push(Block {
@@ -161,12 +171,18 @@ impl Base {
             });
             for k in 0..c.npages {
                 let h = words.next().context("page hashes shorter than the pages")?;
+                of_process.push((c.addr + k as u64 * crate::sys::PAGE_SIZE, h));
                 if usable[image as usize] {
                     index.entry(h).or_insert(PageLoc { block: b, page: c.skip + k });
                 }
             }
         }
-        Ok(Base { images, blocks, index, generation })
+        for v in pages.values_mut() {
+            if !v.is_sorted_by_key(|(a, _)| *a) {
+                v.sort_unstable_by_key(|(a, _)| *a);
+            }
+        }
+        Ok(Base { images, blocks, index, generation, pages: std::sync::Arc::new(pages) })
     }
 
     /// Whether every image the base offers blocks of is still in `dir`,
@@ -185,6 +201,17 @@ impl Base {
                 open.is_ok_and(|f| lineage::check_parent(f, path.clone(), p, me, &path).is_ok())
             })
         })
+    }
+
+    /// The id of the image the base is (the one a new image follows).
+    pub fn id(&self) -> [u8; 16] {
+        self.images[0].id
+    }
+
+    /// The pages the base restores into process `pid`'s memory, by
+    /// address: their hashes.
+    pub fn pages_of(&self, pid: i32) -> &[(u64, u128)] {
+        self.pages.get(&pid).map_or(&[], |v| v.as_slice())
     }
 
     pub fn find(&self, hash: u128) -> Option<PageLoc> {
@@ -275,6 +302,7 @@ mod tests {
                 blocks: vec![block],
                 index: HashMap::default(),
                 generation,
+                pages: Default::default(),
             };
             (0..64u64).filter(|mib| base.store_again(loc, mib << 20)).count()
         };

@@ -8,6 +8,7 @@
 //! pages (re-mapped from the file), untouched pages, all-zero pages.
 
 use super::dedup::{page_hash, Base, PageHashes, PageLoc};
+use super::dirty::{Known, Page};
 use crate::image::manifest::{
     ChunkRef, FileRef, Region, RegionKind, REGION_DONTFORK, REGION_NORESERVE, REGION_WIPEONFORK,
 };
@@ -269,24 +270,29 @@ impl Stages {
 }
 
 /// What [`save_pages`] saved: bytes of page data (before compression),
-/// of which `taken` are referred to in earlier images, not stored.
+/// of which `taken` are referred to in earlier images, not stored, and of
+/// those `unread` were known unchanged by the dirty tracker (not read).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Saved {
     pub bytes: u64,
     pub taken: u64,
+    pub unread: u64,
 }
 
 impl std::ops::AddAssign for Saved {
     fn add_assign(&mut self, o: Saved) {
         self.bytes += o.bytes;
         self.taken += o.taken;
+        self.unread += o.unread;
     }
 }
 
 /// Reads the runs from `mem` on all cores, drops zero pages, hashes the
 /// others (into `hashes`), takes those `base` holds from there,
 /// compresses and appends the rest to `out` (each worker writes its own
-/// chunks at reserved offsets), recording them in `regions`.
+/// chunks at reserved offsets), recording them in `regions`. The pages
+/// `known` (the dirty tracker) vouches for are not read: they are the
+/// base's.
 pub fn save_pages(
     mem: &RemoteMemory,
     runs: &[PageRun],
@@ -295,15 +301,17 @@ pub fn save_pages(
     base: Option<&Base>,
     hashes: &mut PageHashes,
 ) -> Result<Saved> {
-    save_pages_timed(mem, runs, regions, out, base, hashes, &Stages::default())
+    save_pages_timed(mem, runs, regions, out, base, None, hashes, &Stages::default())
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn save_pages_timed(
     mem: &RemoteMemory,
     runs: &[PageRun],
     regions: &mut [Region],
     out: &ImageWriter,
     base: Option<&Base>,
+    known: Option<&Known>,
     hashes: &mut PageHashes,
     stages: &Stages,
 ) -> Result<Saved> {
@@ -313,6 +321,7 @@ pub fn save_pages_timed(
     let workers = if out.is_direct() { cores + 1 } else { cores };
     let next = AtomicUsize::new(0);
     let saved: Mutex<(Vec<(usize, ChunkRef)>, PageHashes)> = Mutex::new((Vec::new(), Vec::new()));
+    let unread = AtomicU64::new(0);
     let first_err: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..workers {
@@ -324,6 +333,8 @@ pub fn save_pages_timed(
                 let mut to = Output {
                     image: out,
                     base,
+                    known,
+                    unread: 0,
                     chunks: &mut mine,
                     hashes: &mut my_hashes,
                     pending: Pending::default(),
@@ -345,6 +356,7 @@ pub fn save_pages_timed(
                         break;
                     }
                 }
+                unread.fetch_add(to.unread, Ordering::Relaxed);
                 let mut all = saved.lock().unwrap();
                 all.0.extend(mine);
                 all.1.extend(my_hashes);
@@ -356,7 +368,7 @@ pub fn save_pages_timed(
     }
     let (chunks, found) = saved.into_inner().unwrap();
     hashes.extend(found);
-    let mut total = Saved::default();
+    let mut total = Saved { unread: unread.into_inner(), ..Saved::default() };
     for (region, c) in chunks {
         total.bytes += c.npages as u64 * PAGE_SIZE;
         if c.image > 0 {
@@ -374,6 +386,9 @@ pub fn save_pages_timed(
 struct Output<'a> {
     image: &'a ImageWriter,
     base: Option<&'a Base>,
+    known: Option<&'a Known<'a>>,
+    /// Bytes of pages taken from the base on the tracker's word, unread.
+    unread: u64,
     chunks: &'a mut Vec<(usize, ChunkRef)>,
     hashes: &'a mut PageHashes,
     /// Pages to store, gathered until they make a whole block.
@@ -438,12 +453,44 @@ fn save_run(mem: &RemoteMemory, run: &PageRun, buf: &mut [u8], out: &mut Output,
     let ps = PAGE_SIZE as usize;
     let n = run.npages as usize;
     let data = &mut buf[..n * ps];
-    let t = Instant::now();
-    mem.read(run.addr, data).with_context(|| format!("saving memory at {:#x}", run.addr))?;
-    let mut t = Stages::add(&stages.read, t);
+    let addr_of = |p: usize| run.addr + (p * ps) as u64;
     // Per page: None if all zero (not saved), else where the base holds it.
     let mut found: [Option<Option<PageLoc>>; CHUNK_PAGES as usize] = [None; CHUNK_PAGES as usize];
-    for (p, slot) in found.iter_mut().enumerate().take(n) {
+    // The pages to read: all but those the tracker knows unchanged (zero,
+    // or the base's page of that hash, while the base may give it).
+    let mut read = [true; CHUNK_PAGES as usize];
+    if let (Some(known), Some(base)) = (out.known, out.base) {
+        for p in 0..n {
+            match known.page(addr_of(p)) {
+                Page::Unknown => {}
+                Page::Zero => read[p] = false,
+                Page::Same(h) => {
+                    if let Some(loc) = base.find(h).filter(|loc| !base.store_again(*loc, addr_of(p))) {
+                        read[p] = false;
+                        found[p] = Some(Some(loc));
+                        out.hashes.push((addr_of(p), h));
+                        out.unread += PAGE_SIZE;
+                    }
+                }
+            }
+        }
+    }
+    let t = Instant::now();
+    let mut p = 0;
+    while p < n {
+        if !read[p] {
+            p += 1;
+            continue;
+        }
+        let begin = p;
+        while p < n && read[p] {
+            p += 1;
+        }
+        let at = addr_of(begin);
+        mem.read(at, &mut data[begin * ps..p * ps]).with_context(|| format!("saving memory at {at:#x}"))?;
+    }
+    let mut t = Stages::add(&stages.read, t);
+    for (p, slot) in found.iter_mut().enumerate().take(n).filter(|(p, _)| read[*p]) {
         let page = &data[p * ps..(p + 1) * ps];
         if !is_zero_page(page) {
             let h = page_hash(page);
@@ -453,7 +500,6 @@ fn save_run(mem: &RemoteMemory, run: &PageRun, buf: &mut [u8], out: &mut Output,
         }
     }
     t = Stages::add(&stages.hash, t);
-    let addr_of = |p: usize| run.addr + (p * ps) as u64;
     // The pages to store, gathered into one block (scattered changes make
     // one block, not one per page: each block is padded to 4 KiB for
     // O_DIRECT and written by one call); each piece of them is a run that

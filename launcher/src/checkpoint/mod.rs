@@ -16,6 +16,7 @@
 //!    sync, rename.
 
 pub mod dedup;
+pub mod dirty;
 pub mod memory;
 pub mod process;
 
@@ -50,6 +51,8 @@ pub struct Outcome {
     pub memory_bytes: u64,
     /// Of those, the bytes taken from earlier images (not stored again).
     pub taken_bytes: u64,
+    /// Of those, the bytes the dirty tracker knew unchanged (not read).
+    pub unread_bytes: u64,
     /// How many earlier images the image takes pages from.
     pub parents: usize,
     /// Why the image is self-contained although a base was given.
@@ -227,6 +230,7 @@ pub fn take(
     let mut guard = ResumeGuard { stopped: &mut stopped, signalled: Vec::new(), request: tree.request, resumed: false };
     inject("create")?;
     for a in &tree.live {
+        let value = if dirty::wanted(a) { value | ckrun_proto::SUSPEND_TRACKER } else { value };
         if ask_to_lead(a.pid, value).is_err() {
             return Err(TreeChanged.into()); // gone meanwhile
         }
@@ -284,6 +288,15 @@ pub fn take(
         terminal_groups.extend(tpgid);
     }
     let foreground = foreground_group(&images, &terminal_groups);
+    // What each process wrote since the base, and its tracker protected
+    // again: still stopped, after the snapshot's fork.
+    let base_id = base.map(|b| b.id());
+    let scans: Vec<dirty::Scanned> = guard
+        .stopped
+        .iter()
+        .zip(images.iter())
+        .map(|(s, img)| dirty::scan(s.agent, s.reader(), &img.regions, base_id))
+        .collect();
 
     inject("captured")?;
 
@@ -303,7 +316,7 @@ pub fn take(
     inject("resumed")?;
     let stages = memory::Stages::default();
     if !frozen {
-        for ((s, img), h) in guard.stopped.iter().zip(images.iter_mut()).zip(hashes.iter_mut()) {
+        for (((s, img), h), scan) in guard.stopped.iter().zip(images.iter_mut()).zip(hashes.iter_mut()).zip(&scans) {
             let source = s.source();
             // The snapshot's flags, read now that the program runs: smaps
             // walks the page tables (~20 ms per GiB), the snapshot's own.
@@ -312,7 +325,11 @@ pub fn take(
             memory::take_vm_flags(&mut img.regions, &vmas, false);
             let mem = RemoteMemory::open(source)?;
             let runs = memory::select_pages(&mem, &img.regions, |r| !r.shared)?;
-            saved += memory::save_pages_timed(&mem, &runs, &mut img.regions, &out, base, h, &stages)?;
+            let known = match (base, &scan.changes) {
+                (Some(b), Some(changes)) => Some(dirty::Known { changes, base_pages: b.pages_of(img.pid) }),
+                _ => None,
+            };
+            saved += memory::save_pages_timed(&mem, &runs, &mut img.regions, &out, base, known.as_ref(), h, &stages)?;
         }
     }
     let t_memory = t0.elapsed();
@@ -372,6 +389,9 @@ pub fn take(
     hang("finish");
     let (path, image_bytes) = out.finish(&manifest, &image_name(settings, tree.root, sequence), key)?;
     let total = t0.elapsed();
+    let armed: Vec<&Agent> =
+        guard.stopped.iter().zip(&scans).filter(|(_, sc)| sc.armed).map(|(s, _)| s.agent).collect();
+    dirty::checkpointed(&armed, manifest.lineage.id);
     drop(guard); // reaps the snapshot children
                  // Durable now: the index the next checkpoint is deduplicated against,
                  // from what is in memory (its file is read only after a restart).
@@ -406,6 +426,7 @@ pub fn take(
         sequence,
         memory_bytes: saved.bytes,
         taken_bytes: saved.taken,
+        unread_bytes: saved.unread,
         parents,
         whole_because,
         image_bytes,
@@ -591,6 +612,7 @@ fn wait_suspended<'a>(a: &'a Agent, merged: &mut u32, agents: &[i32], request: u
                 );
             }
             kind::CHECKPOINT_REQUEST => *merged += 1,
+            kind::TRACKER => dirty::adopt(a),
             _ => {}
         }
     }

@@ -365,7 +365,15 @@ impl Coordinator {
                 }
                 continue;
             }
-            let probe = Agent { pid: p.peer.pid, agent_fd: -1, conn: p.conn, running: true, restoring: false };
+            let probe = Agent {
+                pid: p.peer.pid,
+                agent_fd: -1,
+                conn: p.conn,
+                running: true,
+                restoring: false,
+                passed: Default::default(),
+                tracker: Default::default(),
+            };
             let Ok(Some(msg)) = probe.recv_within(Duration::ZERO) else { continue };
             if kind_of(&msg) == transfer::RESTORE_HELLO {
                 self.on_restore_child(probe, &msg);
@@ -568,7 +576,11 @@ impl Coordinator {
                     eprintln!("ckrun: {merged} checkpoint request(s) arrived during checkpoint {seq}; merged into it");
                 }
                 let taken = if o.parents > 0 {
-                    format!(", {} of it in {} earlier image(s)", bytes(o.taken_bytes), o.parents)
+                    let unread = match o.unread_bytes {
+                        0 => String::new(),
+                        n => format!(", {} known unchanged by the dirty tracker", bytes(n)),
+                    };
+                    format!(", {} of it in {} earlier image(s){unread}", bytes(o.taken_bytes), o.parents)
                 } else {
                     String::new()
                 };

@@ -4,7 +4,7 @@
 //! such as PROT_NONE ones: it reads with FOLL_FORCE).
 
 use super::PAGE_SIZE;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -16,10 +16,16 @@ pub const PM_SWAP: u64 = 1 << 62;
 pub const PM_FILE: u64 = 1 << 61;
 
 /// PAGEMAP_SCAN page categories (linux/fs.h).
+pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
 pub const PAGE_IS_FILE: u64 = 1 << 2;
 pub const PAGE_IS_PRESENT: u64 = 1 << 3;
 pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
 pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
+
+/// PAGEMAP_SCAN flags: write-protect the pages it reports; fail (EPERM)
+/// on memory not write-protected asynchronously by a userfaultfd.
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
 const PAGEMAP_SCAN: u64 = 0xc060_6610;
@@ -39,6 +45,16 @@ struct PmScanArg {
     category_mask: u64,
     category_anyof_mask: u64,
     return_mask: u64,
+}
+
+/// What a PAGEMAP_SCAN asks for: pages with all the categories of
+/// `all_of` (those of `inverted` inverted) and one of `any_of`.
+struct Query {
+    flags: u64,
+    inverted: u64,
+    all_of: u64,
+    any_of: u64,
+    returned: u64,
 }
 
 /// struct page_region: consecutive pages of the same categories.
@@ -92,39 +108,82 @@ impl RemoteMemory {
         if SCAN.load(Ordering::Relaxed) == 2 {
             return Ok(None);
         }
+        let query = Query {
+            flags: 0,
+            // Not the zero page, and present or swapped.
+            inverted: PAGE_IS_PFNZERO,
+            all_of: PAGE_IS_PFNZERO,
+            any_of: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            returned: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE,
+        };
+        match self.scan(start, end, &query) {
+            Ok(out) => {
+                SCAN.store(1, Ordering::Relaxed);
+                Ok(Some(out))
+            }
+            Err(e) => {
+                let missing = matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL));
+                if missing && SCAN.load(Ordering::Relaxed) != 1 {
+                    SCAN.store(2, Ordering::Relaxed);
+                    return Ok(None);
+                }
+                Err(e).with_context(|| format!("PAGEMAP_SCAN of process {} at {start:#x}", self.pid))
+            }
+        }
+    }
+
+    /// The pages of `[start, end)` (one mapping, write-tracked by a
+    /// [`super::uffd::WriteTracker`]) written since they were last
+    /// protected, which this protects again, in the same walk of the page
+    /// tables: a write after it is seen by the next call. A page that is no
+    /// longer there (unmapped by MADV_DONTNEED) counts as written. None
+    /// when the mapping is not tracked (made or moved since, or of a kind
+    /// the tracker does not take): then nothing is known of it.
+    pub fn written(&self, start: u64, end: u64) -> Result<Option<Vec<(u64, u64)>>> {
+        let query = Query {
+            flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+            inverted: 0,
+            all_of: PAGE_IS_WRITTEN,
+            any_of: 0,
+            returned: PAGE_IS_WRITTEN,
+        };
+        match self.scan(start, end, &query) {
+            Ok(out) => Ok(Some(out.into_iter().map(|r| (r.start, r.end)).collect())),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOTTY) | Some(libc::EINVAL)) => {
+                Ok(None)
+            }
+            Err(e) => Err(e).with_context(|| format!("PAGEMAP_SCAN of process {} at {start:#x}", self.pid)),
+        }
+    }
+
+    /// PAGEMAP_SCAN of `[start, end)` until its walk reaches `end` (it may
+    /// stop early: a full output, a huge page split), ranges joined.
+    fn scan(&self, start: u64, end: u64, q: &Query) -> std::io::Result<Vec<PageRegion>> {
         let mut out: Vec<PageRegion> = Vec::new();
         let mut batch = vec![PageRegion::default(); 512];
         let mut at = start;
         while at < end {
             let mut arg = PmScanArg {
                 size: std::mem::size_of::<PmScanArg>() as u64,
-                flags: 0,
+                flags: q.flags,
                 start: at,
                 end,
                 walk_end: 0,
                 vec: batch.as_mut_ptr() as u64,
                 vec_len: batch.len() as u64,
                 max_pages: 0,
-                // Not the zero page, and present or swapped.
-                category_inverted: PAGE_IS_PFNZERO,
-                category_mask: PAGE_IS_PFNZERO,
-                category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-                return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE,
+                category_inverted: q.inverted,
+                category_mask: q.all_of,
+                category_anyof_mask: q.any_of,
+                return_mask: q.returned,
             };
             // SAFETY: the kernel reads `arg` and writes at most vec_len
             // page_regions into `batch`, which outlives the call, and
             // walk_end into `arg`.
             let n = unsafe { libc::ioctl(self.pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
             if n < 0 {
-                let e = std::io::Error::last_os_error();
-                let missing = matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL));
-                if missing && SCAN.load(Ordering::Relaxed) != 1 {
-                    SCAN.store(2, Ordering::Relaxed);
-                    return Ok(None);
-                }
-                return Err(e).with_context(|| format!("PAGEMAP_SCAN of process {} at {at:#x}", self.pid));
+                return Err(std::io::Error::last_os_error());
             }
-            SCAN.store(1, Ordering::Relaxed);
             for r in &batch[..(n as usize).min(batch.len())] {
                 match out.last_mut() {
                     Some(l) if l.end == r.start && l.categories == r.categories => l.end = r.end,
@@ -132,11 +191,14 @@ impl RemoteMemory {
                 }
             }
             if arg.walk_end <= at || arg.walk_end > end {
-                bail!("PAGEMAP_SCAN of process {} stopped at {:#x} (from {at:#x})", self.pid, arg.walk_end);
+                return Err(std::io::Error::other(format!(
+                    "PAGEMAP_SCAN of process {} stopped at {:#x} (from {at:#x})",
+                    self.pid, arg.walk_end
+                )));
             }
             at = arg.walk_end;
         }
-        Ok(Some(out))
+        Ok(out)
     }
 
     /// Copies `buf.len()` bytes from `addr`.

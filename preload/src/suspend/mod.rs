@@ -97,9 +97,10 @@ pub(crate) extern "C" fn on_suspend(_sig: c_int, info: *mut libc::siginfo_t, _uc
     // Before the fork point, so that a restored thread, whose interrupted
     // call fails with EINTR once the handler returns, sees it too.
     crate::eintr::ckrun_signal();
-    match value & 0xff {
+    match value & ckrun_proto::SUSPEND_KIND_MASK {
         SUSPEND_LEAD => lead(
             value & ckrun_proto::SUSPEND_FROZEN != 0,
+            value & ckrun_proto::SUSPEND_TRACKER != 0,
             (value >> ckrun_proto::SUSPEND_REQUEST_SHIFT & ckrun_proto::SUSPEND_REQUEST_MASK) as u32,
         ),
         SUSPEND_PARK if sender == sys::getpid() => park(),
@@ -109,7 +110,7 @@ pub(crate) extern "C" fn on_suspend(_sig: c_int, info: *mut libc::siginfo_t, _uc
 
 // ---- the leader -------------------------------------------------------
 
-fn lead(frozen: bool, request: u32) {
+fn lead(frozen: bool, tracker: bool, request: u32) {
     let me = sys::gettid() as u32;
     // The previous checkpoint's leader may still be letting its threads go
     // (the coordinator is done with it already): wait for it rather than
@@ -142,7 +143,7 @@ fn lead(frozen: bool, request: u32) {
     let rec = slot(0);
     kstate::capture_thread(rec);
     rec.flags |= THREAD_LEADER;
-    let arg = epoch as u64 | (frozen as u64) << 32;
+    let arg = epoch as u64 | (frozen as u64) << 32 | (tracker as u64) << 33;
     forkpoint::fork_point(&mut rec.ctx, leader_checkpoint, leader_restarted, arg);
     release(epoch);
     end_leading();
@@ -228,6 +229,7 @@ fn wait_parked(signalled: &[i32]) -> Result<(), Failure> {
 extern "C" fn leader_checkpoint(arg: u64) {
     let epoch = arg as u32;
     let frozen = arg >> 32 & 1 != 0;
+    let tracker = arg >> 33 & 1 != 0;
     let brk = kstate::capture_process();
     let snapshot_pid = if frozen { 0 } else { snapshot::fork_snapshot().max(0) };
     let nthreads = NSLOTS.load(Acquire).min(MAX_THREADS as u32);
@@ -241,6 +243,11 @@ extern "C" fn leader_checkpoint(arg: u64) {
     let request = REQUEST.load(Relaxed);
     let dontfork = if snapshot_pid > 0 { snapshot::dontfork() } else { &[] };
     let ndontfork = dontfork.len() as u32;
+    if tracker {
+        // After the snapshot's fork (which would copy it), before the
+        // report (after which the coordinator reads the fds).
+        crate::tracker::offer();
+    }
     let head = Suspended { epoch: epoch as u64, snapshot_pid, nthreads, brk, securebits, dumpable, request, ndontfork };
     if send_msg(kind::SUSPENDED, &[head]) {
         // SAFETY: all slots below nthreads are written (their threads bumped

@@ -1,0 +1,236 @@
+//! Dirty tracking: which pages of a process were written since the
+//! previous image, known without reading them.
+//!
+//! Each process of the tree makes, when asked at a checkpoint, a
+//! userfaultfd for its own memory and passes it to the coordinator (the
+//! agent's `tracker` module), which keeps it with the process's agent
+//! connection ([`crate::agent::Tracked`]). While the tree is stopped, for
+//! each private anonymous mapping (heap, stacks, malloc's arenas and
+//! mmaps: the memory that is saved page by page):
+//! - tracked already: PAGEMAP_SCAN lists the pages written since the last
+//!   checkpoint and protects them again, in one walk of the page tables
+//!   (1 GiB: 1-2 ms);
+//! - not yet (new since, moved by mremap, or a first checkpoint): it is
+//!   registered and protected (1 GiB populated: about 18 ms, once), and
+//!   nothing is known of it this time.
+//!
+//! The memory phase then reads, hashes and compresses only the pages the
+//! tracker does not vouch for ([`Known::page`]); every other page is
+//! the page the previous image restores at that address, taken from
+//! there by its hash (`dedup::Base::hash_at`). That is only true if the
+//! previous image is the one whose checkpoint protected them last: each
+//! tracker carries the id of that image (`clean_since`), cleared while a
+//! checkpoint is under way and set once its image is durable; any other
+//! base (a failed checkpoint in between, a restart, `--full`) makes the
+//! memory phase read everything (content dedup).
+//!
+//! Writes by the program, by the kernel on its behalf (read(2) into a
+//! buffer, futexes) and by debuggers all go through a write fault and are
+//! seen. Not seen: memory written by a device through pages pinned before
+//! the checkpoint (RDMA, in-flight O_DIRECT by io_uring or Linux AIO), and
+//! a program that runs PAGEMAP_SCAN with write-protection on its own
+//! memory (it would clear the written state the coordinator reads); such
+//! programs take `CKRUN_NO_DIRTY_TRACKING=1` (content dedup only).
+
+use crate::agent::Agent;
+use crate::image::manifest::{Region, RegionKind};
+use crate::sys::mem::RemoteMemory;
+
+/// Whether dirty tracking is off for this run (`CKRUN_NO_DIRTY_TRACKING`):
+/// every page is read and deduplicated by content.
+pub fn disabled() -> bool {
+    std::env::var_os("CKRUN_NO_DIRTY_TRACKING").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Whether the coordinator should ask this process for a tracker.
+pub fn wanted(agent: &Agent) -> bool {
+    !disabled() && agent.tracker.lock().unwrap().is_none()
+}
+
+/// Takes the tracker an agent passed (a userfaultfd; anything else is
+/// dropped); its pages are not known clean until its first checkpoint.
+pub fn adopt(agent: &Agent) {
+    let Some(fd) = agent.take_passed() else { return };
+    if disabled() {
+        return;
+    }
+    if let Some(uffd) = crate::sys::uffd::WriteTracker::from_fd(fd) {
+        *agent.tracker.lock().unwrap() = Some(crate::agent::Tracked { uffd, clean_since: None });
+    }
+}
+
+/// The memory the tracker covers: private anonymous mappings.
+fn trackable(r: &Region) -> bool {
+    !r.shared && matches!(r.kind, RegionKind::Anon | RegionKind::Stack) && r.end > r.start
+}
+
+/// What the tracker knows of one process's memory against the base.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Tracked mappings since the base (sorted): outside them nothing is known.
+    tracked: Vec<(u64, u64)>,
+    /// Their pages written since the base (sorted).
+    written: Vec<(u64, u64)>,
+}
+
+/// What one scan did.
+pub struct Scanned {
+    /// What is known against the base, if the tracker's protection dates
+    /// from the base image.
+    pub changes: Option<Changes>,
+    /// Whether every tracked page was protected again (its clean state
+    /// then dates from the image being written, once it is durable).
+    pub armed: bool,
+}
+
+/// While the process is stopped: reads and resets what its tracker saw
+/// (`reader`: a live thread of it, for /proc), and tracks the mappings it
+/// did not track yet. `base_id`: the image the new one is deduplicated
+/// against. Never fails the checkpoint: a tracker that cannot be read
+/// says nothing.
+pub fn scan(agent: &Agent, reader: i32, regions: &[Region], base_id: Option<[u8; 16]>) -> Scanned {
+    let mut guard = agent.tracker.lock().unwrap();
+    let Some(t) = guard.as_mut() else { return Scanned { changes: None, armed: false } };
+    let usable = t.clean_since.is_some() && t.clean_since == base_id;
+    // Until this image is durable, nothing is known against any image.
+    t.clean_since = None;
+    let Ok(mem) = RemoteMemory::open(reader) else { return Scanned { changes: None, armed: false } };
+    let mut changes = Changes::default();
+    for r in regions.iter().filter(|r| trackable(r)) {
+        match mem.written(r.start, r.end) {
+            Ok(Some(w)) => {
+                changes.tracked.push((r.start, r.end));
+                changes.written.extend(w);
+            }
+            // New since the last checkpoint: tracked from now on, or, if
+            // the kernel will not, never known (read every time).
+            Ok(None) => {
+                let _ = t.uffd.track(r.start, r.end - r.start);
+            }
+            Err(_) => return Scanned { changes: None, armed: false },
+        }
+    }
+    Scanned { changes: usable.then_some(changes), armed: true }
+}
+
+/// Once image `id` is durable: the trackers of `armed` agents vouch for
+/// pages against it.
+pub fn checkpointed(armed: &[&Agent], id: [u8; 16]) {
+    for a in armed {
+        if let Some(t) = a.tracker.lock().unwrap().as_mut() {
+            t.clean_since = Some(id);
+        }
+    }
+}
+
+/// What is known of a page without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Page {
+    /// Not tracked, or written since the base: read it.
+    Unknown,
+    /// Unchanged since the base, which restores it as zeros (it did not
+    /// save it): still zeros.
+    Zero,
+    /// Unchanged since the base, which restores it with this hash.
+    Same(u128),
+}
+
+/// A process's [`Changes`] with the base's page hashes of that process
+/// (by address, sorted).
+pub struct Known<'a> {
+    pub changes: &'a Changes,
+    pub base_pages: &'a [(u64, u128)],
+}
+
+fn within(ranges: &[(u64, u64)], addr: u64) -> bool {
+    let i = ranges.partition_point(|&(_, end)| end <= addr);
+    ranges.get(i).is_some_and(|&(start, _)| start <= addr)
+}
+
+impl Known<'_> {
+    pub fn page(&self, addr: u64) -> Page {
+        if !within(&self.changes.tracked, addr) || within(&self.changes.written, addr) {
+            return Page::Unknown;
+        }
+        match self.base_pages.binary_search_by_key(&addr, |&(a, _)| a) {
+            Ok(i) => Page::Same(self.base_pages[i].1),
+            Err(_) => Page::Zero,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::uffd::WriteTracker;
+    use crate::sys::PAGE_SIZE;
+
+    #[test]
+    fn pages_are_unknown_outside_tracked_memory_and_where_written() {
+        let changes = Changes { tracked: vec![(0x10000, 0x20000)], written: vec![(0x11000, 0x13000)] };
+        let base_pages = [(0x10000, 7u128), (0x11000, 8), (0x14000, 9)];
+        let k = Known { changes: &changes, base_pages: &base_pages };
+        assert_eq!(k.page(0x10000), Page::Same(7));
+        assert_eq!(k.page(0x11000), Page::Unknown);
+        assert_eq!(k.page(0x12000), Page::Unknown);
+        assert_eq!(k.page(0x13000), Page::Zero);
+        assert_eq!(k.page(0x14000), Page::Same(9));
+        assert_eq!(k.page(0x20000), Page::Unknown);
+        assert_eq!(k.page(0xf000), Page::Unknown);
+    }
+
+    /// The kernel side, on this process's own memory: tracked, written,
+    /// scanned (and protected again), written again; MADV_DONTNEED counts
+    /// as written. Skipped where userfaultfd is not allowed.
+    #[test]
+    fn the_scan_reports_the_pages_written_since_the_last_scan() {
+        let Some(t) = WriteTracker::of_this_process() else {
+            eprintln!("skipped: no userfaultfd here");
+            return;
+        };
+        let ps = PAGE_SIZE as usize;
+        let len = 64 * ps;
+        // SAFETY: a fresh private anonymous mapping, used only here.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as *mut u8;
+        assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+        let start = p as u64;
+        let end = start + len as u64;
+        // SAFETY: within the mapping.
+        unsafe { std::ptr::write_bytes(p, 1, len) };
+        let mem = RemoteMemory::open(std::process::id() as i32).unwrap();
+        if mem.written(start, end).unwrap().is_some() {
+            panic!("an untracked mapping must say so");
+        }
+        if let Err(e) = t.track(start, len as u64) {
+            eprintln!("skipped: the kernel has no asynchronous write-protection ({e})");
+            return;
+        }
+        assert_eq!(mem.written(start, end).unwrap(), Some(vec![]));
+        // SAFETY: within the mapping.
+        unsafe {
+            *p.add(3 * ps) = 2;
+            *p.add(4 * ps + 17) = 2;
+            *p.add(40 * ps) = 2;
+        }
+        let a = |k: usize| start + (k * ps) as u64;
+        assert_eq!(mem.written(start, end).unwrap(), Some(vec![(a(3), a(5)), (a(40), a(41))]));
+        assert_eq!(mem.written(start, end).unwrap(), Some(vec![]), "protected again by the scan");
+        // SAFETY: within the mapping.
+        unsafe {
+            libc::madvise(p.add(10 * ps).cast(), ps, libc::MADV_DONTNEED);
+            *p.add(63 * ps) = 3;
+        }
+        assert_eq!(mem.written(start, end).unwrap(), Some(vec![(a(10), a(11)), (a(63), a(64))]));
+        // SAFETY: unmapping our own mapping.
+        unsafe { libc::munmap(p.cast(), len) };
+    }
+}
