@@ -241,6 +241,9 @@ fn a_chain_goes_on_across_restarts() {
     let said = announcement(&job, &third);
     assert!(said.contains("earlier image(s)"), "incremental on top of the restarted image: {said}");
     let fourth = checkpoint_after_a_tick(&mut job);
+    // The restarted processes made new trackers at the third checkpoint.
+    let said = announcement(&job, &fourth);
+    assert!(said.contains("known unchanged by the dirty tracker"), "tracked again after a restart: {said}");
     job.kill9();
     let shown = inspect(&dir, &fourth);
     assert!(shown.stdout.contains("incremental (generation 3"), "{}", shown.stdout);
