@@ -234,7 +234,10 @@ fn run(args: &Args, tmp: &Path) -> Res<usize> {
         report.print_chain(&mut o);
         print!("{o}");
         let _ = std::io::stdout().flush();
-        return Ok(report.chain.as_ref().map_or(0, |(_, a, d, b)| a.is_err() as usize + d.is_err() as usize + b.is_err() as usize));
+        return Ok(report
+            .chain
+            .as_ref()
+            .map_or(0, |(_, a, d, b)| a.is_err() as usize + d.is_err() as usize + b.is_err() as usize));
     }
 
     let mut sizes = Vec::new();
@@ -1533,7 +1536,11 @@ impl Report {
                         median(c.restart.clone()),
                         median(c.restart_cached.clone()),
                         opt(Some(median(c.ckrun_restore_ms.clone())), 1),
-                        if c.same_output { "same as uninterrupted" } else { "DIFFERS" },
+                        match (c.same_output, c.restart_cached.is_empty()) {
+                            (_, true) => "not restarted",
+                            (true, false) => "same as uninterrupted",
+                            (false, false) => "DIFFERS",
+                        },
                         match c.overlapped {
                             0 => String::new(),
                             n => format!(" ({n} checkpoint(s) overlapped the next tick)"),
@@ -1657,7 +1664,10 @@ impl Report {
             + self.sparse.is_err() as usize
             + self.stop.1.is_err() as usize
             + [&self.getppid, &self.open, &self.poll, &self.startup].iter().filter(|r| r.is_err()).count()
-            + self.chain.as_ref().map_or(0, |(_, a, d, b)| a.is_err() as usize + d.is_err() as usize + b.is_err() as usize)
+            + self
+                .chain
+                .as_ref()
+                .map_or(0, |(_, a, d, b)| a.is_err() as usize + d.is_err() as usize + b.is_err() as usize)
     }
 
     /// A report with nothing measured but what is filled in after it.

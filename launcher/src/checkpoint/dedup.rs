@@ -63,6 +63,15 @@ pub struct PageLoc {
     pub page: u32,
 }
 
+/// A page the base restores: its address, hash, and block (None when the
+/// image holding it is beyond the chain's reach).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BasePage {
+    pub addr: u64,
+    pub hash: u128,
+    pub loc: Option<PageLoc>,
+}
+
 /// A stored block of an image the new one may refer to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Block {
@@ -98,12 +107,15 @@ pub struct Base {
     /// parents that are recent enough.
     pub images: Vec<ParentRef>,
     pub blocks: Vec<Block>,
-    index: HashMap<u128, PageLoc, BuildHasherDefault<PassThrough>>,
+    /// Shared: the coordinator's kept base is handed to each checkpoint
+    /// without copying it (tens of ms per GiB).
+    index: std::sync::Arc<HashMap<u128, PageLoc, BuildHasherDefault<PassThrough>>>,
     /// The generation of an image made on this base.
     pub generation: u32,
     /// Every page the base restores into memory, by process and address:
-    /// its hash (for the pages the dirty tracker knows unchanged).
-    pages: std::sync::Arc<HashMap<i32, Vec<(u64, u128)>>>,
+    /// its hash and, if the base offers its block, where (for the pages
+    /// the dirty tracker knows unchanged: no lookup by hash).
+    pages: std::sync::Arc<HashMap<i32, Vec<BasePage>>>,
 }
 
 impl Base {
@@ -150,7 +162,7 @@ impl Base {
         let mut block_of: HashMap<(u32, u64), u32> = HashMap::new();
         let mut index = HashMap::with_capacity_and_hasher(hashes.len() / 16, Default::default());
         let mut words = hashes.chunks_exact(16).map(|w| u128::from_le_bytes(w.try_into().unwrap()));
-        let mut pages: HashMap<i32, Vec<(u64, u128)>> = HashMap::new();
+        let mut pages: HashMap<i32, Vec<BasePage>> = HashMap::new();
         // In the order of `lineage::memory_chunks`, which the hashes follow.
         let chunks = m
             .processes
@@ -171,18 +183,20 @@ impl Base {
             });
             for k in 0..c.npages {
                 let h = words.next().context("page hashes shorter than the pages")?;
-                of_process.push((c.addr + k as u64 * crate::sys::PAGE_SIZE, h));
-                if usable[image as usize] {
-                    index.entry(h).or_insert(PageLoc { block: b, page: c.skip + k });
+                let loc = usable[image as usize].then_some(PageLoc { block: b, page: c.skip + k });
+                of_process.push(BasePage { addr: c.addr + k as u64 * crate::sys::PAGE_SIZE, hash: h, loc });
+                if let Some(loc) = loc {
+                    index.entry(h).or_insert(loc);
                 }
             }
         }
         for v in pages.values_mut() {
-            if !v.is_sorted_by_key(|(a, _)| *a) {
-                v.sort_unstable_by_key(|(a, _)| *a);
+            if !v.is_sorted_by_key(|p| p.addr) {
+                v.sort_unstable_by_key(|p| p.addr);
             }
         }
-        Ok(Base { images, blocks, index, generation, pages: std::sync::Arc::new(pages) })
+        let (index, pages) = (std::sync::Arc::new(index), std::sync::Arc::new(pages));
+        Ok(Base { images, blocks, index, generation, pages })
     }
 
     /// Whether every image the base offers blocks of is still in `dir`,
@@ -208,9 +222,8 @@ impl Base {
         self.images[0].id
     }
 
-    /// The pages the base restores into process `pid`'s memory, by
-    /// address: their hashes.
-    pub fn pages_of(&self, pid: i32) -> &[(u64, u128)] {
+    /// The pages the base restores into process `pid`'s memory, by address.
+    pub fn pages_of(&self, pid: i32) -> &[BasePage] {
         self.pages.get(&pid).map_or(&[], |v| v.as_slice())
     }
 
@@ -300,7 +313,7 @@ mod tests {
             let base = Base {
                 images: vec![image(generation - 1), image(0)],
                 blocks: vec![block],
-                index: HashMap::default(),
+                index: Default::default(),
                 generation,
                 pages: Default::default(),
             };

@@ -32,6 +32,7 @@
 //! memory (it would clear the written state the coordinator reads); such
 //! programs take `CKRUN_NO_DIRTY_TRACKING=1` (content dedup only).
 
+use super::dedup::BasePage;
 use crate::agent::Agent;
 use crate::image::manifest::{Region, RegionKind};
 use crate::sys::mem::RemoteMemory;
@@ -131,52 +132,85 @@ pub enum Page {
     /// Unchanged since the base, which restores it as zeros (it did not
     /// save it): still zeros.
     Zero,
-    /// Unchanged since the base, which restores it with this hash.
-    Same(u128),
+    /// Unchanged since the base, which restores it as this page.
+    Same(BasePage),
 }
 
-/// A process's [`Changes`] with the base's page hashes of that process
-/// (by address, sorted).
+/// A process's [`Changes`] with the base's pages of that process (sorted
+/// by address).
 pub struct Known<'a> {
     pub changes: &'a Changes,
-    pub base_pages: &'a [(u64, u128)],
+    pub base_pages: &'a [BasePage],
 }
 
-fn within(ranges: &[(u64, u64)], addr: u64) -> bool {
-    let i = ranges.partition_point(|&(_, end)| end <= addr);
-    ranges.get(i).is_some_and(|&(start, _)| start <= addr)
+/// The ranges of sorted `ranges` that may hold addresses from `addr` on.
+fn from(ranges: &[(u64, u64)], addr: u64) -> &[(u64, u64)] {
+    &ranges[ranges.partition_point(|&(_, end)| end <= addr)..]
 }
 
 impl Known<'_> {
-    pub fn page(&self, addr: u64) -> Page {
-        if !within(&self.changes.tracked, addr) || within(&self.changes.written, addr) {
-            return Page::Unknown;
+    /// What is known of each of the `n` pages from `addr` (one lookup per
+    /// run, then a walk: a GiB is 262144 pages).
+    pub fn pages(&self, addr: u64, n: usize, out: &mut [Page]) {
+        let ps = crate::sys::PAGE_SIZE;
+        let (mut tracked, mut written) = (from(&self.changes.tracked, addr), from(&self.changes.written, addr));
+        let mut base = &self.base_pages[self.base_pages.partition_point(|p| p.addr < addr)..];
+        for (k, slot) in out.iter_mut().enumerate().take(n) {
+            let at = addr + k as u64 * ps;
+            while tracked.first().is_some_and(|&(_, e)| e <= at) {
+                tracked = &tracked[1..];
+            }
+            while written.first().is_some_and(|&(_, e)| e <= at) {
+                written = &written[1..];
+            }
+            while base.first().is_some_and(|p| p.addr < at) {
+                base = &base[1..];
+            }
+            let inside = |r: &[(u64, u64)]| r.first().is_some_and(|&(s, _)| s <= at);
+            *slot = if !inside(tracked) || inside(written) {
+                Page::Unknown
+            } else {
+                match base.first() {
+                    Some(p) if p.addr == at => Page::Same(*p),
+                    _ => Page::Zero,
+                }
+            };
         }
-        match self.base_pages.binary_search_by_key(&addr, |&(a, _)| a) {
-            Ok(i) => Page::Same(self.base_pages[i].1),
-            Err(_) => Page::Zero,
-        }
+    }
+
+    #[cfg(test)]
+    fn page(&self, addr: u64) -> Page {
+        let mut one = [Page::Unknown];
+        self.pages(addr, 1, &mut one);
+        one[0]
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::dedup::PageLoc;
     use crate::sys::uffd::WriteTracker;
     use crate::sys::PAGE_SIZE;
 
     #[test]
     fn pages_are_unknown_outside_tracked_memory_and_where_written() {
         let changes = Changes { tracked: vec![(0x10000, 0x20000)], written: vec![(0x11000, 0x13000)] };
-        let base_pages = [(0x10000, 7u128), (0x11000, 8), (0x14000, 9)];
+        let page = |addr, hash| BasePage { addr, hash, loc: Some(PageLoc { block: 0, page: hash as u32 }) };
+        let base_pages = [page(0x10000, 7), page(0x11000, 8), page(0x14000, 9)];
         let k = Known { changes: &changes, base_pages: &base_pages };
-        assert_eq!(k.page(0x10000), Page::Same(7));
+        assert_eq!(k.page(0x10000), Page::Same(base_pages[0]));
         assert_eq!(k.page(0x11000), Page::Unknown);
         assert_eq!(k.page(0x12000), Page::Unknown);
         assert_eq!(k.page(0x13000), Page::Zero);
-        assert_eq!(k.page(0x14000), Page::Same(9));
+        assert_eq!(k.page(0x14000), Page::Same(base_pages[2]));
         assert_eq!(k.page(0x20000), Page::Unknown);
         assert_eq!(k.page(0xf000), Page::Unknown);
+        // A run from 0xf000 over all of it: the same, page by page.
+        let mut run = [Page::Unknown; 18];
+        k.pages(0xf000, 18, &mut run);
+        let one: Vec<Page> = (0..18u64).map(|i| k.page(0xf000 + i * 0x1000)).collect();
+        assert_eq!(run.to_vec(), one);
     }
 
     /// The kernel side, on this process's own memory: tracked, written,

@@ -460,15 +460,17 @@ fn save_run(mem: &RemoteMemory, run: &PageRun, buf: &mut [u8], out: &mut Output,
     // or the base's page of that hash, while the base may give it).
     let mut read = [true; CHUNK_PAGES as usize];
     if let (Some(known), Some(base)) = (out.known, out.base) {
+        let mut pages = [Page::Unknown; CHUNK_PAGES as usize];
+        known.pages(run.addr, n, &mut pages);
         for p in 0..n {
-            match known.page(addr_of(p)) {
+            match pages[p] {
                 Page::Unknown => {}
                 Page::Zero => read[p] = false,
-                Page::Same(h) => {
-                    if let Some(loc) = base.find(h).filter(|loc| !base.store_again(*loc, addr_of(p))) {
+                Page::Same(same) => {
+                    if let Some(loc) = same.loc.filter(|loc| !base.store_again(*loc, addr_of(p))) {
                         read[p] = false;
                         found[p] = Some(Some(loc));
-                        out.hashes.push((addr_of(p), h));
+                        out.hashes.push((addr_of(p), same.hash));
                         out.unread += PAGE_SIZE;
                     }
                 }
