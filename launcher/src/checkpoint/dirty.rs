@@ -178,6 +178,43 @@ impl Known<'_> {
         }
     }
 
+    /// Whether the mapping `[start, end)` is tracked since the base.
+    pub fn tracks(&self, start: u64, end: u64) -> bool {
+        self.changes.tracked.binary_search(&(start, end)).is_ok()
+    }
+
+    /// The pages of the tracked mapping `[start, end)` to save, in
+    /// address order (as ranges, given to `add`): the base's pages the
+    /// tracker says unchanged, and every page written since.
+    pub fn candidates(&self, start: u64, end: u64, mut add: impl FnMut(u64, u64)) {
+        let ps = crate::sys::PAGE_SIZE;
+        let mut written = from(&self.changes.written, start).iter().map(|&(s, e)| (s.max(start), e.min(end)));
+        let mut base = self.base_pages[self.base_pages.partition_point(|p| p.addr < start)..]
+            .iter()
+            .map(|p| p.addr)
+            .take_while(|&a| a < end)
+            .peekable();
+        let mut next_written = written.next().filter(|&(s, e)| s < e && s < end);
+        loop {
+            match (base.peek().copied(), next_written) {
+                (Some(a), Some((ws, _))) if a < ws => {
+                    add(a, a + ps);
+                    base.next();
+                }
+                (_, Some((ws, we))) => {
+                    add(ws, we);
+                    while base.next_if(|&a| a < we).is_some() {}
+                    next_written = written.next().filter(|&(s, e)| s < e && s < end);
+                }
+                (Some(a), None) => {
+                    add(a, a + ps);
+                    base.next();
+                }
+                (None, None) => break,
+            }
+        }
+    }
+
     #[cfg(test)]
     fn page(&self, addr: u64) -> Page {
         let mut one = [Page::Unknown];
@@ -206,6 +243,12 @@ mod tests {
         assert_eq!(k.page(0x14000), Page::Same(base_pages[2]));
         assert_eq!(k.page(0x20000), Page::Unknown);
         assert_eq!(k.page(0xf000), Page::Unknown);
+        // What to save of the tracked mapping: base pages outside the
+        // written range, the written range whole.
+        let mut got = Vec::new();
+        k.candidates(0x10000, 0x20000, |s, e| got.push((s, e)));
+        assert_eq!(got, [(0x10000, 0x11000), (0x11000, 0x13000), (0x14000, 0x15000)]);
+        assert!(k.tracks(0x10000, 0x20000) && !k.tracks(0x10000, 0x18000));
         // A run from 0xf000 over all of it: the same, page by page.
         let mut run = [Page::Unknown; 18];
         k.pages(0xf000, 18, &mut run);

@@ -168,6 +168,19 @@ enum Wanted {
 /// reservation of terabytes costs nothing); without it (kernels before
 /// 6.7), from pagemap entries, read a window at a time.
 pub fn select_pages(mem: &RemoteMemory, regions: &[Region], which: impl Fn(&Region) -> bool) -> Result<Vec<PageRun>> {
+    select_pages_known(mem, regions, which, None)
+}
+
+/// As [`select_pages`]; in the mappings the dirty tracker covers
+/// (`known`), the pages are those the base restores and the tracker
+/// says unchanged, and those written since (read, a page no longer there
+/// reads as zeros and is dropped): no walk of their page tables.
+pub fn select_pages_known(
+    mem: &RemoteMemory,
+    regions: &[Region],
+    which: impl Fn(&Region) -> bool,
+    known: Option<&Known>,
+) -> Result<Vec<PageRun>> {
     let mut runs = Vec::new();
     for (i, r) in regions.iter().enumerate().filter(|(_, r)| which(r)) {
         let wanted = match &r.kind {
@@ -181,6 +194,11 @@ pub fn select_pages(mem: &RemoteMemory, regions: &[Region], which: impl Fn(&Regi
             RegionKind::Anon | RegionKind::Stack => Wanted::Populated,
         };
         let mut out = Runs { region: i, runs: &mut runs, pending: None };
+        if let Some(k) = known.filter(|k| wanted == Wanted::Populated && k.tracks(r.start, r.end)) {
+            k.candidates(r.start, r.end, |start, end| out.add(start, end));
+            out.flush();
+            continue;
+        }
         match wanted {
             Wanted::All => out.add(r.start, r.end),
             _ => match mem.populated(r.start, r.end)? {
@@ -255,6 +273,9 @@ impl Runs<'_> {
 /// (nanoseconds), for `CKRUN_TIMING`.
 #[derive(Default, Debug)]
 pub struct Stages {
+    /// The coordinator's own steps before the workers start.
+    pub smaps: AtomicU64,
+    pub select: AtomicU64,
     pub read: AtomicU64,
     pub hash: AtomicU64,
     pub compress: AtomicU64,
@@ -262,7 +283,7 @@ pub struct Stages {
 }
 
 impl Stages {
-    fn add(counter: &AtomicU64, since: Instant) -> Instant {
+    pub fn add(counter: &AtomicU64, since: Instant) -> Instant {
         let now = Instant::now();
         counter.fetch_add((now - since).as_nanos() as u64, Ordering::Relaxed);
         now

@@ -318,18 +318,34 @@ pub fn take(
     if !frozen {
         for (((s, img), h), scan) in guard.stopped.iter().zip(images.iter_mut()).zip(hashes.iter_mut()).zip(&scans) {
             let source = s.source();
-            // The snapshot's flags, read now that the program runs: smaps
+            let pid = img.pid;
+            // The snapshot's flags, read now that the program runs, while
+            // its memory is saved (they are not needed for that): smaps
             // walks the page tables (~20 ms per GiB), the snapshot's own.
-            let vmas = procfs::vm_flags(source).with_context(|| format!("process {}", img.pid))?;
-            memory::check_in_snapshot(&img.regions, &vmas).with_context(|| format!("process {}", img.pid))?;
+            let (vmas, memory) = std::thread::scope(|scope| {
+                let vmas = scope.spawn(|| {
+                    let t = Instant::now();
+                    let v = procfs::vm_flags(source).with_context(|| format!("process {pid}"));
+                    memory::Stages::add(&stages.smaps, t);
+                    v
+                });
+                let memory = (|| -> Result<memory::Saved> {
+                    let t = Instant::now();
+                    let known = match (base, &scan.changes) {
+                        (Some(b), Some(changes)) => Some(dirty::Known { changes, base_pages: b.pages_of(pid) }),
+                        _ => None,
+                    };
+                    let mem = RemoteMemory::open(source)?;
+                    let runs = memory::select_pages_known(&mem, &img.regions, |r| !r.shared, known.as_ref())?;
+                    memory::Stages::add(&stages.select, t);
+                    memory::save_pages_timed(&mem, &runs, &mut img.regions, &out, base, known.as_ref(), h, &stages)
+                })();
+                (vmas.join().unwrap_or_else(|_| Err(anyhow!("reading smaps of process {pid} panicked"))), memory)
+            });
+            saved += memory?;
+            let vmas = vmas?;
+            memory::check_in_snapshot(&img.regions, &vmas).with_context(|| format!("process {pid}"))?;
             memory::take_vm_flags(&mut img.regions, &vmas, false);
-            let mem = RemoteMemory::open(source)?;
-            let runs = memory::select_pages(&mem, &img.regions, |r| !r.shared)?;
-            let known = match (base, &scan.changes) {
-                (Some(b), Some(changes)) => Some(dirty::Known { changes, base_pages: b.pages_of(img.pid) }),
-                _ => None,
-            };
-            saved += memory::save_pages_timed(&mem, &runs, &mut img.regions, &out, base, known.as_ref(), h, &stages)?;
         }
     }
     let t_memory = t0.elapsed();
@@ -342,8 +358,10 @@ pub fn take(
     // while the image is finished; they are reaped once it is durable.
     guard.end_snapshots();
 
+    let t_blob = Instant::now();
     let blob = dedup::hashes_blob(&mut hashes);
     let (offset, checksum) = out.append_chunk(&blob)?;
+    let t_blob = t_blob.elapsed();
     let page_hashes = Some(BlobRef { offset, len: blob.len() as u64, checksum });
     let lineage = match base {
         Some(b) => {
@@ -409,16 +427,19 @@ pub fn take(
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let sum = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
         eprintln!(
-            "ckrun: timing: base {:.1} ms, stopped+captured {:.1} ms, resumed {:.1} ms, memory {:.1} ms (threads: read {:.0}, hash {:.0}, compress {:.0}, write {:.0} ms), manifest+fsync+rename {:.1} ms",
+            "ckrun: timing: base {:.1} ms, stopped+captured {:.1} ms, resumed {:.1} ms, memory {:.1} ms (smaps {:.1}, select {:.1}; threads: read {:.0}, hash {:.0}, compress {:.0}, write {:.0} ms), page hashes {:.1} ms, manifest+fsync+rename {:.1} ms",
             ms(t_base),
             ms(t_captured - t_base),
             ms(paused),
             ms(t_memory - t_base - paused),
+            sum(&stages.smaps),
+            sum(&stages.select),
             sum(&stages.read),
             sum(&stages.hash),
             sum(&stages.compress),
             sum(&stages.write),
-            ms(t0.elapsed() - t_memory)
+            ms(t_blob),
+            ms(t0.elapsed() - t_memory - t_blob)
         );
     }
     Ok(Outcome {
