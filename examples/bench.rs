@@ -1309,7 +1309,10 @@ impl ChainMode {
 /// The incremental chain, the same with content dedup alone, then with
 /// `--full` (the last two restart only in the first's and the last's
 /// restart rounds: content dedup makes images of the same shape).
-fn chain_pair(t: &Tools, size: u64) -> Res<(u64, Res<Chain>, Res<Chain>, Res<Chain>)> {
+/// (MiB, incremental, content dedup alone, `--full`).
+type Chains = (u64, Res<Chain>, Res<Chain>, Res<Chain>);
+
+fn chain_pair(t: &Tools, size: u64) -> Res<Chains> {
     let run = |mode: ChainMode| -> Res<Res<Chain>> {
         check_interrupt()?;
         progress(&format!("{size} MiB: {CHAIN_CKPTS} checkpoints in a row ({}), restart from the last", mode.label()));
@@ -1632,7 +1635,7 @@ struct Report {
     startup: Res<Overhead>,
     /// (MiB, incremental, content dedup alone, --full) of the incremental
     /// images table.
-    chain: Option<(u64, Res<Chain>, Res<Chain>, Res<Chain>)>,
+    chain: Option<Chains>,
 }
 
 /// One target of issue 6 and how the run did.
