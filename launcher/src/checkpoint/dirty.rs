@@ -45,7 +45,7 @@ pub fn disabled() -> bool {
 
 /// Whether the coordinator should ask this process for a tracker.
 pub fn wanted(agent: &Agent) -> bool {
-    !disabled() && agent.tracker.lock().unwrap().is_none()
+    !disabled() && agent.tracker.lock().unwrap().is_none() && crate::sys::uffd::WriteTracker::room_for_one_more()
 }
 
 /// Takes the tracker an agent passed (a userfaultfd; anything else is

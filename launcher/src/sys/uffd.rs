@@ -129,6 +129,12 @@ impl Userfault {
     }
 }
 
+impl Drop for WriteTracker {
+    fn drop(&mut self) {
+        HELD.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[repr(C)]
 struct WriteProtect {
     range: Range,
@@ -143,12 +149,35 @@ pub struct WriteTracker {
     fd: OwnedFd,
 }
 
+/// Trackers held by this process: each is an fd, and a large tree must
+/// not take the fds the coordinator needs for its own work.
+static HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 impl WriteTracker {
     /// Takes `fd` if it is a userfaultfd (an agent's word is not trusted:
     /// anything else is refused, and dropped).
     pub fn from_fd(fd: OwnedFd) -> Option<WriteTracker> {
         let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-        (link.as_os_str() == "anon_inode:[userfaultfd]").then_some(WriteTracker { fd })
+        if link.as_os_str() != "anon_inode:[userfaultfd]" {
+            return None;
+        }
+        HELD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(WriteTracker { fd })
+    }
+
+    /// Whether one more may be held: at most a quarter of this process's
+    /// fd limit (256 of the usual 1024) goes to trackers; the processes
+    /// beyond are deduplicated by content.
+    pub fn room_for_one_more() -> bool {
+        // SAFETY: getrlimit writes one struct rlimit.
+        let limit = unsafe {
+            let mut r: libc::rlimit = std::mem::zeroed();
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+                return false;
+            }
+            r.rlim_cur
+        };
+        (HELD.load(std::sync::atomic::Ordering::Relaxed) as u64) < limit / 4
     }
 
     /// A tracker of this process's own memory (for tests), or None where
@@ -167,6 +196,7 @@ impl WriteTracker {
                 Api { api: UFFD_API, features: UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED, ioctls: 0 };
             // SAFETY: UFFDIO_API reads and writes one struct uffdio_api.
             if unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api) } == 0 {
+                HELD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Some(WriteTracker { fd });
             }
         }
