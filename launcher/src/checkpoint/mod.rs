@@ -8,12 +8,14 @@
 //!    ([`crate::fdtypes`]), cwd, umask, limits, pending signals
 //!    ([`process`]), the memory map and shared memory (which a snapshot
 //!    child shares with the running program), SysV objects and each
-//!    process's semaphore undo adjustments (`crate::sysv`);
+//!    process's semaphore undo adjustments (`crate::sysv`), and what each
+//!    process's dirty tracker saw written since the previous image, its
+//!    memory protected again ([`dirty`]);
 //! 3. resume the program (with `--no-fork`: only after step 4);
-//! 4. read the private memory of the snapshot ([`memory`]), hash it, take
-//!    the pages the previous image holds from there ([`dedup`]), compress
-//!    the others on all cores, write the image under a temporary name,
-//!    sync, rename.
+//! 4. read the private memory of the snapshot ([`memory`]) but the pages
+//!    the tracker knows unchanged, hash it, take the pages the previous
+//!    image holds from there ([`dedup`]), compress the others on all
+//!    cores, write the image under a temporary name, sync, rename.
 
 pub mod dedup;
 pub mod dirty;
