@@ -12,7 +12,8 @@
 //!   (1 GiB: 1-2 ms);
 //! - not yet (new since, moved by mremap, or a first checkpoint): it is
 //!   registered and protected (1 GiB populated: about 18 ms, once), and
-//!   nothing is known of it this time.
+//!   nothing is known of it this time; unless it is sparse (see
+//!   [`DENSITY`]): then it is never tracked.
 //!
 //! The memory phase then reads, hashes and compresses only the pages the
 //! tracker does not vouch for ([`Known::page`]); every other page is
@@ -103,15 +104,33 @@ pub fn scan(agent: &Agent, reader: i32, regions: &[Region], base_id: Option<[u8;
                 changes.tracked.push((r.start, r.end));
                 changes.written.extend(w);
             }
-            // New since the last checkpoint: tracked from now on, or, if
-            // the kernel will not, never known (read every time).
+            // New since the last checkpoint: tracked from now on if dense
+            // enough, or, if the kernel will not, never known (read every
+            // time).
             Ok(None) => {
-                let _ = t.uffd.track(r.start, r.end - r.start);
+                if dense(&mem, r.start, r.end) {
+                    let _ = t.uffd.track(r.start, r.end - r.start);
+                }
             }
             Err(_) => return Scanned { changes: None, armed: false },
         }
     }
     Scanned { changes: usable.then_some(changes), armed: true }
+}
+
+/// Tracking a mapping gives every page of it a page-table entry (the
+/// kernel marks even the untouched ones protected): 4 KiB of page tables
+/// per 2 MiB mapped, whether used or not. A mapping is tracked only if at
+/// least 1/[`DENSITY`] of its pages are populated, so that this costs at
+/// most 1/32 of its memory in use; sparse ones (a 2 TiB reservation, a
+/// thread's 8 MiB stack with 100 KiB used) are deduplicated by content,
+/// which reads only what is populated.
+const DENSITY: u64 = 16;
+
+fn dense(mem: &RemoteMemory, start: u64, end: u64) -> bool {
+    let Ok(Some(ranges)) = mem.populated(start, end) else { return false };
+    let populated: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    populated * DENSITY >= end - start
 }
 
 /// Once image `id` is durable: the trackers of `armed` agents vouch for
@@ -254,6 +273,42 @@ mod tests {
         k.pages(0xf000, 18, &mut run);
         let one: Vec<Page> = (0..18u64).map(|i| k.page(0xf000 + i * 0x1000)).collect();
         assert_eq!(run.to_vec(), one);
+    }
+
+    /// A sparse mapping is not tracked: its page tables would cost more
+    /// than the pages it uses.
+    #[test]
+    fn only_dense_mappings_are_tracked() {
+        let ps = PAGE_SIZE as usize;
+        let len = 4096 * ps; // 16 MiB
+                             // SAFETY: a fresh private anonymous mapping, used only here.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        } as *mut u8;
+        assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+        let (start, end) = (p as u64, p as u64 + len as u64);
+        let mem = RemoteMemory::open(std::process::id() as i32).unwrap();
+        // SAFETY: within the mapping; no huge pages, so that one write
+        // populates one page.
+        unsafe {
+            libc::madvise(p.cast(), len, libc::MADV_NOHUGEPAGE);
+            for k in 0..200 {
+                *p.add(k * 20 * ps) = 1;
+            }
+        }
+        assert!(!dense(&mem, start, end), "200 of 4096 pages");
+        // SAFETY: within the mapping.
+        unsafe { std::ptr::write_bytes(p, 1, 256 * ps) };
+        assert!(dense(&mem, start, end), "256 and 190 more of 4096 pages");
+        // SAFETY: unmapping our own mapping.
+        unsafe { libc::munmap(p.cast(), len) };
     }
 
     /// The kernel side, on this process's own memory: tracked, written,
