@@ -2,7 +2,7 @@
 
 use ckrun_proto::{encode, Pod};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -72,27 +72,14 @@ impl Agent {
             }
             let mut buf = vec![0u8; 65536];
             // Room for a few fds: any beyond the first are closed.
-            let mut control = [0u64; 8];
-            let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-            // SAFETY: msghdr is plain data; zeroed is a valid empty one.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = std::mem::size_of_val(&control);
-            // SAFETY: msg points to buf and control, writable for their
-            // lengths, which outlive the call.
-            let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-            if n >= 0 {
-                *self.passed.lock().unwrap() = passed_fds(&msg).into_iter().next();
-            }
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            let n = match crate::sys::socket::recv_with_fds(fd, &mut buf, 4) {
+                Ok((n, fds)) => {
+                    *self.passed.lock().unwrap() = fds.into_iter().next();
+                    n
                 }
-                return Err(e);
-            }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
@@ -115,29 +102,6 @@ impl Agent {
     pub fn recv_within(&self, d: Duration) -> io::Result<Option<Vec<u8>>> {
         self.recv(Some(Instant::now() + d))
     }
-}
-
-/// The fds a received message carries (SCM_RIGHTS), owned: whatever the
-/// caller does not keep is closed.
-fn passed_fds(msg: &libc::msghdr) -> Vec<OwnedFd> {
-    let mut out = Vec::new();
-    // SAFETY: the CMSG_* walk stays within msg_control/msg_controllen,
-    // which recvmsg filled; each SCM_RIGHTS payload is an array of fds
-    // now open in this process, owned by nobody else.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c) as *const i32;
-                let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<i32>();
-                for k in 0..n {
-                    out.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(k))));
-                }
-            }
-            c = libc::CMSG_NXTHDR(msg, c);
-        }
-    }
-    out
 }
 
 /// The kind of a received message.

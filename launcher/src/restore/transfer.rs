@@ -113,40 +113,17 @@ pub fn segment_ids(body: &[u8]) -> impl Iterator<Item = (i32, i32)> + '_ {
 /// One message: its kind, its body, and any fds it carried.
 pub fn recv(sock: RawFd) -> io::Result<(u32, Vec<u8>, Vec<RawFd>)> {
     let mut buf = vec![0u8; 65536];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE((BATCH * 4) as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: msghdr is plain data pointing at our live buffers; the
-    // received control messages are walked with the CMSG macros within
-    // msg_controllen.
-    unsafe {
-        let mut mh: libc::msghdr = std::mem::zeroed();
-        mh.msg_iov = &mut iov;
-        mh.msg_iovlen = 1;
-        mh.msg_control = cbuf.as_mut_ptr().cast();
-        mh.msg_controllen = space;
-        let n = check(libc::recvmsg(sock, &mut mh, libc::MSG_CMSG_CLOEXEC))?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let mut fds = Vec::new();
-        let mut c = libc::CMSG_FIRSTHDR(&mh);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let count = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / 4;
-                let data = libc::CMSG_DATA(c) as *const RawFd;
-                fds.extend((0..count).map(|i| *data.add(i)));
-            }
-            c = libc::CMSG_NXTHDR(&mh, c);
-        }
-        if n < 8 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "short message"));
-        }
-        let kind = u32::from_ne_bytes(buf[..4].try_into().unwrap());
-        buf.truncate(n);
-        Ok((kind, buf.split_off(8), fds))
+    let (n, fds) = crate::sys::socket::recv_with_fds(sock, &mut buf, BATCH)?;
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
     }
+    if n < 8 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "short message"));
+    }
+    let fds: Vec<RawFd> = fds.into_iter().map(std::os::fd::IntoRawFd::into_raw_fd).collect();
+    let kind = u32::from_ne_bytes(buf[..4].try_into().unwrap());
+    buf.truncate(n);
+    Ok((kind, buf.split_off(8), fds))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! messages keep their boundaries and nothing appears in the file system.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 fn abstract_addr(name: &str) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     // SAFETY: sockaddr_un is plain data.
@@ -84,6 +84,48 @@ pub fn accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
         // SAFETY: fd is a fresh descriptor we own.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
+}
+
+/// Receives one datagram into `buf` with the fds it carries (SCM_RIGHTS,
+/// close-on-exec, at most `max_fds`: the kernel closes any beyond), owned:
+/// whatever the caller does not keep is closed. Returns the datagram's
+/// length (0: the peer is gone).
+pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], max_fds: usize) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE((max_fds * 4) as u32) } as usize;
+    // u64 words: the control buffer must be aligned for struct cmsghdr.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    // SAFETY: msghdr is plain data; zeroed is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: msg points to buf and control, writable for their lengths,
+    // which outlive the call.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: the CMSG_* walk stays within msg_control/msg_controllen,
+    // which recvmsg filled; each SCM_RIGHTS payload is an array of fds
+    // now open in this process, owned by nobody else.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const RawFd;
+                let count = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+                for k in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(k))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, fds))
 }
 
 #[cfg(test)]
