@@ -58,6 +58,28 @@ struct Copy {
     copy: i64,
 }
 
+/// A userfaultfd of this process with `features`, or None where the
+/// kernel or the privileges forbid it. Without the privilege for
+/// kernel-mode faults, one for user-mode faults only (all that filling
+/// and asynchronous write-protection need).
+fn open(features: u64) -> Option<OwnedFd> {
+    for flags in [libc::O_CLOEXEC, libc::O_CLOEXEC | UFFD_USER_MODE_ONLY] {
+        // SAFETY: userfaultfd takes flags only.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: a fresh fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let mut api = Api { api: UFFD_API, features, ioctls: 0 };
+        // SAFETY: UFFDIO_API reads and writes one struct uffdio_api.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api) } == 0 {
+            return Some(fd);
+        }
+    }
+    None
+}
+
 pub struct Userfault {
     fd: OwnedFd,
 }
@@ -66,21 +88,7 @@ impl Userfault {
     /// A userfaultfd, or None where the kernel or the privileges forbid it
     /// (then memory is filled the ordinary way).
     pub fn new() -> Option<Userfault> {
-        for flags in [libc::O_CLOEXEC, libc::O_CLOEXEC | UFFD_USER_MODE_ONLY] {
-            // SAFETY: userfaultfd takes flags only.
-            let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
-            if fd < 0 {
-                continue;
-            }
-            // SAFETY: a fresh fd we own.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-            let mut api = Api { api: UFFD_API, features: 0, ioctls: 0 };
-            // SAFETY: UFFDIO_API reads and writes one struct uffdio_api.
-            if unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api) } == 0 {
-                return Some(Userfault { fd });
-            }
-        }
-        None
+        open(0).map(|fd| Userfault { fd })
     }
 
     /// Takes over missing-page handling of `[start, start+len)`.
@@ -184,23 +192,9 @@ impl WriteTracker {
     /// the kernel or the privileges forbid it.
     #[cfg(test)]
     pub fn of_this_process() -> Option<WriteTracker> {
-        for flags in [libc::O_CLOEXEC, libc::O_CLOEXEC | UFFD_USER_MODE_ONLY] {
-            // SAFETY: userfaultfd takes flags only.
-            let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
-            if fd < 0 {
-                continue;
-            }
-            // SAFETY: a fresh fd we own.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-            let mut api =
-                Api { api: UFFD_API, features: UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED, ioctls: 0 };
-            // SAFETY: UFFDIO_API reads and writes one struct uffdio_api.
-            if unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api) } == 0 {
-                HELD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Some(WriteTracker { fd });
-            }
-        }
-        None
+        let fd = open(UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED)?;
+        HELD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(WriteTracker { fd })
     }
 
     /// Starts tracking `[start, start+len)` (one mapping): registers it
