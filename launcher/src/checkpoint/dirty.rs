@@ -281,18 +281,7 @@ mod tests {
     fn only_dense_mappings_are_tracked() {
         let ps = PAGE_SIZE as usize;
         let len = 4096 * ps; // 16 MiB
-                             // SAFETY: a fresh private anonymous mapping, used only here.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        } as *mut u8;
-        assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+        let p = crate::sys::mem::test_mapping(len, libc::MAP_NORESERVE);
         let (start, end) = (p as u64, p as u64 + len as u64);
         let mem = RemoteMemory::open(std::process::id() as i32).unwrap();
         // SAFETY: within the mapping; no huge pages, so that one write
@@ -322,18 +311,7 @@ mod tests {
         };
         let ps = PAGE_SIZE as usize;
         let len = 64 * ps;
-        // SAFETY: a fresh private anonymous mapping, used only here.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        } as *mut u8;
-        assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+        let p = crate::sys::mem::test_mapping(len, 0);
         let start = p as u64;
         let end = start + len as u64;
         // SAFETY: within the mapping.

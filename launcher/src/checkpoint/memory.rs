@@ -652,18 +652,7 @@ mod tests {
     fn scan_and_pagemap_select_the_same_pages() {
         let ps = PAGE_SIZE as usize;
         let len = 700 * ps;
-        // SAFETY: a fresh private anonymous mapping, used only here.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        } as *mut u8;
-        assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+        let p = crate::sys::mem::test_mapping(len, 0);
         // SAFETY: within the mapping: runs of written pages, longer than a
         // chunk too, and read-only touched ones (the zero page).
         unsafe {
@@ -699,18 +688,7 @@ mod tests {
     fn pages_of_this_process() {
         // A region with pages 0 and 2 written, 1 untouched: two runs.
         let len = 3 * PAGE_SIZE as usize;
-        // SAFETY: a fresh private anonymous mapping, used only here.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        } as *mut u8;
-        assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+        let p = crate::sys::mem::test_mapping(len, 0);
         // SAFETY: within the mapping.
         unsafe {
             *p = 1;

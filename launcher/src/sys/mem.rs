@@ -215,6 +215,26 @@ impl RemoteMemory {
     }
 }
 
+/// A fresh private anonymous read-write mapping of `len` bytes (with
+/// `extra` mmap flags), for tests; never unmapped by anyone else.
+#[cfg(test)]
+pub fn test_mapping(len: usize, extra: i32) -> *mut u8 {
+    // SAFETY: a new mapping at an address the kernel picks, overlapping
+    // nothing; the caller alone uses it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap of {len} bytes");
+    p.cast()
+}
+
 /// Whether a 4 KiB page holds only zeros.
 pub fn is_zero_page(p: &[u8]) -> bool {
     let (pre, words, post) =
@@ -251,18 +271,7 @@ mod tests {
     fn scans_populated_pages() {
         let ps = PAGE_SIZE as usize;
         let len = 64 * ps;
-        // SAFETY: a fresh private anonymous mapping, used only here.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        } as *mut u8;
-        assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+        let p = test_mapping(len, 0);
         // SAFETY: within the mapping: pages 3, 4 and 40 written, page 10
         // only read (the zero page).
         unsafe {

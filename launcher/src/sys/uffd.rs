@@ -225,17 +225,7 @@ mod tests {
     fn fills_registered_memory() {
         let Some(u) = Userfault::new() else { return }; // not allowed here: nothing to test
         let len = 4 * 4096;
-        // SAFETY: a fresh private anonymous mapping, used only here.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        } as u64;
+        let p = crate::sys::mem::test_mapping(len, 0) as u64;
         u.register(p, len as u64).unwrap();
         let data = vec![0x42u8; 2 * 4096];
         u.copy(p + 4096, &data).unwrap();
