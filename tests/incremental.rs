@@ -124,6 +124,14 @@ fn full_images_and_flatten_are_self_contained() {
     assert!(inspect(&dir, &flat).stdout.contains("self-contained"), "{out:#?}");
     // Never over an existing file.
     ckrun(&dir, &[OsStr::new("--flatten"), newest.as_os_str()]).assert_error(5, Some("exists"));
+    // The copy carries the hash of every page (gathered from the chain):
+    // the first checkpoint after its restart takes the unchanged pages
+    // from it by content.
+    let mut job = Ckrun::restart(&flat, &dir.work, &[]);
+    let next = checkpoint_after_a_tick(&mut job);
+    job.kill9();
+    let said = announcement(&job, &next);
+    assert!(said.contains("in 1 earlier image(s)"), "taken from the flattened image: {said}\n{}", job.diagnostics());
     let alone = dir.root.join("alone");
     std::fs::create_dir_all(&alone).unwrap();
     let moved = alone.join(&name);

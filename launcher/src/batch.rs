@@ -299,7 +299,13 @@ mod tests {
         m.lineage.generation = if parents.is_empty() { 0 } else { n };
         m.lineage.parents = parents
             .iter()
-            .map(|p| ParentRef { name: format!("sim.77.{p}.ckimg"), id: [0; 16], generation: *p - 1, len: 0 })
+            .map(|p| ParentRef {
+                name: format!("sim.77.{p}.ckimg"),
+                id: [0; 16],
+                generation: *p - 1,
+                len: 0,
+                page_hashes: None,
+            })
             .collect();
         let w = crate::image::ImageWriter::create(dir).unwrap();
         w.finish(&m, &format!("sim.77.{n}.ckimg"), None).unwrap();

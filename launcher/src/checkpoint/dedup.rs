@@ -1,10 +1,10 @@
 //! Content dedup: what a new image may take from the image before it.
 //!
 //! The base is the job's previous image (the last one this coordinator
-//! wrote, or the one it restarted from): its page hashes
-//! (`lineage::Lineage::page_hashes`) say, for every page it puts back, the
-//! page's xxh3-128 and the stored block holding it, in the base itself or
-//! in one of its parents. A page of the new checkpoint whose hash is found
+//! wrote, or the one it restarted from): its page hashes and its parents'
+//! (`lineage::Lineage::page_hashes`, each image's of the pages it stores)
+//! say, for every page it puts back, the page's xxh3-128 and the stored
+//! block holding it, in the base itself or in one of its parents. A page of the new checkpoint whose hash is found
 //! is not stored again: the new image refers to that block. Only blocks of
 //! images fewer than `MAX_CHAIN` generations older than the new image are
 //! offered, so chains stay bounded (see `image::lineage`).
@@ -145,23 +145,31 @@ impl Base {
             );
         }
         let m = &img.manifest;
-        let Some(blob) = &m.lineage.page_hashes else { bail!("{} has no page hashes", path.display()) };
-        let hashes = img.read_blob(blob)?;
+        let Some(hashes) = img.page_hashes()? else {
+            bail!("{} or an image it takes pages from has no page hashes", path.display())
+        };
         let name = path.file_name().context("an image path")?.to_string_lossy().into_owned();
-        let own = ParentRef { name, id: m.lineage.id, generation: m.lineage.generation, len: img.len };
+        let own = ParentRef {
+            name,
+            id: m.lineage.id,
+            generation: m.lineage.generation,
+            len: img.len,
+            page_hashes: m.lineage.page_hashes,
+        };
         Self::of_image(m, &hashes, own)
     }
 
-    /// The base made of the image `own` whose manifest is `m` and page
-    /// hashes blob `hashes`.
-    pub fn of_image(m: &Manifest, hashes: &[u8], own: ParentRef) -> Result<Base> {
+    /// The base made of the image `own` whose manifest is `m`; `hashes`:
+    /// of every page it puts back into memory, in the order of
+    /// `lineage::memory_chunks`.
+    pub fn of_image(m: &Manifest, hashes: &[u128], own: ParentRef) -> Result<Base> {
         let generation = m.lineage.generation + 1;
         let images: Vec<ParentRef> = std::iter::once(own).chain(m.lineage.parents.iter().cloned()).collect();
         let usable: Vec<bool> = images.iter().map(|p| p.generation + MAX_CHAIN > generation).collect();
         let mut blocks = Vec::new();
         let mut block_of: HashMap<(u32, u64), u32> = HashMap::new();
-        let mut index = HashMap::with_capacity_and_hasher(hashes.len() / 16, Default::default());
-        let mut words = hashes.chunks_exact(16).map(|w| u128::from_le_bytes(w.try_into().unwrap()));
+        let mut index = HashMap::with_capacity_and_hasher(hashes.len(), Default::default());
+        let mut words = hashes.iter().copied();
         let mut pages: HashMap<i32, Vec<BasePage>> = HashMap::new();
         // In the order of `lineage::memory_chunks`, which the hashes follow.
         let chunks = m
@@ -284,18 +292,30 @@ impl Base {
     }
 }
 
-/// Page hashes of saved pages, by address, of one process.
-pub type PageHashes = Vec<(u64, u128)>;
+/// The page hashes of one process's saved memory.
+#[derive(Default)]
+pub struct PageHashes {
+    /// Of every saved page (own or taken), by address, in no order: the
+    /// next image's base, from memory.
+    pub pages: Vec<(u64, u128)>,
+    /// The records of the blocks stored for it
+    /// (`lineage::push_block_hashes`): its share of the image's blob.
+    pub own_blocks: Vec<u8>,
+}
 
-/// The page hashes blob of an image: each process's hashes in address
-/// order (which is manifest order: regions and their chunks ascend).
-pub fn hashes_blob(per_process: &mut [PageHashes]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(per_process.iter().map(|p| p.len() * 16).sum());
+/// The page hashes blob of an image: every process's own blocks' records.
+pub fn hashes_blob(per_process: &[PageHashes]) -> Vec<u8> {
+    per_process.iter().flat_map(|p| p.own_blocks.iter().copied()).collect()
+}
+
+/// The hash of every page of an image, in manifest order (each process's
+/// in address order, which is manifest order: regions and their chunks
+/// ascend), for [`Base::of_image`].
+pub fn hashes_in_order(per_process: &mut [PageHashes]) -> Vec<u128> {
+    let mut out = Vec::with_capacity(per_process.iter().map(|p| p.pages.len()).sum());
     for p in per_process.iter_mut() {
-        p.sort_unstable_by_key(|(a, _)| *a);
-        for (_, h) in p.iter() {
-            out.extend_from_slice(&h.to_le_bytes());
-        }
+        p.pages.sort_unstable_by_key(|(a, _)| *a);
+        out.extend(p.pages.iter().map(|(_, h)| *h));
     }
     out
 }
@@ -306,7 +326,13 @@ mod tests {
 
     #[test]
     fn an_old_images_pages_are_stored_again_over_the_last_images_of_its_reach() {
-        let image = |generation| ParentRef { name: format!("x.1.{generation}.ckimg"), id: [1; 16], generation, len: 1 };
+        let image = |generation| ParentRef {
+            name: format!("x.1.{generation}.ckimg"),
+            id: [1; 16],
+            generation,
+            len: 1,
+            page_hashes: None,
+        };
         let block = Block { image: 1, offset: 4096, clen: 10, checksum: 0, pages: 1 };
         let loc = PageLoc { block: 0, page: 0 };
         let share = |generation: u32| -> usize {

@@ -9,6 +9,7 @@
 
 use super::dedup::{page_hash, Base, PageHashes, PageLoc};
 use super::dirty::{Known, Page};
+use crate::image::lineage::push_block_hashes;
 use crate::image::manifest::{
     ChunkRef, FileRef, Region, RegionKind, REGION_DONTFORK, REGION_NORESERVE, REGION_WIPEONFORK,
 };
@@ -341,7 +342,7 @@ pub fn save_pages_timed(
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get()).min(16);
     let workers = if out.is_direct() { cores + 1 } else { cores };
     let next = AtomicUsize::new(0);
-    let saved: Mutex<(Vec<(usize, ChunkRef)>, PageHashes)> = Mutex::new((Vec::new(), Vec::new()));
+    let saved: Mutex<(Vec<(usize, ChunkRef)>, PageHashes)> = Mutex::new((Vec::new(), PageHashes::default()));
     let unread = AtomicU64::new(0);
     let first_err: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     std::thread::scope(|s| {
@@ -350,7 +351,7 @@ pub fn save_pages_timed(
                 let mut buf = vec![0u8; CHUNK_PAGES as usize * PAGE_SIZE as usize];
                 let mut packed = AlignedBuf::new(lz4_flex::block::get_maximum_output_size(buf.len()));
                 let mut mine = Vec::new();
-                let mut my_hashes = Vec::new();
+                let mut my_hashes = PageHashes::default();
                 let mut to = Output {
                     image: out,
                     base,
@@ -380,7 +381,8 @@ pub fn save_pages_timed(
                 unread.fetch_add(to.unread, Ordering::Relaxed);
                 let mut all = saved.lock().unwrap();
                 all.0.extend(mine);
-                all.1.extend(my_hashes);
+                all.1.pages.extend(my_hashes.pages);
+                all.1.own_blocks.extend(my_hashes.own_blocks);
             });
         }
     });
@@ -388,7 +390,8 @@ pub fn save_pages_timed(
         return Err(e);
     }
     let (chunks, found) = saved.into_inner().unwrap();
-    hashes.extend(found);
+    hashes.pages.extend(found.pages);
+    hashes.own_blocks.extend(found.own_blocks);
     let mut total = Saved { unread: unread.into_inner(), ..Saved::default() };
     for (region, c) in chunks {
         total.bytes += c.npages as u64 * PAGE_SIZE;
@@ -425,19 +428,23 @@ struct Output<'a> {
 #[derive(Default)]
 struct Pending {
     data: Vec<u8>,
+    /// Their hashes, in the same order.
+    hashes: Vec<u128>,
     /// (region, address, pages) of each piece, in the order of `data`.
     pieces: Vec<(usize, u64, u32)>,
 }
 
 impl Output<'_> {
-    /// Adds `pages` (whole pages, from `addr` in region `region`) to the
-    /// pending block, storing it first if they do not fit.
-    fn store(&mut self, region: usize, addr: u64, pages: &[u8], stages: &Stages) -> Result<()> {
+    /// Adds `pages` (whole pages, from `addr` in region `region`, whose
+    /// hashes are `hashes`) to the pending block, storing it first if they
+    /// do not fit.
+    fn store(&mut self, region: usize, addr: u64, pages: &[u8], hashes: &[u128], stages: &Stages) -> Result<()> {
         let ps = PAGE_SIZE as usize;
         if self.pending.data.len() + pages.len() > CHUNK_PAGES as usize * ps {
             self.flush(stages)?;
         }
         self.pending.data.extend_from_slice(pages);
+        self.pending.hashes.extend_from_slice(hashes);
         self.pending.pieces.push((region, addr, (pages.len() / ps) as u32));
         Ok(())
     }
@@ -454,6 +461,8 @@ impl Output<'_> {
         let t = Stages::add(&stages.compress, t);
         let (offset, checksum) = self.image.append_aligned(self.packed, len)?;
         Stages::add(&stages.write, t);
+        push_block_hashes(&mut self.hashes.own_blocks, offset, &self.pending.hashes);
+        self.pending.hashes.clear();
         let mut skip = 0;
         for (region, addr, npages) in self.pending.pieces.drain(..) {
             let c = ChunkRef { skip, block_pages, ..ChunkRef::own(addr, npages, len as u32, offset, checksum) };
@@ -491,7 +500,7 @@ fn save_run(mem: &RemoteMemory, run: &PageRun, buf: &mut [u8], out: &mut Output,
                     if let Some(loc) = same.loc.filter(|loc| !base.store_again(*loc, addr_of(p))) {
                         read[p] = false;
                         found[p] = Some(Some(loc));
-                        out.hashes.push((addr_of(p), same.hash));
+                        out.hashes.pages.push((addr_of(p), same.hash));
                         out.unread += PAGE_SIZE;
                     }
                 }
@@ -513,11 +522,13 @@ fn save_run(mem: &RemoteMemory, run: &PageRun, buf: &mut [u8], out: &mut Output,
         mem.read(at, &mut data[begin * ps..p * ps]).with_context(|| format!("saving memory at {at:#x}"))?;
     }
     let mut t = Stages::add(&stages.read, t);
+    let mut hash_of = [0u128; CHUNK_PAGES as usize];
     for (p, slot) in found.iter_mut().enumerate().take(n).filter(|(p, _)| read[*p]) {
         let page = &data[p * ps..(p + 1) * ps];
         if !is_zero_page(page) {
             let h = page_hash(page);
-            out.hashes.push((run.addr + (p * ps) as u64, h));
+            hash_of[p] = h;
+            out.hashes.pages.push((run.addr + (p * ps) as u64, h));
             let at = run.addr + (p * ps) as u64;
             *slot = Some(out.base.and_then(|b| b.find(h).filter(|loc| !b.store_again(*loc, at))));
         }
@@ -564,12 +575,14 @@ fn save_run(mem: &RemoteMemory, run: &PageRun, buf: &mut [u8], out: &mut Output,
         t = Stages::add(&stages.compress, t);
         let (offset, checksum) = out.image.append_aligned(out.packed, len)?;
         Stages::add(&stages.write, t);
+        push_block_hashes(&mut out.hashes.own_blocks, offset, &hash_of[..n]);
         out.chunks.push((run.region, ChunkRef::own(run.addr, n as u32, len as u32, offset, checksum)));
         return Ok(());
     }
     let mut at = 0;
     for (begin, npages) in own {
-        out.store(run.region, addr_of(begin), &data[at * ps..(at + npages) * ps], stages)?;
+        let hashes = &hash_of[begin..begin + npages];
+        out.store(run.region, addr_of(begin), &data[at * ps..(at + npages) * ps], hashes, stages)?;
         at += npages;
     }
     Ok(())

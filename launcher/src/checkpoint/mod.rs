@@ -282,7 +282,7 @@ pub fn take(
     let mut terminal_groups = Vec::new();
     for (i, s) in guard.stopped.iter().enumerate() {
         let table = std::mem::take(&mut fds.fds[i]);
-        let mut h = Vec::new();
+        let mut h = dedup::PageHashes::default();
         let into = Into { out: &out, base, hashes: &mut h, saved: &mut saved };
         let (image, tpgid) = capture_stopped(s, table, &mut fds.ghosts, into, frozen, reserved)?;
         images.push(image);
@@ -361,7 +361,7 @@ pub fn take(
     guard.end_snapshots();
 
     let t_blob = Instant::now();
-    let blob = dedup::hashes_blob(&mut hashes);
+    let blob = dedup::hashes_blob(&hashes);
     let (offset, checksum) = out.append_chunk(&blob)?;
     let t_blob = t_blob.elapsed();
     let page_hashes = Some(BlobRef { offset, len: blob.len() as u64, checksum });
@@ -420,10 +420,11 @@ pub fn take(
         id: manifest.lineage.id,
         generation: manifest.lineage.generation,
         len: image_bytes,
+        page_hashes: manifest.lineage.page_hashes,
     };
     let next_base = match settings.full {
         true => None,
-        false => dedup::Base::of_image(&manifest, &blob, own).ok().map(Box::new),
+        false => dedup::Base::of_image(&manifest, &dedup::hashes_in_order(&mut hashes), own).ok().map(Box::new),
     };
     if std::env::var_os("CKRUN_TIMING").is_some() {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;

@@ -31,6 +31,9 @@ pub fn run(path: &Path, key_file: Option<PathBuf>) -> Result<i32> {
         ))
         .into());
     }
+    // Every block of the copy is its own: its page hashes cover them all.
+    let hashes = img.page_hashes()?;
+    let mut blob = Vec::new();
     let out = ImageWriter::create(dir)?;
     let mut m = img.manifest.clone();
     let mut scratch = Vec::new();
@@ -49,9 +52,16 @@ pub fn run(path: &Path, key_file: Option<PathBuf>) -> Result<i32> {
         };
         Ok(())
     };
+    let mut hashed = 0;
     for p in &mut m.processes {
         for c in p.regions.iter_mut().flat_map(|r| r.chunks.iter_mut()) {
             copy(c)?;
+            // In the order of `lineage::memory_chunks`, as `hashes` is.
+            if let Some(h) = &hashes {
+                let n = c.npages as usize;
+                lineage::push_block_hashes(&mut blob, c.offset, &h[hashed..hashed + n]);
+                hashed += n;
+            }
         }
     }
     for c in m.ghosts.iter_mut().flat_map(|g| g.chunks.iter_mut()) {
@@ -64,11 +74,10 @@ pub fn run(path: &Path, key_file: Option<PathBuf>) -> Result<i32> {
             }
         }
     }
-    let page_hashes = match &img.manifest.lineage.page_hashes {
-        Some(b) => {
-            let blob = img.read_blob(b)?;
+    let page_hashes = match hashes {
+        Some(_) => {
             let (offset, checksum) = out.append_chunk(&blob)?;
-            Some(BlobRef { offset, len: b.len, checksum })
+            Some(BlobRef { offset, len: blob.len() as u64, checksum })
         }
         None => None,
     };

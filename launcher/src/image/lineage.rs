@@ -15,12 +15,17 @@
 //! parent's name since is refused.
 //!
 //! **Which pages are new.** Each image carries the xxh3-128 hash of every
-//! page it restores into memory (own or taken), in manifest order (a
-//! separate blob, [`Lineage::page_hashes`], so the manifest stays small).
-//! The next checkpoint loads them (`checkpoint::dedup`), hashes every page
-//! it reads from the snapshot, and stores only the pages whose hash no
-//! usable parent has; 128 bits make an accidental match as likely as a
-//! disk returning wrong bytes with a right checksum.
+//! page of memory it stores itself, per stored block (a separate blob,
+//! [`Lineage::page_hashes`], so the manifest stays small); the hashes of
+//! the pages it takes from a parent are in that parent's blob, which its
+//! [`ParentRef`] locates. So an image of 5% changed pages carries 5% of
+//! the hashes, not all of them again. The checkpoint after a restart
+//! collects them from the chain ([`hashes_in_order`], via
+//! `ImageReader::page_hashes`; the coordinator that wrote the previous
+//! image has them in memory), hashes every page it reads from the
+//! snapshot, and stores only the pages whose hash no usable parent has;
+//! 128 bits make an accidental match as likely as a disk returning wrong
+//! bytes with a right checksum.
 //!
 //! **Bounded chains.** An image takes pages only from images fewer than
 //! [`MAX_CHAIN`] generations older (generation: 0 for a self-contained
@@ -76,9 +81,8 @@ pub struct Lineage {
     pub generation: u32,
     /// The earlier images this one takes pages from.
     pub parents: Vec<ParentRef>,
-    /// xxh3-128 of every page the image puts back into memory regions
-    /// (own and taken), 16 bytes each, in manifest order: processes,
-    /// regions, chunks, pages.
+    /// xxh3-128 of the pages of every block of memory pages this image
+    /// stores itself (see [`push_block_hashes`]).
     pub page_hashes: Option<BlobRef>,
 }
 
@@ -91,6 +95,8 @@ pub struct ParentRef {
     pub generation: u32,
     /// Its length in bytes.
     pub len: u64,
+    /// Its [`Lineage::page_hashes`], in its file.
+    pub page_hashes: Option<BlobRef>,
 }
 
 /// Bytes stored in the chunk area, outside any chunk.
@@ -165,8 +171,10 @@ pub fn validate(m: &Manifest, path: &Path, chunks_end: u64) -> Result<(), CkErro
         }
     }
     if let Some(b) = &l.page_hashes {
-        let pages: u64 = memory_chunks(m).map(|c| c.npages as u64).sum();
-        if b.offset < HEADER_LEN || b.offset.checked_add(b.len).is_none_or(|e| e > chunks_end) || b.len != pages * 16 {
+        if b.offset < HEADER_LEN
+            || b.offset.checked_add(b.len).is_none_or(|e| e > chunks_end)
+            || b.len != page_hashes_len(m)
+        {
             return Err(bad("page hashes out of bounds".into()));
         }
     }
@@ -258,6 +266,82 @@ pub fn check_parent(file: File, path: PathBuf, p: &ParentRef, owner: u32, image:
     Ok(ParentFile { file, path, chunks_end: trailer.manifest_offset })
 }
 
+/// Bytes of a block's record in a page hashes blob before its hashes:
+/// the block's offset (u64) and page count (u32), little-endian.
+const RECORD_HEAD: usize = 12;
+
+/// Appends to a page hashes blob the record of one block of memory pages
+/// the image stores at `offset`: the offset, the page count, and the
+/// xxh3-128 of each of its pages (16 bytes, little-endian). Records are
+/// in any order: each says which block it is.
+pub fn push_block_hashes(blob: &mut Vec<u8>, offset: u64, hashes: &[u128]) {
+    blob.extend_from_slice(&offset.to_le_bytes());
+    blob.extend_from_slice(&(hashes.len() as u32).to_le_bytes());
+    for h in hashes {
+        blob.extend_from_slice(&h.to_le_bytes());
+    }
+}
+
+/// The length the page hashes blob of `m` has: one record per block its
+/// memory chunks store themselves.
+fn page_hashes_len(m: &Manifest) -> u64 {
+    let mut own: Vec<(u64, u32)> =
+        memory_chunks(m).filter(|c| c.image == 0).map(|c| (c.offset, c.block_pages)).collect();
+    own.sort_unstable();
+    own.dedup_by_key(|(offset, _)| *offset);
+    own.iter().map(|(_, pages)| RECORD_HEAD as u64 + 16 * *pages as u64).sum()
+}
+
+/// The blocks a page hashes blob describes: offset → their pages' hashes
+/// (16 bytes each). The blob is checked as untrusted input: a record cut
+/// short, of more pages than a block holds, or repeated, is an error.
+pub fn parse_page_hashes(blob: &[u8]) -> Result<std::collections::HashMap<u64, &[u8]>, String> {
+    let mut out = std::collections::HashMap::new();
+    let mut rest = blob;
+    while !rest.is_empty() {
+        let Some((head, tail)) = rest.split_at_checked(RECORD_HEAD) else { return Err("a record cut short".into()) };
+        let offset = u64::from_le_bytes(head[..8].try_into().unwrap());
+        let pages = u32::from_le_bytes(head[8..].try_into().unwrap());
+        if pages == 0 || pages > super::CHUNK_PAGES {
+            return Err(format!("a block of {pages} pages"));
+        }
+        let Some((hashes, tail)) = tail.split_at_checked(16 * pages as usize) else {
+            return Err("a record cut short".into());
+        };
+        if out.insert(offset, hashes).is_some() {
+            return Err(format!("the block at {offset} twice"));
+        }
+        rest = tail;
+    }
+    Ok(out)
+}
+
+/// The hash of every page `m` puts back into memory, in the order of
+/// [`memory_chunks`], from the parsed page hashes of the image itself
+/// (`blobs[0]`) and of each of its parents (`blobs[k]`, None where one
+/// has none).
+pub fn hashes_in_order(
+    m: &Manifest,
+    blobs: &[Option<std::collections::HashMap<u64, &[u8]>>],
+) -> Result<Vec<u128>, String> {
+    let mut out = Vec::new();
+    for c in memory_chunks(m) {
+        let whose = || if c.image == 0 { "the image".to_string() } else { format!("parent image {}", c.image) };
+        let Some(Some(table)) = blobs.get(c.image as usize) else {
+            return Err(format!("{} has no page hashes", whose()));
+        };
+        let block = table
+            .get(&c.offset)
+            .filter(|b| {
+                b.len() == 16 * c.block_pages as usize && c.skip as u64 + c.npages as u64 <= c.block_pages as u64
+            })
+            .ok_or_else(|| format!("the page hashes of {} lack the block at {}", whose(), c.offset))?;
+        let pages = &block[16 * c.skip as usize..16 * (c.skip + c.npages) as usize];
+        out.extend(pages.chunks_exact(16).map(|h| u128::from_le_bytes(h.try_into().unwrap())));
+    }
+    Ok(out)
+}
+
 /// Every chunk that names a parent lies inside that parent's chunk area.
 pub fn check_references(m: &Manifest, parents: &[ParentFile], image: &Path) -> Result<(), CkError> {
     for c in all_chunks(m).filter(|c| c.image > 0) {
@@ -293,9 +377,62 @@ mod tests {
     use crate::image::validate::tests::valid_manifest;
 
     #[test]
+    fn page_hashes_come_from_the_image_that_stores_each_block() {
+        let h = |i: u128| i * 0x1_0000_0001;
+        // Own block at 4096 of 3 pages (runs of 2 and 1 pages), and a run
+        // of pages 1..3 of the parent's block at 8192 (4 pages).
+        let mut own = Vec::new();
+        push_block_hashes(&mut own, 4096, &[h(1), h(2), h(3)]);
+        let mut parent = Vec::new();
+        push_block_hashes(&mut parent, 12288, &[h(9)]);
+        push_block_hashes(&mut parent, 8192, &[h(5), h(6), h(7), h(8)]);
+        let mut m = crate::image::validate::tests::valid_manifest();
+        let ps = crate::sys::PAGE_SIZE;
+        let chunk = |addr, npages, offset, image, skip, block_pages| ChunkRef {
+            addr,
+            npages,
+            clen: 10,
+            offset,
+            checksum: 0,
+            image,
+            skip,
+            block_pages,
+        };
+        let start = m.processes[0].regions[0].start;
+        m.processes[0].regions[0].chunks = vec![
+            chunk(start, 2, 4096, 0, 0, 3),
+            chunk(start + 2 * ps, 2, 8192, 1, 1, 4),
+            chunk(start + 4 * ps, 1, 4096, 0, 2, 3),
+        ];
+        assert_eq!(page_hashes_len(&m), own.len() as u64);
+        let tables = [Some(parse_page_hashes(&own).unwrap()), Some(parse_page_hashes(&parent).unwrap())];
+        assert_eq!(hashes_in_order(&m, &tables).unwrap(), [h(1), h(2), h(6), h(7), h(3)]);
+        // A parent without hashes, a block missing, a run past its block.
+        assert!(hashes_in_order(&m, &tables[..1]).is_err());
+        assert!(hashes_in_order(&m, &[tables[0].clone(), None]).is_err());
+        let mut m2 = m.clone();
+        m2.processes[0].regions[0].chunks[1].skip = 3;
+        assert!(hashes_in_order(&m2, &tables).is_err());
+        m2.processes[0].regions[0].chunks[1] = chunk(start + 2 * ps, 1, 4096 * 9, 1, 0, 1);
+        assert!(hashes_in_order(&m2, &tables).is_err());
+        // A damaged blob: cut short anywhere, a block twice, no pages, too many.
+        for cut in 1..own.len() {
+            assert!(parse_page_hashes(&own[..cut]).is_err() || cut % (RECORD_HEAD + 16) == 0, "{cut}");
+        }
+        assert!(parse_page_hashes(&[own.clone(), own.clone()].concat()).is_err());
+        let mut empty = Vec::new();
+        push_block_hashes(&mut empty, 0, &[]);
+        assert!(parse_page_hashes(&empty).is_err());
+        let mut huge = own.clone();
+        huge[8..12].copy_from_slice(&(crate::image::CHUNK_PAGES + 1).to_le_bytes());
+        assert!(parse_page_hashes(&huge).is_err());
+    }
+
+    #[test]
     fn parent_names_and_generations_are_checked() {
         let mut m = valid_manifest();
-        let parent = ParentRef { name: "sim.7.1.ckimg".into(), id: [1; 16], generation: 0, len: 200 };
+        let parent =
+            ParentRef { name: "sim.7.1.ckimg".into(), id: [1; 16], generation: 0, len: 200, page_hashes: None };
         m.lineage.generation = 1;
         m.lineage.parents.push(parent.clone());
         validate(&m, Path::new("t"), 1 << 20).unwrap();

@@ -6,7 +6,7 @@
 //! +--------------------+ 64
 //! | page chunks        |  each an lz4 block of consecutive pages,
 //! |   ...              |  checksummed (xxh3-64) in the manifest
-//! | page hashes        |  xxh3-128 of every page (for the next image)
+//! | page hashes        |  xxh3-128 of every page it stores (for the next image)
 //! +--------------------+ manifest_offset
 //! | manifest (bincode) |  processes, regions -> chunks, fds, threads
 //! +--------------------+
@@ -35,7 +35,7 @@ pub use writer::ImageWriter;
 
 pub const MAGIC: &[u8; 8] = b"CKRUNIMG";
 pub const TRAILER_MAGIC: &[u8; 8] = b"CKRUNEND";
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 pub const HEADER_LEN: u64 = 64;
 pub const TRAILER_LEN: u64 = 64;
 /// Largest run of pages compressed as one chunk (1 MiB): small enough to

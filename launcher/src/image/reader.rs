@@ -248,6 +248,46 @@ impl ImageReader {
         Ok(buf)
     }
 
+    /// Reads and checks the blob `b` of parent `k` (1-based, as
+    /// `ChunkRef::image` counts).
+    fn read_parent_blob(&self, k: usize, b: &BlobRef) -> Result<Vec<u8>, CkError> {
+        let p = &self.parents[k - 1];
+        let bad =
+            |why: String| CkError::bad_image(&self.path, format!("the earlier image {}: {why}", p.path.display()));
+        if b.offset < super::HEADER_LEN || b.offset.checked_add(b.len).is_none_or(|e| e > p.chunks_end) {
+            return Err(bad("page hashes out of bounds".into()));
+        }
+        let mut buf = vec![0u8; b.len as usize];
+        p.file.read_exact_at(&mut buf, b.offset).map_err(|e| bad(format!("cannot read at {}: {e}", b.offset)))?;
+        if checksum(&buf) != b.checksum {
+            return Err(bad("damaged (page hashes checksum mismatch)".into()));
+        }
+        Ok(buf)
+    }
+
+    /// The hash of every page the image puts back into memory, in the
+    /// order of `lineage::memory_chunks`, gathered from its own page
+    /// hashes and its parents' (each holds those of the pages it stores).
+    /// None if one of them has none.
+    pub fn page_hashes(&self) -> Result<Option<Vec<u128>>, CkError> {
+        let l = &self.manifest.lineage;
+        let Some(own) = &l.page_hashes else { return Ok(None) };
+        let mut blobs = vec![self.read_blob(own)?];
+        for (k, p) in l.parents.iter().enumerate() {
+            match &p.page_hashes {
+                Some(b) => blobs.push(self.read_parent_blob(k + 1, b)?),
+                None => return Ok(None),
+            }
+        }
+        let damaged = |why: String| CkError::bad_image(&self.path, format!("damaged page hashes ({why})"));
+        let tables = blobs
+            .iter()
+            .map(|b| lineage::parse_page_hashes(b).map(Some))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(damaged)?;
+        lineage::hashes_in_order(&self.manifest, &tables).map(Some).map_err(damaged)
+    }
+
     /// Checks every block the image restores from, its own and its
     /// parents' (each once): checksum and decompression; and its page
     /// hashes. What `--inspect` does besides printing.
