@@ -9,6 +9,7 @@
 //! | page hashes        |  xxh3-128 of every page (for the next image)
 //! +--------------------+ manifest_offset
 //! | manifest (bincode) |  processes, regions -> chunks, fds, threads
+//! |                    |  (chunk lists: a block table and delta-encoded runs)
 //! +--------------------+
 //! | trailer (64 bytes) |  magic "CKRUNEND", manifest offset/length/checksum,
 //! +--------------------+  file length, trailer checksum
@@ -21,6 +22,7 @@
 //! image of the job instead (incremental images, see [`lineage`]): the
 //! reference is per chunk.
 
+mod chunk_list;
 pub mod flatten;
 pub mod inspect;
 pub mod lineage;
@@ -35,7 +37,7 @@ pub use writer::ImageWriter;
 
 pub const MAGIC: &[u8; 8] = b"CKRUNIMG";
 pub const TRAILER_MAGIC: &[u8; 8] = b"CKRUNEND";
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 pub const HEADER_LEN: u64 = 64;
 pub const TRAILER_LEN: u64 = 64;
 /// Largest run of pages compressed as one chunk (1 MiB): small enough to
