@@ -201,6 +201,7 @@ pub struct Region {
     /// protection, given back to it at restart.
     pub flags: u32,
     /// Saved pages, in ascending address order, not overlapping.
+    #[serde(with = "super::chunk_list")]
     pub chunks: Vec<ChunkRef>,
 }
 
@@ -386,6 +387,7 @@ pub struct SavedContent {
     pub mode: u32,
     pub size: u64,
     /// Page-padded pieces; `ChunkRef::addr` is the file offset.
+    #[serde(with = "super::chunk_list")]
     pub chunks: Vec<ChunkRef>,
 }
 
@@ -475,6 +477,7 @@ pub struct GhostFile {
     pub dev: (u32, u32),
     pub inode: u64,
     /// Content, in page-padded pieces; `ChunkRef::addr` is the file offset.
+    #[serde(with = "super::chunk_list")]
     pub chunks: Vec<ChunkRef>,
 }
 

@@ -9,6 +9,7 @@
 //! | page hashes        |  xxh3-128 of every page it stores (for the next image)
 //! +--------------------+ manifest_offset
 //! | manifest (bincode) |  processes, regions -> chunks, fds, threads
+//! |                    |  (chunk lists: a block table and delta-encoded runs)
 //! +--------------------+
 //! | trailer (64 bytes) |  magic "CKRUNEND", manifest offset/length/checksum,
 //! +--------------------+  file length, trailer checksum
@@ -21,6 +22,7 @@
 //! image of the job instead (incremental images, see [`lineage`]): the
 //! reference is per chunk.
 
+mod chunk_list;
 pub mod flatten;
 pub mod inspect;
 pub mod lineage;
