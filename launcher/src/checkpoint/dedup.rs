@@ -18,7 +18,7 @@
 //! as it was, the index is built from the image ([`Base::load`]).
 
 use crate::image::lineage::{self, ParentRef, MAX_CHAIN};
-use crate::image::manifest::{ChunkRef, Manifest};
+use crate::image::manifest::{ChunkRef, Manifest, ProcessImage};
 use crate::image::ImageReader;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -295,8 +295,9 @@ impl Base {
 /// The page hashes of one process's saved memory.
 #[derive(Default)]
 pub struct PageHashes {
-    /// Of every saved page (own or taken), by address, in no order: the
-    /// next image's base, from memory.
+    /// Of every page read (own or taken), by address, in no order; the
+    /// pages the dirty tracker vouched for are not read, and have the
+    /// base's hash. For the next image's base, from memory.
     pub pages: Vec<(u64, u128)>,
     /// The records of the blocks stored for it
     /// (`lineage::push_block_hashes`): its share of the image's blob.
@@ -308,21 +309,74 @@ pub fn hashes_blob(per_process: &[PageHashes]) -> Vec<u8> {
     per_process.iter().flat_map(|p| p.own_blocks.iter().copied()).collect()
 }
 
-/// The hash of every page of an image, in manifest order (each process's
-/// in address order, which is manifest order: regions and their chunks
-/// ascend), for [`Base::of_image`].
-pub fn hashes_in_order(per_process: &mut [PageHashes]) -> Vec<u128> {
-    let mut out = Vec::with_capacity(per_process.iter().map(|p| p.pages.len()).sum());
-    for p in per_process.iter_mut() {
-        p.pages.sort_unstable_by_key(|(a, _)| *a);
-        out.extend(p.pages.iter().map(|(_, h)| *h));
+/// The hash of every page of an image whose processes are `images` (their
+/// `per_process` hashes in the same order), made on `base`, in manifest
+/// order, for [`Base::of_image`]: a page read has the hash it was read
+/// with, a page the tracker vouched for the base's of that address. Done
+/// once the image is durable, so that the checkpoint itself handles only
+/// the pages it reads. None if a page has neither (never, unless the
+/// image and its hashes disagree).
+pub fn hashes_in_order(
+    images: &[ProcessImage],
+    per_process: &mut [PageHashes],
+    base: Option<&Base>,
+) -> Option<Vec<u128>> {
+    let ps = crate::sys::PAGE_SIZE;
+    let mut out = Vec::new();
+    for (p, h) in images.iter().zip(per_process.iter_mut()) {
+        h.pages.sort_unstable_by_key(|(a, _)| *a);
+        let (read, old) = (&h.pages, base.map_or(&[][..], |b| b.pages_of(p.pid)));
+        let (mut i, mut j) = (0, 0);
+        // Both lists and the chunks ascend by address: one merge.
+        for c in p.regions.iter().flat_map(|r| r.chunks.iter()) {
+            for addr in (0..c.npages as u64).map(|k| c.addr + k * ps) {
+                while read.get(i).is_some_and(|(a, _)| *a < addr) {
+                    i += 1;
+                }
+                if let Some((_, hash)) = read.get(i).filter(|(a, _)| *a == addr) {
+                    out.push(*hash);
+                    continue;
+                }
+                while old.get(j).is_some_and(|b| b.addr < addr) {
+                    j += 1;
+                }
+                out.push(old.get(j).filter(|b| b.addr == addr)?.hash);
+            }
+        }
     }
-    out
+    Some(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_base_has_the_hash_of_every_page_read_or_vouched_for() {
+        let ps = crate::sys::PAGE_SIZE;
+        let mut m = crate::image::validate::tests::valid_manifest();
+        let (pid, start) = (m.processes[0].pid, m.processes[0].regions[0].start);
+        // Pages 0-3 restored: 0 and 2 read now, 1 and 3 vouched for (the
+        // base's hash of that address).
+        m.processes[0].regions[0].chunks =
+            vec![ChunkRef::own(start, 2, 1, 4096, 0), ChunkRef::own(start + 2 * ps, 2, 1, 8192, 0)];
+        let at = |k: u64| start + k * ps;
+        let old = |k: u64, hash| BasePage { addr: at(k), hash, loc: None };
+        let base = |pages: Vec<BasePage>| Base {
+            images: vec![],
+            blocks: vec![],
+            index: Default::default(),
+            generation: 1,
+            pages: std::sync::Arc::new([(pid, pages)].into_iter().collect()),
+        };
+        let read = || PageHashes { pages: vec![(at(2), 20), (at(0), 10)], own_blocks: vec![] };
+        let b = base(vec![old(0, 1), old(1, 11), old(3, 31), old(7, 71)]);
+        assert_eq!(hashes_in_order(&m.processes, &mut [read()], Some(&b)), Some(vec![10, 11, 20, 31]));
+        // A page neither read nor in the base: no base made of it.
+        let b = base(vec![old(1, 11)]);
+        assert_eq!(hashes_in_order(&m.processes, &mut [read()], Some(&b)), None);
+        assert_eq!(hashes_in_order(&m.processes, &mut [read()], None), None);
+    }
 
     #[test]
     fn an_old_images_pages_are_stored_again_over_the_last_images_of_its_reach() {

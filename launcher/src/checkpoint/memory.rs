@@ -500,7 +500,6 @@ fn save_run(mem: &RemoteMemory, run: &PageRun, buf: &mut [u8], out: &mut Output,
                     if let Some(loc) = same.loc.filter(|loc| !base.store_again(*loc, addr_of(p))) {
                         read[p] = false;
                         found[p] = Some(Some(loc));
-                        out.hashes.pages.push((addr_of(p), same.hash));
                         out.unread += PAGE_SIZE;
                     }
                 }

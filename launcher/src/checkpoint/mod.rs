@@ -407,6 +407,7 @@ pub fn take(
     };
     inject("finish")?;
     hang("finish");
+    let t_finish = t0.elapsed();
     let (path, image_bytes) = out.finish(&manifest, &image_name(settings, tree.root, sequence), key)?;
     let total = t0.elapsed();
     let armed: Vec<&Agent> =
@@ -424,13 +425,15 @@ pub fn take(
     };
     let next_base = match settings.full {
         true => None,
-        false => dedup::Base::of_image(&manifest, &dedup::hashes_in_order(&mut hashes), own).ok().map(Box::new),
+        false => dedup::hashes_in_order(&manifest.processes, &mut hashes, base)
+            .and_then(|h| dedup::Base::of_image(&manifest, &h, own).ok())
+            .map(Box::new),
     };
     if std::env::var_os("CKRUN_TIMING").is_some() {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let sum = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
         eprintln!(
-            "ckrun: timing: base {:.1} ms, stopped+captured {:.1} ms, resumed {:.1} ms, memory {:.1} ms (smaps {:.1}, select {:.1}; threads: read {:.0}, hash {:.0}, compress {:.0}, write {:.0} ms), page hashes {:.1} ms, manifest+fsync+rename {:.1} ms",
+            "ckrun: timing: base {:.1} ms, stopped+captured {:.1} ms, resumed {:.1} ms, memory {:.1} ms (smaps {:.1}, select {:.1}; threads: read {:.0}, hash {:.0}, compress {:.0}, write {:.0} ms), page hashes {:.1} ms, manifest+fsync+link {:.1} ms (durable at {:.1} ms), next base {:.1} ms",
             ms(t_base),
             ms(t_captured - t_base),
             ms(paused),
@@ -442,7 +445,9 @@ pub fn take(
             sum(&stages.compress),
             sum(&stages.write),
             ms(t_blob),
-            ms(t0.elapsed() - t_memory - t_blob)
+            ms(total - t_finish),
+            ms(total),
+            ms(t0.elapsed() - total)
         );
     }
     Ok(Outcome {

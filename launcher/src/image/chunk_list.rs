@@ -25,6 +25,7 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde::{Serialize, Serializer};
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// What identifies a stored block: (image, offset, clen, checksum, block_pages).
 type Block = (u32, u64, u32, u64, u32);
@@ -49,17 +50,51 @@ fn put(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// A hasher for a block's place (image, offset): one multiply, the map is
+/// ours (a checkpoint encodes ~100k runs in its critical path; SipHash
+/// over the whole block made that milliseconds).
+#[derive(Default)]
+struct PlaceHasher(u64);
+
+impl Hasher for PlaceHasher {
+    fn finish(&self) -> u64 {
+        // The map indexes by the low bits, which a multiply leaves
+        // depending only on the low bits of its input (offsets are 4 KiB
+        // multiples): fold the well-mixed high half down.
+        self.0 ^ (self.0 >> 32)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(29) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 pub fn encode(chunks: &[ChunkRef]) -> Vec<u8> {
-    let mut index: HashMap<Block, u32> = HashMap::new();
-    let mut blocks = Vec::new();
+    // By place; a place whose block differs (never, in an image ckrun
+    // made) gets a block of its own each time.
+    let mut index: HashMap<(u32, u64), u32, BuildHasherDefault<PlaceHasher>> = HashMap::default();
+    let mut blocks: Vec<Block> = Vec::new();
     let mut runs = Vec::with_capacity(chunks.len() * 6);
     let mut prev = 0u64;
     for c in chunks {
-        let next = index.len() as u32;
-        let i = *index.entry(block(c)).or_insert_with(|| {
-            blocks.push(block(c));
-            next
-        });
+        let i = match index.get(&(c.image, c.offset)) {
+            Some(&i) if blocks[i as usize] == block(c) => i,
+            known => {
+                blocks.push(block(c));
+                let i = blocks.len() as u32 - 1;
+                if known.is_none() {
+                    index.insert((c.image, c.offset), i);
+                }
+                i
+            }
+        };
         let delta = c.addr.wrapping_sub(prev) as i64;
         put(&mut runs, ((delta << 1) ^ (delta >> 63)) as u64);
         put(&mut runs, c.npages as u64);

@@ -226,7 +226,11 @@ impl ImageWriter {
     /// image's path and size.
     pub fn finish(mut self, manifest: &Manifest, name: &str, key: Option<&Key>) -> Result<(PathBuf, u64)> {
         self.stop_direct()?;
-        let m = bincode::serialize(manifest).context("encoding the manifest")?;
+        // Into a buffer, as `bincode::serialize` would, without its first
+        // pass that only counts the bytes (which would encode every chunk
+        // list twice).
+        let mut m = Vec::with_capacity(1 << 20);
+        bincode::serialize_into(&mut m, manifest).context("encoding the manifest")?;
         let at = self.end.load(Ordering::Relaxed);
         let mut trailer = Trailer {
             manifest_offset: at,
