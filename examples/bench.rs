@@ -234,10 +234,7 @@ fn run(args: &Args, tmp: &Path) -> Res<usize> {
         report.print_chain(&mut o);
         print!("{o}");
         let _ = std::io::stdout().flush();
-        return Ok(report
-            .chain
-            .as_ref()
-            .map_or(0, |(_, a, d, b)| a.is_err() as usize + d.is_err() as usize + b.is_err() as usize));
+        return Ok(report.chain.as_ref().map_or(0, Chains::failures));
     }
 
     let mut sizes = Vec::new();
@@ -1290,6 +1287,8 @@ fn read_into_cache(dir: &Path) -> Res<()> {
 enum ChainMode {
     /// Incremental, with dirty tracking (the default).
     Tracked,
+    /// The same, with `rewrite` rewriting the same pages each tick.
+    SamePages,
     /// Incremental, content dedup alone (`CKRUN_NO_DIRTY_TRACKING=1`).
     ContentDedup,
     /// `--full`.
@@ -1300,17 +1299,31 @@ impl ChainMode {
     fn label(self) -> &'static str {
         match self {
             ChainMode::Tracked => "incremental",
+            ChainMode::SamePages => "incremental, same pages",
             ChainMode::ContentDedup => "content dedup",
             ChainMode::Full => "full",
         }
     }
 }
 
-/// The incremental chain, the same with content dedup alone, then with
-/// `--full` (the last two restart only in the first's and the last's
-/// restart rounds: content dedup makes images of the same shape).
-/// (MiB, incremental, content dedup alone, `--full`).
-type Chains = (u64, Res<Chain>, Res<Chain>, Res<Chain>);
+/// The chains of the incremental images table, of `size` MiB.
+struct Chains {
+    size: u64,
+    /// Incremental (scattered rewrites, new pages each tick).
+    incr: Res<Chain>,
+    /// The same with content dedup alone (not restarted: its images have
+    /// the shape of `incr`'s).
+    dedup: Res<Chain>,
+    /// Incremental, the same pages rewritten each tick.
+    same: Res<Chain>,
+    full: Res<Chain>,
+}
+
+impl Chains {
+    fn failures(&self) -> usize {
+        [&self.incr, &self.dedup, &self.same, &self.full].iter().filter(|c| c.is_err()).count()
+    }
+}
 
 fn chain_pair(t: &Tools, size: u64) -> Res<Chains> {
     let run = |mode: ChainMode| -> Res<Res<Chain>> {
@@ -1327,6 +1340,7 @@ fn chain_pair(t: &Tools, size: u64) -> Res<Chains> {
     if let Ok(c) = &dedup {
         let _ = fs::remove_dir_all(&c.imgdir);
     }
+    let mut same = run(ChainMode::SamePages)?;
     let mut full = run(ChainMode::Full)?;
     // Restarts alternate between the two, so that other load on the
     // machine weighs on both alike; the last cached one runs to the end.
@@ -1334,7 +1348,7 @@ fn chain_pair(t: &Tools, size: u64) -> Res<Chains> {
         check_interrupt()?;
         progress(&format!("restarts of the 10th images, round {} of {CHAIN_RESTARTS}", round + 1));
         for cached in [false, true] {
-            for c in [&mut incr, &mut full] {
+            for c in [&mut incr, &mut same, &mut full] {
                 let to_the_end = cached && round + 1 == CHAIN_RESTARTS;
                 if let Ok(chain) = c {
                     if let Err(e) = restart_chain(t, chain, cached, to_the_end) {
@@ -1345,10 +1359,10 @@ fn chain_pair(t: &Tools, size: u64) -> Res<Chains> {
             }
         }
     }
-    for c in [&incr, &full].into_iter().flatten() {
+    for c in [&incr, &same, &full].into_iter().flatten() {
         let _ = fs::remove_dir_all(&c.imgdir);
     }
-    Ok((size, incr, dedup, full))
+    Ok(Chains { size, incr, dedup, same, full })
 }
 
 fn chain_run(t: &Tools, size: u64, chain_mode: ChainMode) -> Res<Chain> {
@@ -1367,6 +1381,9 @@ fn chain_run(t: &Tools, size: u64, chain_mode: ChainMode) -> Res<Chain> {
         cmd.env("CKRUN_NO_DIRTY_TRACKING", "1");
     }
     cmd.arg(&t.rewrite).args([&size.to_string(), CHAIN_PERMILLE, &ticks, CHAIN_PACE_MS]).current_dir(&t.tmp);
+    if chain_mode == ChainMode::SamePages {
+        cmd.arg("same");
+    }
     let mut job = Job::spawn(format!("ckrun rewrite {size} ({mode})"), &mut cmd)?;
     let deadline = Instant::now() + TIMEOUT;
     let mut lines: Vec<String> = Vec::new();
@@ -1503,7 +1520,7 @@ fn min_max(v: &[f64]) -> (f64, f64) {
 
 impl Report {
     fn print_chain(&self, o: &mut String) {
-        let Some((size, incr, dedup, full)) = &self.chain else { return };
+        let Some(Chains { size, incr, dedup, same, full }) = &self.chain else { return };
         o.push_str(&format!(
             "\n## Incremental images\n\n\
              `rewrite {size} {CHAIN_PERMILLE} 11 {CHAIN_PACE_MS}` ({size} MiB touched, 2x compressible, \
@@ -1514,14 +1531,20 @@ impl Report {
              goes to the end and its output is compared. Once with incremental images (the default: dirty \
              tracking, and content dedup where the tracker cannot vouch for a page), once with content dedup \
              alone (`CKRUN_NO_DIRTY_TRACKING=1`, as where userfaultfd is not allowed; not restarted), once \
-             with `--full`, in the same run. Checkpoint times: median of checkpoints 2 to {CHAIN_CKPTS} \
+             incremental with `rewrite` rewriting the same pages each tick (`same`: a hot set, restarted \
+             like the first), once with `--full`, in the same run. Checkpoint times: median of checkpoints 2 to {CHAIN_CKPTS} \
              (min–max); restart: spawning ckrun → its `restarted` line, median.\n\n\
              | images | {CHAIN_CKPTS} images MiB | first MiB | later MiB (min–max) | ckpt durable s | ckrun total s \
              | pause ms | restart s (from disk) | restart s (cached) | ckrun restore ms | restored output |\n\
              |---|---|---|---|---|---|---|---|---|---|---|\n",
             CHAIN_PERMILLE.parse::<f64>().unwrap_or(0.0) / 10.0
         ));
-        for (what, r) in [("incremental", incr), ("content dedup", dedup), ("--full", full)] {
+        for (what, r) in [
+            ("incremental", incr),
+            ("content dedup", dedup),
+            ("incremental, same pages each tick", same),
+            ("--full", full),
+        ] {
             match r {
                 Ok(c) => {
                     let mib: Vec<f64> = c.images.iter().map(|b| *b as f64 / MIB as f64).collect();
@@ -1554,8 +1577,9 @@ impl Report {
             }
         }
         let (Ok(i), Ok(f)) = (incr, full) else { return };
+        let same = same.as_ref().ok();
         let one_full = median(f.images.iter().map(|b| *b as f64).collect());
-        let rows: [(String, String, String, f64, &str, bool); 6] = {
+        let mut rows: Vec<(String, String, String, f64, &str, bool)> = {
             let bytes = i.total_bytes as f64 / one_full;
             let (di, df) = (median(later(&i.durable)), median(later(&f.durable)));
             let dd = dedup.as_ref().map_or(f64::NAN, |d| median(later(&d.durable)));
@@ -1605,7 +1629,24 @@ impl Report {
                     ci <= 1.1 * cf && i.same_output,
                 ),
             ]
+            .into()
         };
+        // The restart's cost follows how many blocks still hold a current
+        // page: with a hot set, only the first image's and the newest's.
+        if let Some(h) = same {
+            let (rf, cf) = (median(f.restart.clone()), median(f.restart_cached.clone()));
+            for (what, t, base) in [("from disk", &h.restart, rf), ("in page cache", &h.restart_cached, cf)] {
+                let t = median(t.clone());
+                rows.push((
+                    format!("the same, same pages rewritten each tick, {what}"),
+                    format!("{t:.3} s"),
+                    format!("{base:.3} s"),
+                    t / base,
+                    "≤ 1.1×",
+                    t <= 1.1 * base && h.same_output,
+                ));
+            }
+        }
         o.push_str(
             "\n| figure (issue 13) | incremental | full | ratio | target | result |\n|---|---|---|---|---|---|\n",
         );
@@ -1667,10 +1708,7 @@ impl Report {
             + self.sparse.is_err() as usize
             + self.stop.1.is_err() as usize
             + [&self.getppid, &self.open, &self.poll, &self.startup].iter().filter(|r| r.is_err()).count()
-            + self
-                .chain
-                .as_ref()
-                .map_or(0, |(_, a, d, b)| a.is_err() as usize + d.is_err() as usize + b.is_err() as usize)
+            + self.chain.as_ref().map_or(0, Chains::failures)
     }
 
     /// A report with nothing measured but what is filled in after it.

@@ -12,12 +12,15 @@
  * (flushed) and sleeps PACE_MS milliseconds. At the end it prints
  * "done CHECKSUM" and exits 0.
  *
+ * With a fifth argument `same`, every tick rewrites the same pages (a hot
+ * set: the first tick's choice) with new bytes, instead of new ones.
+ *
  * Every value depends only on the tick number, so a restored run prints
  * exactly the lines an uninterrupted run prints, and any page restored
  * wrong (from the wrong image, or a stale copy) changes every later
  * checksum.
  *
- * Usage: rewrite SIZE_MIB PERMILLE TICKS [PACE_MS]
+ * Usage: rewrite SIZE_MIB PERMILLE TICKS [PACE_MS [same]]
  */
 #include <inttypes.h>
 #include <stdint.h>
@@ -49,7 +52,7 @@ static void fill_random(unsigned char *page, uint64_t *seed)
 int main(int argc, char **argv)
 {
     if (argc < 4 || atol(argv[1]) <= 0 || atol(argv[2]) < 0 || atol(argv[2]) > 1000 || atol(argv[3]) <= 0) {
-        fprintf(stderr, "usage: rewrite SIZE_MIB PERMILLE TICKS [PACE_MS]\n");
+        fprintf(stderr, "usage: rewrite SIZE_MIB PERMILLE TICKS [PACE_MS [same]]\n");
         return 2;
     }
     size_t size = (size_t)atol(argv[1]) << 20;
@@ -57,6 +60,7 @@ int main(int argc, char **argv)
     long permille = atol(argv[2]);
     long ticks = atol(argv[3]);
     long pace_ms = argc > 4 ? atol(argv[4]) : 30;
+    int same_pages = argc > 5 && strcmp(argv[5], "same") == 0;
     unsigned char *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) {
         perror("rewrite: mmap");
@@ -74,7 +78,7 @@ int main(int argc, char **argv)
     fflush(stdout);
     size_t per_tick = pages * (size_t)permille / 1000;
     for (long t = 1; t <= ticks; t++) {
-        uint64_t pick = 1000 + (uint64_t)t;
+        uint64_t pick = 1000 + (same_pages ? 1 : (uint64_t)t);
         for (size_t k = 0; k < per_tick; k++) {
             size_t p = next_rand(&pick) % pages;
             uint64_t s = ((uint64_t)t << 32) ^ p;
