@@ -1215,7 +1215,7 @@ const CHAIN_PERMILLE: &str = "50";
 /// 1 GiB, so that each checkpoint sees exactly one tick's rewrites.
 const CHAIN_PACE_MS: &str = "2500";
 /// Restarts of each chain's tenth image, from disk and cached (medians).
-const CHAIN_RESTARTS: usize = 3;
+const CHAIN_RESTARTS: usize = 5;
 
 /// Ten checkpoints of `rewrite SIZE 50 11`, one after each tick, incremental
 /// or `--full`, then restarts of the tenth.

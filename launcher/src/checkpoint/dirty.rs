@@ -145,14 +145,14 @@ pub fn checkpointed(armed: &[&Agent], id: [u8; 16]) {
 
 /// What is known of a page without reading it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Page {
+pub enum Page<'a> {
     /// Not tracked, or written since the base: read it.
     Unknown,
     /// Unchanged since the base, which restores it as zeros (it did not
     /// save it): still zeros.
     Zero,
     /// Unchanged since the base, which restores it as this page.
-    Same(BasePage),
+    Same(&'a BasePage),
 }
 
 /// A process's [`Changes`] with the base's pages of that process (sorted
@@ -170,7 +170,7 @@ fn from(ranges: &[(u64, u64)], addr: u64) -> &[(u64, u64)] {
 impl Known<'_> {
     /// What is known of each of the `n` pages from `addr` (one lookup per
     /// run, then a walk: a GiB is 262144 pages).
-    pub fn pages(&self, addr: u64, n: usize, out: &mut [Page]) {
+    pub fn pages<'b>(&'b self, addr: u64, n: usize, out: &mut [Page<'b>]) {
         let ps = crate::sys::PAGE_SIZE;
         let (mut tracked, mut written) = (from(&self.changes.tracked, addr), from(&self.changes.written, addr));
         let mut base = &self.base_pages[self.base_pages.partition_point(|p| p.addr < addr)..];
@@ -190,7 +190,7 @@ impl Known<'_> {
                 Page::Unknown
             } else {
                 match base.first() {
-                    Some(p) if p.addr == at => Page::Same(*p),
+                    Some(p) if p.addr == at => Page::Same(p),
                     _ => Page::Zero,
                 }
             };
@@ -235,7 +235,7 @@ impl Known<'_> {
     }
 
     #[cfg(test)]
-    fn page(&self, addr: u64) -> Page {
+    fn page(&self, addr: u64) -> Page<'_> {
         let mut one = [Page::Unknown];
         self.pages(addr, 1, &mut one);
         one[0]
@@ -255,11 +255,11 @@ mod tests {
         let page = |addr, hash| BasePage { addr, hash, loc: Some(PageLoc { block: 0, page: hash as u32 }) };
         let base_pages = [page(0x10000, 7), page(0x11000, 8), page(0x14000, 9)];
         let k = Known { changes: &changes, base_pages: &base_pages };
-        assert_eq!(k.page(0x10000), Page::Same(base_pages[0]));
+        assert_eq!(k.page(0x10000), Page::Same(&base_pages[0]));
         assert_eq!(k.page(0x11000), Page::Unknown);
         assert_eq!(k.page(0x12000), Page::Unknown);
         assert_eq!(k.page(0x13000), Page::Zero);
-        assert_eq!(k.page(0x14000), Page::Same(base_pages[2]));
+        assert_eq!(k.page(0x14000), Page::Same(&base_pages[2]));
         assert_eq!(k.page(0x20000), Page::Unknown);
         assert_eq!(k.page(0xf000), Page::Unknown);
         // What to save of the tracked mapping: base pages outside the

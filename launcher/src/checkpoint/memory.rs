@@ -559,9 +559,6 @@ fn save_run(mem: &RemoteMemory, run: &PageRun, buf: &mut [u8], out: &mut Output,
                 while p < n && found[p] == Some(None) {
                     p += 1;
                 }
-                if gathered != begin {
-                    data.copy_within(begin * ps..p * ps, gathered * ps);
-                }
                 own.push((begin, p - begin));
                 gathered += p - begin;
             }
@@ -578,11 +575,10 @@ fn save_run(mem: &RemoteMemory, run: &PageRun, buf: &mut [u8], out: &mut Output,
         out.chunks.push((run.region, ChunkRef::own(run.addr, n as u32, len as u32, offset, checksum)));
         return Ok(());
     }
-    let mut at = 0;
+    // Copied once, from where they were read, into the pending block.
     for (begin, npages) in own {
         let hashes = &hash_of[begin..begin + npages];
-        out.store(run.region, addr_of(begin), &data[at * ps..(at + npages) * ps], hashes, stages)?;
-        at += npages;
+        out.store(run.region, addr_of(begin), &data[begin * ps..(begin + npages) * ps], hashes, stages)?;
     }
     Ok(())
 }
