@@ -43,6 +43,26 @@ pub fn decoder(limit: u64) -> impl Options {
     bincode::DefaultOptions::new().with_fixint_encoding().with_limit(limit)
 }
 
+/// Reads blob `b` of the image `file` (whose chunk area ends at
+/// `chunks_end`), checking that it lies in the chunk area and its
+/// checksum; `bad` makes the error of each failure.
+fn read_blob_in(
+    file: &File,
+    chunks_end: u64,
+    b: &BlobRef,
+    bad: impl Fn(String) -> CkError,
+) -> Result<Vec<u8>, CkError> {
+    if b.offset < HEADER_LEN || b.offset.checked_add(b.len).is_none_or(|e| e > chunks_end) {
+        return Err(bad("damaged manifest (a blob out of bounds)".into()));
+    }
+    let mut buf = vec![0u8; b.len as usize];
+    file.read_exact_at(&mut buf, b.offset).map_err(|e| bad(format!("cannot read at {}: {e}", b.offset)))?;
+    if checksum(&buf) != b.checksum {
+        return Err(bad("damaged image (page hashes checksum mismatch)".into()));
+    }
+    Ok(buf)
+}
+
 impl ImageReader {
     /// Opens the image at `path` and the parents it names beside it.
     pub fn open(path: &Path) -> Result<Self, CkError> {
@@ -236,33 +256,16 @@ impl ImageReader {
 
     /// Reads and checks a blob of this image's chunk area.
     pub fn read_blob(&self, b: &BlobRef) -> Result<Vec<u8>, CkError> {
-        let bad = |why: String| CkError::bad_image(&self.path, why);
-        if b.offset.checked_add(b.len).is_none_or(|e| e > self.chunks_end) {
-            return Err(bad("damaged manifest (a blob out of bounds)".into()));
-        }
-        let mut buf = vec![0u8; b.len as usize];
-        self.file.read_exact_at(&mut buf, b.offset).map_err(|e| bad(format!("cannot read at {}: {e}", b.offset)))?;
-        if checksum(&buf) != b.checksum {
-            return Err(bad("damaged image (page hashes checksum mismatch)".into()));
-        }
-        Ok(buf)
+        read_blob_in(&self.file, self.chunks_end, b, |why| CkError::bad_image(&self.path, why))
     }
 
     /// Reads and checks the blob `b` of parent `k` (1-based, as
     /// `ChunkRef::image` counts).
     fn read_parent_blob(&self, k: usize, b: &BlobRef) -> Result<Vec<u8>, CkError> {
         let p = &self.parents[k - 1];
-        let bad =
-            |why: String| CkError::bad_image(&self.path, format!("the earlier image {}: {why}", p.path.display()));
-        if b.offset < super::HEADER_LEN || b.offset.checked_add(b.len).is_none_or(|e| e > p.chunks_end) {
-            return Err(bad("page hashes out of bounds".into()));
-        }
-        let mut buf = vec![0u8; b.len as usize];
-        p.file.read_exact_at(&mut buf, b.offset).map_err(|e| bad(format!("cannot read at {}: {e}", b.offset)))?;
-        if checksum(&buf) != b.checksum {
-            return Err(bad("damaged (page hashes checksum mismatch)".into()));
-        }
-        Ok(buf)
+        read_blob_in(&p.file, p.chunks_end, b, |why| {
+            CkError::bad_image(&self.path, format!("the earlier image {}: {why}", p.path.display()))
+        })
     }
 
     /// The hash of every page the image puts back into memory, in the
