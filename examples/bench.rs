@@ -1514,6 +1514,11 @@ fn later(v: &[f64]) -> Vec<f64> {
     v.iter().skip(1).copied().collect()
 }
 
+/// The smallest of `v`, NaN if it is empty (as [`median`]).
+fn fastest(v: &[f64]) -> f64 {
+    v.iter().copied().reduce(f64::min).unwrap_or(f64::NAN)
+}
+
 fn min_max(v: &[f64]) -> (f64, f64) {
     (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max))
 }
@@ -1533,9 +1538,11 @@ impl Report {
              alone (`CKRUN_NO_DIRTY_TRACKING=1`, as where userfaultfd is not allowed; not restarted), once \
              incremental with `rewrite` rewriting the same pages each tick (`same`: a hot set, restarted \
              like the first), once with `--full`, in the same run. Checkpoint times: median of checkpoints 2 to {CHAIN_CKPTS} \
-             (min–max); restart: spawning ckrun → its `restarted` line, median.\n\n\
+             (min–max); restart: spawning ckrun → its `restarted` line, median (and fastest: on a VM that \
+             hands freed memory back to its host, a restart's fresh pages may each fault on the host first, \
+             and the fastest run is the one that paid least for it).\n\n\
              | images | {CHAIN_CKPTS} images MiB | first MiB | later MiB (min–max) | ckpt durable s | ckrun total s \
-             | pause ms | restart s (from disk) | restart s (cached) | ckrun restore ms | restored output |\n\
+             | pause ms | restart s, from disk (fastest) | restart s, cached (fastest) | ckrun restore ms | restored output |\n\
              |---|---|---|---|---|---|---|---|---|---|---|\n",
             CHAIN_PERMILLE.parse::<f64>().unwrap_or(0.0) / 10.0
         ));
@@ -1553,14 +1560,16 @@ impl Report {
                     let (plo, phi) = min_max(&later(&c.pauses_ms));
                     o.push_str(&format!(
                         "| {what} | {:.1} | {:.1} | {lo:.1}–{hi:.1} | {:.3} ({dlo:.3}–{dhi:.3}) | {:.3} | {:.1} ({plo:.1}–{phi:.1}) \
-                         | {:.3} | {:.3} | {} | {}{} |\n",
+                         | {:.3} ({:.3}) | {:.3} ({:.3}) | {} | {}{} |\n",
                         c.total_bytes as f64 / MIB as f64,
                         mib[0],
                         median(later(&c.durable)),
                         median(later(&c.ckrun_total)),
                         median(later(&c.pauses_ms)),
                         median(c.restart.clone()),
+                        fastest(&c.restart),
                         median(c.restart_cached.clone()),
+                        fastest(&c.restart_cached),
                         opt(Some(median(c.ckrun_restore_ms.clone())), 1),
                         match (c.same_output, c.restart_cached.is_empty()) {
                             (_, true) => "not restarted",
