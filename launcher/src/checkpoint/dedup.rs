@@ -171,32 +171,44 @@ impl Base {
         let mut index = HashMap::with_capacity_and_hasher(hashes.len(), Default::default());
         let mut words = hashes.iter().copied();
         let mut pages: HashMap<i32, Vec<BasePage>> = HashMap::new();
+        // The runs of one block mostly follow each other (an incremental
+        // image takes an old block's pages around the few rewritten ones):
+        // the last block looked up is tried first.
+        let mut last: Option<((u32, u64), u32)> = None;
         // In the order of `lineage::memory_chunks`, which the hashes follow.
-        let chunks = m
-            .processes
-            .iter()
-            .flat_map(|p| p.regions.iter().flat_map(move |r| r.chunks.iter().map(move |c| (p.pid, c))));
-        for (pid, c) in chunks {
-            let of_process = pages.entry(pid).or_default();
-            let image = c.image; // 0: the base itself, k: its k-th parent, as in `images`
-            let b = *block_of.entry((image, c.offset)).or_insert_with(|| {
-                blocks.push(Block {
-                    image,
-                    offset: c.offset,
-                    clen: c.clen,
-                    checksum: c.checksum,
-                    pages: c.block_pages,
-                });
-                blocks.len() as u32 - 1
-            });
-            for k in 0..c.npages {
-                let h = words.next().context("page hashes shorter than the pages")?;
-                let loc = usable[image as usize].then_some(PageLoc { block: b, page: c.skip + k });
-                of_process.push(BasePage { addr: c.addr + k as u64 * crate::sys::PAGE_SIZE, hash: h, loc });
-                if let Some(loc) = loc {
-                    index.entry(h).or_insert(loc);
+        for p in &m.processes {
+            let chunks = p.regions.iter().flat_map(|r| r.chunks.iter());
+            let mut of_process: Vec<BasePage> = Vec::with_capacity(chunks.clone().map(|c| c.npages as usize).sum());
+            for c in chunks {
+                let image = c.image; // 0: the base itself, k: its k-th parent, as in `images`
+                let key = (image, c.offset);
+                let b = match last {
+                    Some((k, b)) if k == key => b,
+                    _ => {
+                        let b = *block_of.entry(key).or_insert_with(|| {
+                            blocks.push(Block {
+                                image,
+                                offset: c.offset,
+                                clen: c.clen,
+                                checksum: c.checksum,
+                                pages: c.block_pages,
+                            });
+                            blocks.len() as u32 - 1
+                        });
+                        last = Some((key, b));
+                        b
+                    }
+                };
+                for k in 0..c.npages {
+                    let h = words.next().context("page hashes shorter than the pages")?;
+                    let loc = usable[image as usize].then_some(PageLoc { block: b, page: c.skip + k });
+                    of_process.push(BasePage { addr: c.addr + k as u64 * crate::sys::PAGE_SIZE, hash: h, loc });
+                    if let Some(loc) = loc {
+                        index.entry(h).or_insert(loc);
+                    }
                 }
             }
+            pages.entry(p.pid).or_default().append(&mut of_process);
         }
         for v in pages.values_mut() {
             if !v.is_sorted_by_key(|p| p.addr) {
