@@ -1287,6 +1287,8 @@ fn read_into_cache(dir: &Path) -> Res<()> {
 enum ChainMode {
     /// Incremental, with dirty tracking (the default).
     Tracked,
+    /// The same with a snapshot at every checkpoint (`CKRUN_NO_COPY_OUT=1`).
+    Snapshots,
     /// The same, with `rewrite` rewriting the same pages each tick.
     SamePages,
     /// Incremental, content dedup alone (`CKRUN_NO_DIRTY_TRACKING=1`).
@@ -1299,6 +1301,7 @@ impl ChainMode {
     fn label(self) -> &'static str {
         match self {
             ChainMode::Tracked => "incremental",
+            ChainMode::Snapshots => "incremental, snapshots",
             ChainMode::SamePages => "incremental, same pages",
             ChainMode::ContentDedup => "content dedup",
             ChainMode::Full => "full",
@@ -1311,8 +1314,10 @@ struct Chains {
     size: u64,
     /// Incremental (scattered rewrites, new pages each tick).
     incr: Res<Chain>,
-    /// The same with content dedup alone (not restarted: its images have
-    /// the shape of `incr`'s).
+    /// The same with snapshots, no copy-out (not restarted: its images
+    /// have the shape of `incr`'s).
+    snap: Res<Chain>,
+    /// The same with content dedup alone (not restarted either).
     dedup: Res<Chain>,
     /// Incremental, the same pages rewritten each tick.
     same: Res<Chain>,
@@ -1321,7 +1326,7 @@ struct Chains {
 
 impl Chains {
     fn failures(&self) -> usize {
-        [&self.incr, &self.dedup, &self.same, &self.full].iter().filter(|c| c.is_err()).count()
+        [&self.incr, &self.snap, &self.dedup, &self.same, &self.full].iter().filter(|c| c.is_err()).count()
     }
 }
 
@@ -1336,8 +1341,9 @@ fn chain_pair(t: &Tools, size: u64) -> Res<Chains> {
         Ok(c)
     };
     let mut incr = run(ChainMode::Tracked)?;
+    let snap = run(ChainMode::Snapshots)?;
     let dedup = run(ChainMode::ContentDedup)?;
-    if let Ok(c) = &dedup {
+    for c in [&snap, &dedup].into_iter().flatten() {
         let _ = fs::remove_dir_all(&c.imgdir);
     }
     let mut same = run(ChainMode::SamePages)?;
@@ -1362,7 +1368,7 @@ fn chain_pair(t: &Tools, size: u64) -> Res<Chains> {
     for c in [&incr, &same, &full].into_iter().flatten() {
         let _ = fs::remove_dir_all(&c.imgdir);
     }
-    Ok(Chains { size, incr, dedup, same, full })
+    Ok(Chains { size, incr, snap, dedup, same, full })
 }
 
 fn chain_run(t: &Tools, size: u64, chain_mode: ChainMode) -> Res<Chain> {
@@ -1379,6 +1385,9 @@ fn chain_run(t: &Tools, size: u64, chain_mode: ChainMode) -> Res<Chain> {
     }
     if chain_mode == ChainMode::ContentDedup {
         cmd.env("CKRUN_NO_DIRTY_TRACKING", "1");
+    }
+    if chain_mode == ChainMode::Snapshots {
+        cmd.env("CKRUN_NO_COPY_OUT", "1");
     }
     cmd.arg(&t.rewrite).args([&size.to_string(), CHAIN_PERMILLE, &ticks, CHAIN_PACE_MS]).current_dir(&t.tmp);
     if chain_mode == ChainMode::SamePages {
@@ -1525,7 +1534,7 @@ fn min_max(v: &[f64]) -> (f64, f64) {
 
 impl Report {
     fn print_chain(&self, o: &mut String) {
-        let Some(Chains { size, incr, dedup, same, full }) = &self.chain else { return };
+        let Some(Chains { size, incr, snap, dedup, same, full }) = &self.chain else { return };
         o.push_str(&format!(
             "\n## Incremental images\n\n\
              `rewrite {size} {CHAIN_PERMILLE} 11 {CHAIN_PACE_MS}` ({size} MiB touched, 2x compressible, \
@@ -1534,7 +1543,9 @@ impl Report {
              image is restarted: with every file of the image directory dropped from the page cache, and \
              read into it, {CHAIN_RESTARTS} times each, alternating with the `--full` chain's; the last run \
              goes to the end and its output is compared. Once with incremental images (the default: dirty \
-             tracking, and content dedup where the tracker cannot vouch for a page), once with content dedup \
+             tracking, and content dedup where the tracker cannot vouch for a page; copy-out of the written \
+             pages, no snapshot, where little was written), once the same with a snapshot at every checkpoint \
+             (`CKRUN_NO_COPY_OUT=1`; not restarted), once with content dedup \
              alone (`CKRUN_NO_DIRTY_TRACKING=1`, as where userfaultfd is not allowed; not restarted), once \
              incremental with `rewrite` rewriting the same pages each tick (`same`: a hot set, restarted \
              like the first), once with `--full`, in the same run. Checkpoint times: median of checkpoints 2 to {CHAIN_CKPTS} \
@@ -1548,6 +1559,7 @@ impl Report {
         ));
         for (what, r) in [
             ("incremental", incr),
+            ("incremental, snapshots (`CKRUN_NO_COPY_OUT=1`)", snap),
             ("content dedup", dedup),
             ("incremental, same pages each tick", same),
             ("--full", full),
@@ -1593,6 +1605,8 @@ impl Report {
             let (di, df) = (median(later(&i.durable)), median(later(&f.durable)));
             let dd = dedup.as_ref().map_or(f64::NAN, |d| median(later(&d.durable)));
             let (pi, pf) = (median(later(&i.pauses_ms)), median(later(&f.pauses_ms)));
+            let ds = snap.as_ref().map_or(f64::NAN, |s| median(later(&s.durable)));
+            let ps = snap.as_ref().map_or(f64::NAN, |s| median(later(&s.pauses_ms)));
             let (ri, rf) = (median(i.restart.clone()), median(f.restart.clone()));
             let (ci, cf) = (median(i.restart_cached.clone()), median(f.restart_cached.clone()));
             [
@@ -1621,6 +1635,15 @@ impl Report {
                     dd <= 0.45,
                 ),
                 ("pause".into(), format!("{pi:.1} ms"), format!("{pf:.1} ms"), pi / pf, "≤ 1× full", pi <= pf),
+                (
+                    "the same two with a snapshot at every checkpoint (`CKRUN_NO_COPY_OUT=1`): durable".into(),
+                    format!("{ds:.3} s"),
+                    format!("{df:.3} s"),
+                    ds / df,
+                    "≤ 0.1 s",
+                    ds <= 0.1,
+                ),
+                ("… and pause".into(), format!("{ps:.1} ms"), format!("{pf:.1} ms"), ps / pf, "≤ 1× full", ps <= pf),
                 (
                     format!("restart from the {CHAIN_CKPTS}th image, from disk"),
                     format!("{ri:.3} s"),

@@ -84,6 +84,10 @@ fn ten_incremental_checkpoints_then_restart_from_the_newest() {
     }
     let total: u64 = images.iter().map(|p| len(p)).sum();
     assert!(total < full * 4, "10 images take {total} bytes, one full image {full}");
+    // Once a checkpoint read little, the next ones copy the written pages
+    // out of the stopped program instead of forking a snapshot.
+    let copied = images.iter().filter(|i| announcement(&job, i).contains("copied out while stopped")).count();
+    assert!(copied >= 5, "{copied} of 10 checkpoints copied out\n{}", job.diagnostics());
     let shown = inspect(&dir, images.last().unwrap());
     assert_eq!(shown.code, 0, "{shown:#?}");
     assert!(shown.stdout.contains("incremental (generation 9"), "{}", shown.stdout);
@@ -294,19 +298,57 @@ fn an_image_removed_between_checkpoints_is_not_taken_from() {
 /// unmapped and mapped again, moved by mremap, sbrk, a thread's stack,
 /// mprotect, a forked child's writes to its copy): one change missed and
 /// every later checksum differs.
+/// Every kind of change, seen by the tracker: with snapshots (the
+/// program's memory is small, and it changes too much of it for copy-out
+/// to be tried), and again with copy-out forced at every checkpoint.
 #[test]
 fn the_dirty_tracker_sees_every_kind_of_change() {
     let args = ["400", "30"];
-    let dir = TestDir::new("incr-dirtymix");
     let prog = Program::c("dirtymix");
-    let reference = prog.run_bare(&args, &dir.bare);
-    let mut job = Ckrun::launch(&prog, &args, &dir.work, &dir.img, &[]);
-    let images: Vec<PathBuf> = (0..8).map(|_| checkpoint_after_a_tick(&mut job)).collect();
-    let tracked = images[1..].iter().filter(|i| announcement(&job, i).contains("known unchanged by the dirty tracker"));
-    assert!(tracked.count() >= 6, "the tracker vouched for pages\n{}", job.diagnostics());
-    job.kill9();
-    restart_to_the_end(&images[7], &dir, &reference, "dirtymix, 8th image");
-    restart_to_the_end(&images[4], &dir, &reference, "dirtymix, 5th image");
+    for (name, copy_out) in [("incr-dirtymix", "auto"), ("incr-dirtymix-copy-out", "always")] {
+        let dir = TestDir::new(name);
+        let reference = prog.run_bare(&args, &dir.bare);
+        let env = format!("CKRUN_TEST_COPY_OUT={copy_out}");
+        let mut job = Ckrun::launch_via(&["env", &env], &prog, &args, &dir.work, &dir.img, &[]);
+        let images: Vec<PathBuf> = (0..8).map(|_| checkpoint_after_a_tick(&mut job)).collect();
+        let said: Vec<String> = images.iter().map(|i| announcement(&job, i)).collect();
+        let tracked = said[1..].iter().filter(|l| l.contains("known unchanged by the dirty tracker")).count();
+        assert!(tracked >= 6, "{name}: the tracker vouched for pages\n{}", job.diagnostics());
+        let copied = said.iter().filter(|l| l.contains("copied out while stopped")).count();
+        match copy_out {
+            "always" => assert!(copied >= 5, "{name}: {copied} of 8 copied out\n{said:#?}"),
+            _ => assert_eq!(copied, 0, "{name}: {said:#?}"),
+        }
+        job.kill9();
+        restart_to_the_end(&images[7], &dir, &reference, &format!("{name}, 8th image"));
+        restart_to_the_end(&images[4], &dir, &reference, &format!("{name}, 5th image"));
+    }
+}
+
+/// Copy-out declined once stopped (`CKRUN_TEST_FAIL=copy-out:N`, as when
+/// more was written than it takes): the tree goes on, the checkpoint is
+/// taken again at once with snapshots, and the chain goes on from it;
+/// with `CKRUN_NO_COPY_OUT=1` every checkpoint forks snapshots. Both
+/// restart to the bare run's output.
+#[test]
+fn a_declined_or_disabled_copy_out_takes_snapshots() {
+    for (name, env) in [("incr-declined", "CKRUN_TEST_FAIL=copy-out:2"), ("incr-no-copy-out", "CKRUN_NO_COPY_OUT=1")] {
+        let (prog, dir, reference) = setup(name, &ARGS_TEN);
+        let mut job = Ckrun::launch_via(&["env", env], &prog, &ARGS_TEN, &dir.work, &dir.img, &[]);
+        let images: Vec<PathBuf> = (0..6).map(|_| checkpoint_after_a_tick(&mut job)).collect();
+        let said: Vec<String> = images.iter().map(|i| announcement(&job, i)).collect();
+        assert!(said[1..].iter().all(|l| l.contains("known unchanged by the dirty tracker")), "{said:#?}");
+        let copied: Vec<bool> = said.iter().map(|l| l.contains("copied out while stopped")).collect();
+        if env.starts_with("CKRUN_NO_COPY_OUT") {
+            assert!(copied.iter().all(|c| !c), "{name}: {said:#?}");
+        } else {
+            // Tried from the third on; the second try declined.
+            assert_eq!(copied, [false, false, true, false, true, true], "{name}: {said:#?}\n{}", job.diagnostics());
+        }
+        job.kill9();
+        restart_to_the_end(&images[5], &dir, &reference, name);
+        restart_to_the_end(&images[3], &dir, &reference, name);
+    }
 }
 
 /// Without the tracker (`CKRUN_NO_DIRTY_TRACKING=1`, as where userfaultfd

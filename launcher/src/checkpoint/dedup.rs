@@ -116,6 +116,11 @@ pub struct Base {
     /// its hash and, if the base offers its block, where (for the pages
     /// the dirty tracker knows unchanged: no lookup by hash).
     pages: std::sync::Arc<HashMap<i32, Vec<BasePage>>>,
+    /// Whether every page the base restores is offered (its image is
+    /// within the chain's reach) and none is due to be stored again
+    /// ([`Base::store_again`]): then a page the dirty tracker vouches for
+    /// is never read, which `copyout` relies on.
+    pub copy_out_ok: bool,
 }
 
 impl Base {
@@ -215,8 +220,12 @@ impl Base {
                 v.sort_unstable_by_key(|p| p.addr);
             }
         }
+        let copy_out_ok = blocks.iter().all(|b| {
+            let age = generation.saturating_sub(images[b.image as usize].generation);
+            age + STORE_AGAIN_OVER < MAX_CHAIN
+        });
         let (index, pages) = (std::sync::Arc::new(index), std::sync::Arc::new(pages));
-        Ok(Base { images, blocks, index, generation, pages })
+        Ok(Base { images, blocks, index, generation, pages, copy_out_ok })
     }
 
     /// Whether every image the base offers blocks of is still in `dir`,
@@ -380,6 +389,7 @@ mod tests {
             index: Default::default(),
             generation: 1,
             pages: std::sync::Arc::new([(pid, pages)].into_iter().collect()),
+            copy_out_ok: true,
         };
         let read = || PageHashes { pages: vec![(at(2), 20), (at(0), 10)], own_blocks: vec![] };
         let b = base(vec![old(0, 1), old(1, 11), old(3, 31), old(7, 71)]);
@@ -408,6 +418,7 @@ mod tests {
                 index: Default::default(),
                 generation,
                 pages: Default::default(),
+                copy_out_ok: false,
             };
             (0..64u64).filter(|mib| base.store_again(loc, mib << 20)).count()
         };

@@ -118,6 +118,34 @@ pub fn scan(agent: &Agent, reader: i32, regions: &[Region], base_id: Option<[u8;
     Scanned { changes: usable.then_some(changes), armed: true }
 }
 
+/// While the process is stopped, before [`scan`]: what its tracker saw
+/// since the base, leaving the tracker as it is (a checkpoint that then
+/// declines to copy the pages out, see `copyout`, is taken again with the
+/// tracker still vouching for the base). None if it cannot vouch for the
+/// base (`base_id`).
+pub fn written_so_far(agent: &Agent, reader: i32, regions: &[Region], base_id: [u8; 16]) -> Option<Changes> {
+    let guard = agent.tracker.lock().unwrap();
+    guard.as_ref().filter(|t| t.clean_since == Some(base_id))?;
+    let mem = RemoteMemory::open(reader).ok()?;
+    let mut changes = Changes::default();
+    for r in regions.iter().filter(|r| trackable(r)) {
+        match mem.written_so_far(r.start, r.end) {
+            Ok(Some(w)) => {
+                changes.tracked.push((r.start, r.end));
+                changes.written.extend(w);
+            }
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(changes)
+}
+
+/// Whether the tracker of `agent` vouches for its pages against image `base_id`.
+pub fn vouches_for(agent: &Agent, base_id: [u8; 16]) -> bool {
+    agent.tracker.lock().unwrap().as_ref().is_some_and(|t| t.clean_since == Some(base_id))
+}
+
 /// Tracking a mapping gives every page of it a page-table entry (the
 /// kernel marks even the untouched ones protected): 4 KiB of page tables
 /// per 2 MiB mapped, whether used or not. A mapping is tracked only if at
@@ -195,6 +223,15 @@ impl Known<'_> {
                 }
             };
         }
+    }
+
+    /// The written pages of `[start, end)`, as ranges in address order.
+    pub fn written_in(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        from(&self.changes.written, start)
+            .iter()
+            .map(move |&(s, e)| (s.max(start), e.min(end)))
+            .take_while(move |&(s, _)| s < end)
+            .filter(|&(s, e)| s < e)
     }
 
     /// Whether the mapping `[start, end)` is tracked since the base.

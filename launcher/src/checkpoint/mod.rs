@@ -17,6 +17,7 @@
 //!    image holds from there ([`dedup`]), compress the others on all
 //!    cores, write the image under a temporary name, sync, rename.
 
+pub mod copyout;
 pub mod dedup;
 pub mod dirty;
 pub mod memory;
@@ -55,6 +56,9 @@ pub struct Outcome {
     pub taken_bytes: u64,
     /// Of those, the bytes the dirty tracker knew unchanged (not read).
     pub unread_bytes: u64,
+    /// The bytes copied out of the stopped processes, if no snapshot was
+    /// taken (`copyout`).
+    pub copied_out: Option<u64>,
     /// How many earlier images the image takes pages from.
     pub parents: usize,
     /// Why the image is self-contained although a base was given.
@@ -183,6 +187,9 @@ pub struct Tree<'a> {
     /// resumed, so that nothing it does after the checkpoint (output that
     /// a restart would have to cut back) ever happens.
     pub end_after_capture: bool,
+    /// Try copy-out instead of snapshots (see `copyout`), where the base
+    /// and the trackers allow it.
+    pub copy_out: bool,
 }
 
 /// The image name for number `n`.
@@ -222,7 +229,12 @@ pub fn take(
     let mut merged_requests = 0;
 
     // 1. Suspend every process, then check nobody forked meanwhile.
-    let frozen_bit = if settings.frozen { ckrun_proto::SUSPEND_FROZEN } else { 0 };
+    let copy_out = tree.copy_out
+        && !settings.frozen
+        && !settings.full
+        && !tree.end_after_capture
+        && base.is_some_and(|b| copyout::possible(&tree.live, b));
+    let frozen_bit = if settings.frozen || copy_out { ckrun_proto::SUSPEND_FROZEN } else { 0 };
     let value = SUSPEND_MAGIC
         | SUSPEND_LEAD
         | frozen_bit
@@ -258,7 +270,9 @@ pub fn take(
     }
 
     // 2. What changes once the program runs again, and shared memory.
-    let frozen = guard.stopped.iter().any(|s| s.head.snapshot_pid <= 0);
+    // Copy-out asked for no snapshot, and reads the stopped processes
+    // below: their private memory is not saved whole now.
+    let frozen = !copy_out && guard.stopped.iter().any(|s| s.head.snapshot_pid <= 0);
     // The agent's own signals are never pending for the program.
     let reserved = 1u64 << (SUSPEND_SIGNAL - 1) | 1u64 << (settings.trigger - 1);
     let procs: Vec<(i32, i32)> = guard.stopped.iter().map(|s| (s.reader(), s.agent.agent_fd)).collect();
@@ -290,6 +304,26 @@ pub fn take(
         terminal_groups.extend(tpgid);
     }
     let foreground = foreground_group(&images, &terminal_groups);
+    // Copy-out: the pages to save, out of the stopped processes, before
+    // the scan protects them again (declining leaves the trackers as
+    // they were).
+    let copied = match (copy_out, base) {
+        (true, Some(b)) => {
+            let mut procs: Vec<copyout::Stopped> = guard
+                .stopped
+                .iter()
+                .zip(images.iter_mut())
+                .map(|(s, img)| copyout::Stopped {
+                    agent: s.agent,
+                    reader: s.reader(),
+                    pid: img.pid,
+                    regions: &mut img.regions,
+                })
+                .collect();
+            Some(copyout::take(&mut procs, b)?)
+        }
+        _ => None,
+    };
     // What each process wrote since the base, and its tracker protected
     // again: still stopped, after the snapshot's fork.
     let base_id = base.map(|b| b.id());
@@ -317,7 +351,15 @@ pub fn take(
     let paused = t_stop.elapsed();
     inject("resumed")?;
     let stages = memory::Stages::default();
-    if !frozen {
+    if let (Some(copied), Some(b)) = (&copied, base) {
+        for (i, (img, h)) in images.iter_mut().zip(hashes.iter_mut()).enumerate() {
+            let p = &copied.processes[i];
+            let known = dirty::Known { changes: &p.changes, base_pages: b.pages_of(img.pid) };
+            let source = copied.source(i);
+            saved += memory::save_pages_timed(&source, &p.runs, &mut img.regions, &out, base, Some(&known), h, &stages)
+                .with_context(|| format!("process {}", img.pid))?;
+        }
+    } else if !frozen {
         for (((s, img), h), scan) in guard.stopped.iter().zip(images.iter_mut()).zip(hashes.iter_mut()).zip(&scans) {
             let source = s.source();
             let pid = img.pid;
@@ -456,6 +498,7 @@ pub fn take(
         memory_bytes: saved.bytes,
         taken_bytes: saved.taken,
         unread_bytes: saved.unread,
+        copied_out: copied.as_ref().map(|c| c.bytes()),
         parents,
         whole_because,
         image_bytes,
@@ -695,13 +738,18 @@ pub fn hang(step: &str) {
 /// stopped, fds, captured, resumed, memory, finish. (`dontfork` is the
 /// agent's: it takes every MADV_DOFORK as refused.)
 fn inject(step: &str) -> Result<()> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static SEEN: AtomicU32 = AtomicU32::new(0);
-    let Some(spec) = std::env::var_os("CKRUN_TEST_FAIL") else { return Ok(()) };
-    let spec = spec.to_string_lossy();
-    let (want, nth) = spec.split_once(':').map_or((&*spec, 1), |(s, n)| (s, n.parse().unwrap_or(1)));
-    if want == step && SEEN.fetch_add(1, Ordering::Relaxed) + 1 == nth {
+    if injected(step) {
         bail!("failure injected at step {step} (CKRUN_TEST_FAIL)");
     }
     Ok(())
+}
+
+/// Whether `CKRUN_TEST_FAIL` asks for a failure at this step now.
+fn injected(step: &str) -> bool {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEEN: AtomicU32 = AtomicU32::new(0);
+    let Some(spec) = std::env::var_os("CKRUN_TEST_FAIL") else { return false };
+    let spec = spec.to_string_lossy();
+    let (want, nth) = spec.split_once(':').map_or((&*spec, 1), |(s, n)| (s, n.parse().unwrap_or(1)));
+    want == step && SEEN.fetch_add(1, Ordering::Relaxed) + 1 == nth
 }

@@ -79,6 +79,9 @@ pub struct Coordinator {
     /// The job's newest image (the last one written, or the one the run
     /// restarted from): the next image takes from it what it holds.
     base: Option<checkpoint::dedup::Previous>,
+    /// The next checkpoint tries copy-out (`checkpoint::copyout`): the
+    /// last one read little of the memory.
+    copy_out: bool,
 }
 
 /// Runs the job to its end: coordinates its tree (and the restart in
@@ -132,6 +135,7 @@ impl Coordinator {
             interval,
             stop_pending: false,
             base: None,
+            copy_out: false,
         }
     }
 
@@ -539,6 +543,7 @@ impl Coordinator {
                             root_status: self.root_status,
                             request: self.request,
                             end_after_capture: end,
+                            copy_out: self.copy_out,
                         };
                         checkpoint::take(
                             &tree,
@@ -552,6 +557,11 @@ impl Coordinator {
                 }
                 Err(e) => Err(e),
             };
+            // Copy-out found more written than it takes: again, with snapshots.
+            if matches!(&result, Err(e) if e.is::<checkpoint::copyout::Declined>()) {
+                self.copy_out = false;
+                continue;
+            }
             // A process forked or exited while the tree was being stopped: again.
             if !matches!(&result, Err(e) if e.is::<checkpoint::TreeChanged>()) {
                 break;
@@ -565,6 +575,11 @@ impl Coordinator {
             Ok(mut o) => {
                 self.sequence = o.sequence;
                 self.base = Some(o.take_next_base());
+                self.copy_out = checkpoint::copyout::worth_trying(o.memory_bytes, o.unread_bytes);
+                match self.copy_out {
+                    true => checkpoint::copyout::prepare(o.memory_bytes.saturating_sub(o.unread_bytes)),
+                    false => checkpoint::copyout::release(),
+                }
                 crate::created::checkpointed(o.sequence);
                 if let Some(why) = &o.whole_because {
                     eprintln!("ckrun: warning: checkpoint {} is self-contained: {why}", o.sequence);
@@ -579,6 +594,10 @@ impl Coordinator {
                     let unread = match o.unread_bytes {
                         0 => String::new(),
                         n => format!(", {} known unchanged by the dirty tracker", bytes(n)),
+                    };
+                    let unread = match o.copied_out {
+                        Some(n) => format!("{unread}, {} copied out while stopped (no snapshot)", bytes(n)),
+                        None => unread,
                     };
                     format!(", {} of it in {} earlier image(s){unread}", bytes(o.taken_bytes), o.parents)
                 } else {

@@ -140,8 +140,18 @@ impl RemoteMemory {
     /// when the mapping is not tracked (made or moved since, or of a kind
     /// the tracker does not take): then nothing is known of it.
     pub fn written(&self, start: u64, end: u64) -> Result<Option<Vec<(u64, u64)>>> {
+        self.written_then(start, end, true)
+    }
+
+    /// As [`RemoteMemory::written`], leaving the pages as they are: the
+    /// next call (either) reports them again.
+    pub fn written_so_far(&self, start: u64, end: u64) -> Result<Option<Vec<(u64, u64)>>> {
+        self.written_then(start, end, false)
+    }
+
+    fn written_then(&self, start: u64, end: u64, protect: bool) -> Result<Option<Vec<(u64, u64)>>> {
         let query = Query {
-            flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+            flags: if protect { PM_SCAN_WP_MATCHING } else { 0 } | PM_SCAN_CHECK_WPASYNC,
             inverted: 0,
             all_of: PAGE_IS_WRITTEN,
             any_of: 0,
@@ -213,6 +223,42 @@ impl RemoteMemory {
             .read_exact_at(buf, addr)
             .with_context(|| format!("reading {} bytes of process {} at {addr:#x}", buf.len(), self.pid))
     }
+
+    /// Copies each range `(addr, len)` of `ranges` into `buf`, one after
+    /// the other, with process_vm_readv: up to 1024 ranges per call, ~1.5
+    /// us per page where /proc/PID/mem costs a call of ~2.4 us per range.
+    /// Only for pages of a stopped process that it has to itself (written
+    /// since its last fork: pinning them copies nothing); a range
+    /// process_vm_readv cannot read (PROT_NONE) is read through
+    /// /proc/PID/mem instead.
+    pub fn read_scattered(&self, ranges: &[(u64, usize)], buf: &mut [u8]) -> Result<()> {
+        const BATCH: usize = 1024; // IOV_MAX
+        let mut at = 0usize;
+        for batch in ranges.chunks(BATCH) {
+            let len: usize = batch.iter().map(|r| r.1).sum();
+            let local = [libc::iovec { iov_base: buf[at..at + len].as_mut_ptr().cast(), iov_len: len }];
+            let remote: Vec<libc::iovec> =
+                batch.iter().map(|&(a, l)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: l }).collect();
+            // SAFETY: the local iovec is `len` bytes of `buf`, ours to
+            // write; the remote ones are only read, in the other process.
+            let n =
+                unsafe { libc::process_vm_readv(self.pid, local.as_ptr(), 1, remote.as_ptr(), remote.len() as u64, 0) };
+            // A short read stops at the first range it could not read:
+            // the rest of the batch through /proc/PID/mem.
+            let mut done = n.max(0) as usize;
+            let mut off = 0usize;
+            for &(a, l) in batch {
+                if off + l > done {
+                    let skip = done.saturating_sub(off);
+                    self.read(a + skip as u64, &mut buf[at + off + skip..at + off + l])?;
+                    done = off + l;
+                }
+                off += l;
+            }
+            at += len;
+        }
+        Ok(())
+    }
 }
 
 /// A fresh private anonymous read-write mapping of `len` bytes (with
@@ -265,6 +311,32 @@ mod tests {
         let start = (data.as_ptr() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
         let pm = m.pagemap(start, 1).unwrap();
         assert!(pm[0] & PM_PRESENT != 0);
+    }
+
+    #[test]
+    fn scattered_reads_take_protected_pages_through_proc_mem() {
+        let ps = PAGE_SIZE as usize;
+        let p = test_mapping(8 * ps, 0);
+        // SAFETY: within the mapping: page k holds k + 1; page 5 is then
+        // made PROT_NONE (process_vm_readv refuses it, /proc/PID/mem reads
+        // it by force).
+        unsafe {
+            for k in 0..8 {
+                std::ptr::write_bytes(p.add(k * ps), k as u8 + 1, ps);
+            }
+            assert_eq!(libc::mprotect(p.add(5 * ps).cast(), ps, libc::PROT_NONE), 0);
+        }
+        let at = |k: usize| p as u64 + (k * ps) as u64;
+        let m = RemoteMemory::open(std::process::id() as i32).unwrap();
+        // Pages 1, 4-6 (across the protected one), 7, in that order.
+        let ranges = [(at(1), ps), (at(4), 3 * ps), (at(7), ps)];
+        let mut buf = vec![0u8; 5 * ps];
+        m.read_scattered(&ranges, &mut buf).unwrap();
+        let firsts: Vec<u8> = buf.chunks(ps).map(|c| c[0]).collect();
+        assert_eq!(firsts, [2, 5, 6, 7, 8]);
+        assert!(buf.chunks(ps).all(|c| c.iter().all(|&b| b == c[0])));
+        // SAFETY: unmapping our own mapping.
+        unsafe { libc::munmap(p.cast(), 8 * ps) };
     }
 
     #[test]
