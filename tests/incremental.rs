@@ -366,3 +366,39 @@ fn without_the_tracker_content_dedup_alone_makes_incremental_images() {
     job.kill9();
     restart_to_the_end(&images[4], &dir, &reference, "incr-untracked");
 }
+
+/// `MADV_WIPEONFORK` memory comes back zeroed (as a snapshot, a fork,
+/// reads it), all of it, whether the image was copied out of the stopped
+/// program or read from a snapshot: `examples/wipefork.c` writes one of
+/// its four such pages per tick and prints what it finds in all four, so
+/// a restart that zeroed some and not others shows a line with both (the
+/// page copied out as written beside the others taken from the base).
+#[test]
+fn wipe_on_fork_memory_comes_back_zeroed_with_copy_out_or_snapshots() {
+    // Fewer than 256 ticks: the pages hold the tick as a byte.
+    let args = ["200", "30"];
+    let prog = Program::c("wipefork");
+    for (name, env) in
+        [("incr-wipefork-copy-out", "CKRUN_TEST_COPY_OUT=always"), ("incr-wipefork", "CKRUN_NO_COPY_OUT=1")]
+    {
+        let dir = TestDir::new(name);
+        let mut job = Ckrun::launch_via(&["env", env], &prog, &args, &dir.work, &dir.img, &[]);
+        job.wait_for_tick(5);
+        let images: Vec<PathBuf> = (0..3).map(|_| checkpoint_after_a_tick(&mut job)).collect();
+        let said = announcement(&job, &images[2]);
+        assert_eq!(said.contains("copied out while stopped"), env.contains("always"), "{name}: {said}");
+        job.kill9();
+        let mut job = Ckrun::restart(&images[2], &dir.work, &[]);
+        assert_eq!(job.wait(TIMEOUT), 0, "{name}\n{}", job.diagnostics());
+        let out = String::from_utf8_lossy(&job.output()).into_owned();
+        let seen: Vec<Vec<u32>> = out
+            .lines()
+            .filter(|l| l.starts_with("tick ") && ckrun_suite::tick_of(l).is_some_and(|t| t >= 5))
+            .map(|l| l.split_whitespace().skip(3).map(|v| v.parse().unwrap()).collect())
+            .collect();
+        // Uninterrupted, no line from tick 5 on finds a zero; the first
+        // that does is the restart's, and it must find all four zeroed.
+        let restarted = seen.iter().find(|v| v.contains(&0));
+        assert_eq!(restarted, Some(&vec![0; 4]), "{name}: all zeroed at the restart\n{out}");
+    }
+}

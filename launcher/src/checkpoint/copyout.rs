@@ -40,7 +40,8 @@ use super::memory::{self, PageRun, PageSource};
 use crate::agent::Agent;
 use crate::image::manifest::Region;
 use crate::sys::mem::RemoteMemory;
-use crate::sys::{procfs, PAGE_SIZE};
+use crate::sys::procfs::{self, VmaFlags};
+use crate::sys::PAGE_SIZE;
 use anyhow::{anyhow, Context, Result};
 use std::sync::Mutex;
 
@@ -208,6 +209,7 @@ pub fn take(procs: &mut [Stopped], base: &Base) -> Result<CopyOut> {
             copy_ranges(reader, ranges, first, area, threads)?;
             vmas.join().map_err(|_| anyhow!("reading smaps of process {pid} panicked"))?
         })?;
+        wipe_on_fork(ranges, &vmas, &mut copy.data);
         memory::take_vm_flags(p.regions, &vmas, true);
     }
     Ok(copy)
@@ -235,6 +237,24 @@ fn pages_to_copy(runs: &[PageRun], regions: &[Region], known: &Known) -> Vec<(u6
         }
     }
     out
+}
+
+/// Zeroes the copied bytes of `MADV_WIPEONFORK` mappings (`vmas` with
+/// "wf"): a snapshot, a fork, reads them as zeros, and the images before
+/// this one (and after it, with snapshots) hold them so; copied as they
+/// are, such a mapping (a random generator's state, which tells a fork by
+/// finding it zeroed) would come back part zeroed, part not.
+fn wipe_on_fork(ranges: &[(u64, u64, usize)], vmas: &[VmaFlags], data: &mut [u8]) {
+    for v in vmas.iter().filter(|v| v.has("wf")) {
+        let from = ranges.partition_point(|&(_, e, _)| e <= v.start);
+        for &(s, e, off) in ranges[from..].iter().take_while(|&&(s, _, _)| s < v.end) {
+            let (a, b) = (s.max(v.start), e.min(v.end));
+            if a < b {
+                let at = off + (a - s) as usize;
+                data[at..at + (b - a) as usize].fill(0);
+            }
+        }
+    }
 }
 
 /// One copying thread's ranges (address, end, offset in the buffer) and
@@ -318,6 +338,23 @@ mod tests {
         assert!(c.read(0x13000, &mut buf[..ps]).is_err());
         assert!(c.read(0x12000, &mut buf).is_err(), "runs past the last adjacent range");
         assert!(c.read(0xf000, &mut buf[..ps]).is_err());
+    }
+
+    #[test]
+    fn wipe_on_fork_mappings_are_copied_as_zeros() {
+        let ps = PAGE_SIZE as usize;
+        let mut data = vec![7u8; 4 * ps];
+        // Pages 0x10000-0x12000, 0x13000 and 0x20000; "wf" on 0x11000-0x14000.
+        let ranges = [(0x10000, 0x12000, 0), (0x13000, 0x14000, 2 * ps), (0x20000, 0x21000, 3 * ps)];
+        let vmas = [
+            VmaFlags { start: 0x10000, end: 0x11000, flags: "rd wr".into() },
+            VmaFlags { start: 0x11000, end: 0x14000, flags: "rd wr wf".into() },
+            VmaFlags { start: 0x20000, end: 0x21000, flags: "rd wr".into() },
+        ];
+        wipe_on_fork(&ranges, &vmas, &mut data);
+        let firsts: Vec<u8> = data.chunks(ps).map(|c| c[0]).collect();
+        assert_eq!(firsts, [7, 0, 0, 7]);
+        assert!(data[ps..3 * ps].iter().all(|&b| b == 0));
     }
 
     #[test]
